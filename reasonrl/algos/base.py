@@ -1,0 +1,86 @@
+"""The algorithm interface: an algorithm gathers the data it needs for a step and defines its loss on it.
+
+The trainer knows nothing else about any algorithm. Losses are normalised by batch-global totals that
+`gather` computes (e.g. the number of completion tokens in the whole step), so splitting a batch into
+micro-batches and summing their losses gives exactly the full-batch loss: gradient accumulation is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from reasonrl.trainer import Context
+
+
+@dataclass
+class TrainBatch:
+    """Row-aligned tensors (split along dim 0 into micro-batches) plus batch-global totals and metrics.
+
+    Sequence layout: `input_ids` [N, P + C] is a left-padded prompt followed by a right-padded completion;
+    every per-token tensor named in `completion_keys` is [N, C], aligned with the completion part.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    totals: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # anything else (e.g. rollouts) kept for logging
+
+    def __len__(self) -> int:
+        return next(iter(self.tensors.values())).shape[0] if self.tensors else 0
+
+    def micro_batches(self, size: int) -> Iterator[TrainBatch]:
+        """Consecutive slices of at most `size` rows, trimmed of columns that are padding in every row."""
+        n = len(self)
+        for start in range(0, n, max(1, size)):
+            rows = {k: v[start : start + size] for k, v in self.tensors.items()}
+            yield TrainBatch(trim_padding(rows), self.totals, {}, {})
+
+
+def trim_padding(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop prompt columns that are left padding and completion columns that are right padding in all rows."""
+    if "input_ids" not in t or "attention_mask" not in t or "completion_mask" not in t:
+        return t
+    mask, comp = t["attention_mask"], t["completion_mask"]
+    num_completion = comp.shape[1]
+    prompt_mask = mask[:, : mask.shape[1] - num_completion]
+    first = int(prompt_mask.any(0).float().argmax()) if prompt_mask.any() else 0
+    real = mask[:, mask.shape[1] - num_completion :].any(0)
+    keep_c = int(real.nonzero().max()) + 1 if real.any() else 1
+    out = {}
+    for k, v in t.items():
+        if v.dim() >= 2 and v.shape[1] == mask.shape[1]:
+            out[k] = torch.cat([v[:, first : mask.shape[1] - num_completion], v[:, mask.shape[1] - num_completion :][:, :keep_c]], 1)
+        elif v.dim() >= 2 and v.shape[1] == num_completion:
+            out[k] = v[:, :keep_c]
+        else:
+            out[k] = v
+    return out
+
+
+class Algorithm(Protocol):
+    """What every algorithm file provides. See algos/grpo.py and algos/sft.py for the two basic shapes."""
+
+    name: str
+    needs_reference: bool  # load a frozen reference model (e.g. KL with beta > 0)
+    needs_rollouts: bool  # build a rollout engine
+
+    def gather(self, ctx: Context) -> TrainBatch:
+        """Collect one step's data (rollouts, demonstrations, pairs ...) and compute batch-global totals."""
+        ...
+
+    def num_updates(self, batch: TrainBatch) -> int:
+        """Optimizer steps to take on this batch (GRPO: num_iterations)."""
+        ...
+
+    def prepare_update(self, ctx: Context, batch: TrainBatch, update: int) -> None:
+        """Hook before each update on the batch (e.g. store old log-probs before the first of several)."""
+        ...
+
+    def loss(self, ctx: Context, micro: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one micro-batch, already divided by the batch-global normaliser, and per-token sums
+        of metrics (also normalised globally, so that summing over micro-batches gives the batch value)."""
+        ...

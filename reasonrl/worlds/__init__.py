@@ -1,0 +1,11 @@
+"""Embedded verifiable worlds: procedurally generated tasks with gold answers and demonstrations."""
+
+from reasonrl.worlds.arith import ArithWorld
+
+WORLDS = {"arith": ArithWorld}
+
+
+def get_world(name: str, **kwargs) -> ArithWorld:
+    if name not in WORLDS:
+        raise ValueError(f"unknown world {name!r}; known worlds: {sorted(WORLDS)}")
+    return WORLDS[name](**kwargs)
