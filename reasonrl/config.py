@@ -6,7 +6,16 @@ chosen by `algo.name` from the algorithm registry, so each algorithm owns its ow
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import functools
+import os
+import re
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from types import UnionType
+from typing import Any, Callable, Iterable, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
 
 
 @dataclass
@@ -101,3 +110,282 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the config dataclasses."""
+
+
+ALGO_CONFIGS: dict[str, type[AlgoConfig]] = {}
+
+
+def register_algo_config(name: str) -> Callable[[type[AlgoConfig]], type[AlgoConfig]]:
+    """Class decorator: make `algo.name=NAME` select this AlgoConfig subclass."""
+
+    def register(cls: type[AlgoConfig]) -> type[AlgoConfig]:
+        if not (isinstance(cls, type) and issubclass(cls, AlgoConfig)):
+            raise TypeError(f"register_algo_config({name!r}) needs an AlgoConfig subclass, got {cls!r}")
+        cls()  # fail at import if a field lacks a default: a config is its defaults plus what the user set
+        ALGO_CONFIGS[name] = cls
+        return cls
+
+    return register
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: Iterable[str] = (), base: Config | None = None
+) -> Config:
+    """`base` (default: the defaults), then the YAML file at `path`, then `section.key=value` overrides, in order."""
+    _import_algos()
+    draft = _Draft(base if base is not None else Config())
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {e}") from e
+        doc = _parse_yaml(text, f"config file {str(path)!r}")
+        if doc is not None and not isinstance(doc, dict):
+            raise ConfigError(f"config file {str(path)!r} must be a mapping of sections, got {type(doc).__name__}")
+        draft.update([], doc or {})
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"malformed override {item!r}; expected section.key=value")
+        draft.set(key.strip().split("."), _parse_yaml(text, f"override {item!r}"), text.strip())
+    return draft.build()
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain dicts, lists and scalars (tuples become lists), ready for YAML, JSON or an experiment tracker."""
+    return _plain(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write `cfg` as YAML atomically (temp file, then rename) so a crash never leaves half a config."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _import_algos() -> None:
+    # Algorithm modules register their config dataclasses on import; tolerate only the package being absent.
+    try:
+        import reasonrl.algos  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name != "reasonrl.algos":
+            raise
+
+
+def _parse_yaml(text: str, what: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as e:  # impossible dates, huge ints
+        raise ConfigError(f"{what} is not valid YAML: {e}") from e
+
+
+def _algo_class(name: str) -> type[AlgoConfig]:
+    if name in ALGO_CONFIGS:
+        return ALGO_CONFIGS[name]
+    if name == AlgoConfig.name:  # the default algorithm, before (or without) its module registering a config
+        return AlgoConfig
+    close = difflib.get_close_matches(name, list(ALGO_CONFIGS), n=3)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(f"unknown algorithm {name!r}{hint} (registered: {', '.join(sorted(ALGO_CONFIGS)) or 'none'})")
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if f.init}
+
+
+def _items(mapping: dict, where: str) -> list[tuple[list[str], Any]]:
+    """(dotted path, value) pairs of a YAML mapping, `name` first so its neighbours are checked against it."""
+    bad = [k for k in mapping if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"config keys must be strings, got {bad[0]!r} in {where}")
+    return [(k.split("."), mapping[k]) for k in sorted(mapping, key=lambda k: k.split(".")[-1] != "name")]
+
+
+class _Draft:
+    """A Config under construction: the values set so far, validated as they arrive, applied onto `base` at the end.
+
+    The algo section keeps only what was set (plus base's non-default fields), so a later `algo.name` can
+    re-validate those values against the newly chosen dataclass instead of inheriting the old one's defaults.
+    """
+
+    def __init__(self, base: Config):
+        self.base = base
+        self.values: dict[str, dict[str, Any]] = {name: {} for name in _field_types(Config)}
+        defaults = type(base.algo)()
+        self.values["algo"] = {
+            f.name: getattr(base.algo, f.name)
+            for f in fields(base.algo)
+            if f.name == "name" or getattr(base.algo, f.name) != getattr(defaults, f.name)
+        }
+
+    def update(self, prefix: list[str], mapping: dict) -> None:
+        for path, value in _items(mapping, f"'{'.'.join(prefix)}'" if prefix else "the top level"):
+            self.set(prefix + path, value)
+
+    def set(self, path: list[str], value: Any, text: str | None = None) -> None:
+        if path == ["algo"] and isinstance(value, str):  # `algo=grpo` is short for `algo.name=grpo`
+            path = ["algo", "name"]
+        section = path[0]
+        if section not in self.values:
+            raise _unknown_key("", section, self.values)
+        if len(path) == 1:
+            value = {} if value is None else value  # a YAML section whose keys are all commented out
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section '{section}' must be a mapping, got {value!r}")
+            self.update(path, value)
+        elif path == ["algo", "name"]:
+            name = _coerce(value, str, "algo.name", text)
+            cls, previous = _algo_class(name), self.values["algo"]
+            self.values["algo"] = {}
+            try:
+                for key, v in {**previous, "name": name}.items():
+                    _assign(cls, self.values["algo"], [key], v, None, "algo.")
+            except ConfigError as e:
+                raise ConfigError(f"{e} (checked against algorithm {name!r})") from None
+        else:
+            _assign(self._class(section), self.values[section], path[1:], value, text, section + ".")
+
+    def _class(self, section: str) -> type:
+        return _algo_class(self.values["algo"]["name"]) if section == "algo" else _field_types(Config)[section]
+
+    def build(self) -> Config:
+        sections = {}
+        for name, values in self.values.items():
+            cls = self._class(name)
+            sections[name] = _apply(cls, values, name, cls() if name == "algo" else getattr(self.base, name))
+        return Config(**sections)
+
+
+def _assign(cls: type, partial: dict[str, Any], path: list[str], value: Any, text: str | None, prefix: str) -> None:
+    """Validate `value` for the dotted `path` inside dataclass `cls` and record it in `partial`."""
+    types = _field_types(cls)
+    name, rest, key = path[0], path[1:], prefix + path[0]
+    if name not in types:
+        raise _unknown_key(prefix, name, types)
+    tp = types[name]
+    if is_dataclass(tp) and (rest or isinstance(value, dict)):
+        sub = partial.get(name, {})
+        sub = partial[name] = sub if isinstance(sub, dict) else {f.name: getattr(sub, f.name) for f in fields(sub)}
+        for sub_path, v in [(rest, value)] if rest else _items(value, f"'{key}'"):
+            _assign(tp, sub, sub_path, v, text if rest else None, key + ".")
+    elif rest:
+        raise ConfigError(f"unknown config key '{key}.{'.'.join(rest)}': '{key}' is a {_type_name(tp)}, not a section")
+    else:
+        partial[name] = _coerce(value, tp, key, text)
+
+
+def _apply(cls: type, partial: dict[str, Any], prefix: str, obj: Any = None) -> Any:
+    """`obj` (default: `cls`'s defaults) with the values recorded in `partial` applied, nested dataclasses too."""
+    types = _field_types(cls)
+    updates = {}
+    for k, v in partial.items():
+        nested = isinstance(v, dict) and is_dataclass(types[k])  # a sub-dataclass that was set key by key
+        updates[k] = _apply(types[k], v, f"{prefix}.{k}", getattr(obj, k, None)) if nested else v
+    try:
+        return cls(**updates) if obj is None else replace(obj, **updates)
+    except (TypeError, ValueError) as e:  # missing required fields, or the dataclass's own __post_init__ checks
+        raise ConfigError(f"invalid config '{prefix}': {e}") from e
+
+
+def _unknown_key(prefix: str, name: str, valid: Iterable[str]) -> ConfigError:
+    # match on the last component: the shared section prefix would make every key look close
+    valid = list(valid)
+    close = [prefix + c for c in difflib.get_close_matches(name, valid, n=3)]
+    if close:
+        return ConfigError(f"unknown config key '{prefix}{name}'; did you mean {' or '.join(repr(c) for c in close)}?")
+    return ConfigError(f"unknown config key '{prefix}{name}' (valid: {', '.join(prefix + v for v in valid)})")
+
+
+def _coerce(value: Any, tp: Any, key: str, text: str | None = None) -> Any:
+    """`value` checked and converted to type `tp`; `text` is the raw override text, kept verbatim for str fields."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            try:
+                return _coerce(value, arg, key, text)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        if value in args:
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):  # YAML already made bools of true/yes/on; anything else is a mistake
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,18}\s*", value):  # items of `data.levels=1,2,3`
+            return int(value)
+    elif tp is float:
+        # PyYAML reads `1e-4` (no dot) as a string, so numeric strings are accepted for floats
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except (ValueError, OverflowError):
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if text is not None and not isinstance(value, (list, dict)):  # `model.path=1.10` means the text, not 1.1
+            return text
+    elif origin in (list, tuple):
+        items = [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)):
+            if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+                out = [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(items)]
+                return out if origin is list else tuple(out)
+            if len(items) == len(args):
+                return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
+    elif origin is dict:
+        if isinstance(value, dict):
+            kt, vt = args or (Any, Any)
+            return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    elif is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if tp is RewardSpec and isinstance(value, str):  # CLI shorthand `accuracy:1.0` (or just `accuracy`)
+            name, _, weight = value.rpartition(":")
+            value = {"name": name, "weight": weight} if name and _is_float(weight) else {"name": value}
+        if isinstance(value, dict):
+            partial: dict[str, Any] = {}
+            for path, v in _items(value, f"'{key}'"):
+                _assign(tp, partial, path, v, None, key + ".")
+            return _apply(tp, partial, key)
+    elif isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _type_name(tp: Any) -> str:
+    return tp.__name__ if isinstance(tp, type) else re.sub(r"\b\w+\.", "", str(tp))
+
+
+def _plain(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj

@@ -1,9 +1,21 @@
-"""Example records: the one shape every data source is turned into."""
+"""Example records, the one shape every data source is turned into, and the loaders that make them.
+
+Sources: embedded worlds, reasoning-gym generators, JSON-lines, parquet and Hugging Face datasets. Bad rows
+are DataErrors naming the file and line, and `PromptStream` makes training data resumable to the example.
+"""
 
 from __future__ import annotations
 
+import difflib
+import functools
+import json
+import os
+import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:
+    from reasonrl.config import DataConfig
 
 
 @dataclass
@@ -17,3 +29,296 @@ class Example:
     direct: str | None = None
     level: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+class DataError(ValueError):
+    """A data source that cannot be turned into Examples; the message names the file and line."""
+
+
+def load_jsonl(
+    path: str | os.PathLike,
+    prompt_field: str = "prompt",
+    answer_field: str = "answer",
+    solution_field: str = "solution",
+    require_answer: bool = True,
+) -> list[Example]:
+    """One Example per non-blank line of a JSON-lines file; errors name the file and the 1-based line."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise DataError(f"data file not found: {path}")
+    examples = []
+    with open(path, "rb") as f:  # bytes, so a bad encoding is reported with its line number
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}, line {lineno}"
+            try:
+                line = raw.decode("utf-8-sig")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not valid UTF-8 ({e})") from e
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, and ints too long to convert
+                raise DataError(f"{where}: malformed JSON: {e}") from e
+            examples.append(_to_example(row, where, prompt_field, answer_field, solution_field, require_answer))
+    if not examples:
+        raise DataError(f"{path}: no examples (the file is empty or has only blank lines)")
+    return examples
+
+
+def load_parquet(path: str | os.PathLike, **fields: Any) -> list[Example]:
+    """Examples from a parquet file (needs the optional `datasets` package); `fields` as for `load_jsonl`."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise DataError(f"data file not found: {path}")
+    return _rows_to_examples(path, lambda d: d.load_dataset("parquet", data_files=path, split="train"), **fields)
+
+
+def load_hf(name_or_dir: str, split: str = "train", **fields: Any) -> list[Example]:
+    """Examples from a Hugging Face dataset: a `save_to_disk` directory, or anything `load_dataset` accepts."""
+
+    def load(datasets: Any) -> Any:
+        saved = ("dataset_info.json", "dataset_dict.json", "state.json")
+        if not any(os.path.exists(os.path.join(name_or_dir, f)) for f in saved):
+            return datasets.load_dataset(name_or_dir, split=split)
+        rows = datasets.load_from_disk(name_or_dir)
+        if isinstance(rows, datasets.DatasetDict):
+            if split not in rows:
+                raise DataError(f"hf:{name_or_dir} has no split {split!r}; it has {sorted(rows)}")
+            rows = rows[split]
+        return rows
+
+    return _rows_to_examples(f"hf:{name_or_dir}:{split}", load, **fields)
+
+
+def _rows_to_examples(source: str, load: Callable[[Any], Iterable[Any]], **fields: Any) -> list[Example]:
+    """Rows from `load(datasets)`, behind the import guard for the optional `datasets` package."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError("parquet files and hf: sources need the `datasets` package: pip install datasets") from e
+    try:
+        rows = load(datasets)
+    except (OSError, ValueError) as e:  # not found, unreadable, not parquet (pyarrow errors are ValueErrors)
+        raise DataError(f"{source}: cannot load: {e}") from e
+    examples = [_to_example(row, f"{source}, row {i + 1}", **fields) for i, row in enumerate(rows)]
+    if not examples:
+        raise DataError(f"{source}: no examples")
+    return examples
+
+
+def _to_example(
+    row: Any,
+    where: str,
+    prompt_field: str = "prompt",
+    answer_field: str = "answer",
+    solution_field: str = "solution",
+    require_answer: bool = True,
+) -> Example:
+    """Validate one row and map its fields; GSM8K answers ('reasoning #### 42') split into solution and answer."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if prompt_field not in row:
+        raise DataError(f"{where}: missing field {prompt_field!r} (row has keys {sorted(map(str, row))})")
+    prompt = row[prompt_field]
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise DataError(f"{where}: empty prompt in field {prompt_field!r}")
+    elif isinstance(prompt, list):
+        if not prompt:
+            raise DataError(f"{where}: empty prompt in field {prompt_field!r} (no messages)")
+        for m in prompt:
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise DataError(f"{where}: chat prompt messages must be {{'role': str, 'content': str}}, got {m!r}")
+    else:
+        raise DataError(
+            f"{where}: prompt field {prompt_field!r} must be a string or a list of chat messages, "
+            f"got {type(prompt).__name__}"
+        )
+    answer = row.get(answer_field)
+    if answer is None:
+        if require_answer:
+            raise DataError(f"{where}: missing field {answer_field!r} (row has keys {sorted(map(str, row))})")
+        answer = ""
+    elif isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise DataError(f"{where}: answer field {answer_field!r} must be a string or a number, got {answer!r}")
+    solution = row.get(solution_field)
+    if solution is not None and not isinstance(solution, str):
+        raise DataError(f"{where}: solution field {solution_field!r} must be a string, got {type(solution).__name__}")
+    answer = str(answer)
+    if "####" in answer:
+        reasoning, _, answer = answer.rpartition("####")
+        answer = answer.strip().replace(",", "")
+        solution = solution if solution is not None else (reasoning.strip() or None)
+    level = row.get("level")
+    if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
+        raise DataError(f"{where}: field 'level' must be an integer, got {level!r}")
+    used = {prompt_field, answer_field, solution_field, "level"}
+    meta = {k: v for k, v in row.items() if k not in used}
+    return Example(prompt=prompt, answer=answer, solution=solution, level=level, meta=meta)
+
+
+# Train and eval datasets are seeded this far apart: generators seed entry i with `seed + i`, so nearby
+# seeds would share entries.
+RG_EVAL_SEED_OFFSET = 1_000_000_000
+RG_TRAIN_SIZE = 10_000  # entries a training stream cycles through, generated as they are read
+RG_PROMPT_SUFFIX = " Put the final answer in \\boxed{}."
+
+
+def load_reasoning_gym(name: str, size: int, seed: int) -> list[Example]:
+    """`size` entries of a reasoning-gym generator, with what `reasoning_gym_score` needs to regenerate each."""
+    return [_rg_example(name, size, seed, i) for i in range(size)]
+
+
+def reasoning_gym_score(answer_text: str, meta: dict[str, Any]) -> float:
+    """Score an extracted answer with the generator's own scorer, against the regenerated original entry."""
+    try:
+        name, size, seed, index = meta["rg_name"], meta["rg_size"], meta["rg_seed"], meta["rg_index"]
+    except KeyError as e:
+        raise DataError(f"not a reasoning_gym example: meta has no {e.args[0]!r}") from e
+    dataset = _rg_dataset(name, size, seed)
+    return float(dataset.score_answer(answer_text, _rg_entry(name, size, seed, index)))
+
+
+@functools.lru_cache(maxsize=64)
+def _rg_dataset(name: str, size: int, seed: int) -> Any:
+    import reasoning_gym
+    from reasoning_gym.factory import DATASETS
+
+    if name not in DATASETS:
+        close = difflib.get_close_matches(name, list(DATASETS), n=5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see reasoning_gym.factory.DATASETS"
+        raise DataError(f"unknown reasoning_gym generator {name!r}{hint}")
+    try:
+        return reasoning_gym.create_dataset(name, size=size, seed=seed)
+    except (AssertionError, ValueError, TypeError) as e:  # generators validate their configs with asserts
+        raise DataError(f"reasoning_gym:{name} (size {size}, seed {seed}): {e}") from e
+
+
+@functools.lru_cache(maxsize=65_536)  # scoring regenerates entries; a step scores each one many times
+def _rg_entry(name: str, size: int, seed: int, index: int) -> dict[str, Any]:
+    return _rg_dataset(name, size, seed)[index]
+
+
+def _rg_example(name: str, size: int, seed: int, index: int) -> Example:
+    entry = _rg_entry(name, size, seed, index)
+    meta = {"source": "reasoning_gym", "rg_name": name, "rg_seed": seed, "rg_size": size, "rg_index": index}
+    meta["rg_entry"] = _jsonable(entry)
+    answer = entry.get("answer")
+    return Example(prompt=entry["question"] + RG_PROMPT_SUFFIX, answer="" if answer is None else str(answer), meta=meta)
+
+
+_DROP = object()
+
+
+def _jsonable(x: Any) -> Any:
+    """A JSON-serialisable copy: tuples become lists, numpy values plain ones, anything else is dropped."""
+    if x is None or isinstance(x, (str, bool, int, float)):
+        return x
+    if hasattr(x, "tolist"):  # numpy scalars and arrays
+        return _jsonable(x.tolist())
+    if isinstance(x, dict):
+        return {str(k): v for k, v in ((k, _jsonable(v)) for k, v in x.items()) if v is not _DROP}
+    if isinstance(x, (list, tuple)):
+        return [v for v in map(_jsonable, x) if v is not _DROP]
+    return _DROP
+
+
+def load_source(spec: str, cfg: DataConfig, split: str, n: int | None = None) -> list[Example]:
+    """Examples of a source spec: `world:NAME`, `reasoning_gym:NAME`, `FILE.jsonl`, `FILE.parquet` or `hf:NAME[:SPLIT]`.
+
+    `split` is "train" or "eval": worlds and reasoning-gym generators keep the two disjoint; files are taken
+    as given. `n` caps the count (eval default: `cfg.eval_n`; world eval sets hold `cfg.eval_n` per level);
+    generators need it for train.
+    """
+    if split not in ("train", "eval"):
+        raise DataError(f"split must be 'train' or 'eval', got {split!r}")
+    if n is None and split == "eval":
+        n = cfg.eval_n
+    kind, _, name = spec.partition(":")
+    if kind == "world":
+        world = _world(name, cfg)
+        if split == "eval":
+            return world.eval_set(cfg.eval_levels or cfg.levels, cfg.eval_n)
+        return [world.example(i) for i in range(_count(spec, n))]
+    if kind == "reasoning_gym":
+        return load_reasoning_gym(name, _count(spec, n), cfg.seed + (RG_EVAL_SEED_OFFSET if split == "eval" else 0))
+    fields = {"prompt_field": cfg.prompt_field, "answer_field": cfg.answer_field, "solution_field": cfg.solution_field}
+    if kind == "hf":
+        name, _, hf_split = name.rpartition(":") if ":" in name else (name, "", "")
+        examples = load_hf(name, hf_split or ("train" if split == "train" else "test"), **fields)
+    elif spec.endswith(".jsonl"):
+        examples = load_jsonl(spec, **fields)
+    elif spec.endswith(".parquet"):
+        examples = load_parquet(spec, **fields)
+    else:
+        raise DataError(
+            f"unknown data source {spec!r}; expected world:NAME, reasoning_gym:NAME, FILE.jsonl, FILE.parquet "
+            "or hf:NAME_OR_DIR[:SPLIT]"
+        )
+    return examples[:n]
+
+
+def _count(spec: str, n: int | None) -> int:
+    if n is None:
+        raise DataError(f"{spec} generates endlessly; pass n (or read it through PromptStream)")
+    return n
+
+
+def _world(name: str, cfg: DataConfig) -> Any:
+    from reasonrl.worlds import get_world  # worlds import this module for Example
+
+    try:
+        return get_world(name, levels=cfg.levels, seed=cfg.seed)
+    except ValueError as e:
+        raise DataError(f"world:{name}: {e}") from e
+
+
+class PromptStream:
+    """An endless, deterministic, resumable stream of training examples.
+
+    Example k is a pure function of (spec, cfg, k): worlds generate it from k; finite sources are walked
+    epoch by epoch in an order shuffled by (seed, epoch). So `position` alone is enough to resume exactly.
+    """
+
+    def __init__(self, spec: str, cfg: DataConfig):
+        self.spec, self.seed, self.position = spec, cfg.seed, 0
+        self._order: tuple[int, list[int]] | None = None  # (epoch, permutation) of the epoch being read
+        self._size: int | None  # None: an endless source, read by index without epochs
+        if spec.startswith("world:"):
+            self._size, self._item = None, _world(spec.partition(":")[2], cfg).example
+        elif spec.startswith("reasoning_gym:"):
+            name = spec.partition(":")[2]
+            _rg_dataset(name, RG_TRAIN_SIZE, cfg.seed)  # unknown generators fail here, not at the first `next`
+            self._size, self._item = RG_TRAIN_SIZE, functools.partial(_rg_example, name, RG_TRAIN_SIZE, cfg.seed)
+        else:
+            examples = load_source(spec, cfg, "train")
+            self._size, self._item = len(examples), examples.__getitem__
+
+    def _example(self, k: int) -> Example:
+        if self._size is None:
+            return self._item(k)
+        epoch, offset = divmod(k, self._size)
+        if self._order is None or self._order[0] != epoch:
+            order = list(range(self._size))
+            random.Random(f"prompt-stream/{self.seed}/{epoch}").shuffle(order)
+            self._order = (epoch, order)
+        return self._item(self._order[1][offset])
+
+    def next(self, n: int) -> list[Example]:
+        """The next `n` examples."""
+        out = [self._example(self.position + i) for i in range(n)]
+        self.position += n
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec, "seed": self.seed, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at `state`'s position; refuses a state saved from a different source or seed."""
+        if state.get("spec") != self.spec or state.get("seed") != self.seed:
+            raise DataError(
+                f"stream state is for {state.get('spec')!r} (seed {state.get('seed')}), "
+                f"not {self.spec!r} (seed {self.seed})"
+            )
+        self.position = int(state["position"])

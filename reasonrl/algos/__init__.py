@@ -1,0 +1,32 @@
+"""Algorithms, one file each, registered by name: `algo.name` in the config picks one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from reasonrl.algos.base import Algorithm
+    from reasonrl.config import Config
+
+ALGORITHMS: dict[str, Callable[["Config"], "Algorithm"]] = {}
+
+
+def register_algorithm(*names: str):
+    """Class decorator: make the algorithm constructible by `make_algorithm` under each of `names`."""
+
+    def wrap(cls):
+        for name in names:
+            ALGORITHMS[name] = cls
+        return cls
+
+    return wrap
+
+
+def make_algorithm(config: "Config") -> "Algorithm":
+    name = config.algo.name
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; known: {sorted(ALGORITHMS)}")
+    return ALGORITHMS[name](config)
+
+
+from reasonrl.algos import grpo, sft  # noqa: E402,F401  (registration)

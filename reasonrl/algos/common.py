@@ -1,0 +1,59 @@
+"""Pieces every algorithm shares: packing token ids into padded tensors and scoring completion tokens."""
+
+from __future__ import annotations
+
+import torch
+
+from reasonrl.algos.losses import token_entropy, token_logprobs
+
+
+def build_sequences(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded prompts followed by right-padded completions, so all completions start at one column.
+
+    Returns input_ids/attention_mask [N, P + C] and completion_mask [N, C].
+    """
+    n = len(prompt_ids)
+    width_p = max(len(p) for p in prompt_ids)
+    width_c = max(1, max(len(c) for c in completion_ids))
+    input_ids = torch.full((n, width_p + width_c), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, width_p + width_c), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        input_ids[i, width_p - len(p) : width_p] = torch.tensor(p, dtype=torch.long)
+        input_ids[i, width_p : width_p + len(c)] = torch.tensor(c, dtype=torch.long)
+        attention_mask[i, width_p - len(p) : width_p + len(c)] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "completion_mask": attention_mask[:, width_p:].float(),
+    }
+
+
+def pad_values(rows: list[list[float]], width: int, value: float = 0.0) -> torch.Tensor:
+    out = torch.full((len(rows), width), value, dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r[:width], dtype=torch.float32)
+    return out
+
+
+def completion_logprobs(
+    model: torch.nn.Module, micro: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [N, C] of the completion tokens (and their entropies) in one forward pass.
+
+    Position ids come from the attention mask so left padding does not shift positions; the LM head runs only
+    on the completion positions (`logits_to_keep`), which saves most of its cost for long prompts.
+    """
+    ids, mask = micro["input_ids"], micro["attention_mask"]
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    num_completion = micro["completion_mask"].shape[1]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=num_completion + 1).logits
+    logits = logits[:, :-1].float()
+    targets = ids[:, -num_completion:]
+    logp = token_logprobs(logits, targets, temperature)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = token_entropy(logits, temperature)
+    return logp, entropy

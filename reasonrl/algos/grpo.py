@@ -1,0 +1,184 @@
+"""GRPO and its family: Dr.GRPO, DAPO, GSPO, RLOO, REINFORCE++ — one data path, switchable estimators and losses.
+
+Per step: sample `num_generations` completions for each of `prompts_per_step` prompts, score them, turn rewards
+into advantages within each group (algos/losses.py holds every equation), then minimise the clipped surrogate
+(+ beta * KL to a reference model) for `num_iterations` optimizer steps on the same samples.
+DAPO's dynamic sampling drops groups whose rewards are all equal (zero advantage, zero gradient) and samples
+more prompts until the batch is full again or `max_resample_rounds` is spent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reasonrl.algos import register_algorithm
+from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.common import build_sequences, completion_logprobs, pad_values
+from reasonrl.algos.losses import ADVANTAGE_ESTIMATORS, overlong_mask, policy_loss, zero_variance_groups
+from reasonrl.config import AlgoConfig, register_algo_config
+from reasonrl.rewards import soft_overlong_punishment
+from reasonrl.rollout.base import Rollouts, SamplingParams
+from reasonrl.rollout.collect import collect_rollouts, rollout_metrics
+
+
+@register_algo_config("grpo")
+@dataclass
+class GRPOConfig(AlgoConfig):
+    name: str = "grpo"
+    loss_type: str = "dapo"  # grpo | dr_grpo | dapo | bnpo | gspo
+    advantage: str = "grpo"  # grpo | rloo | reinforce_pp
+    scale_rewards: str = "group"  # group | batch | none
+    epsilon: float = 0.2
+    epsilon_high: float | None = None  # clip-higher (DAPO: 0.28); None means epsilon
+    beta: float = 0.0  # KL coefficient; the reference model is loaded only when > 0
+    num_iterations: int = 1  # optimizer steps per generation round (mu); > 1 stores old log-probs
+    dynamic_sampling: bool = False
+    max_resample_rounds: int = 3
+    mask_truncated_completions: bool = False  # DAPO overlong filtering
+    overlong_buffer: int = 0  # DAPO soft overlong punishment over the last N tokens; 0 = off
+    overlong_penalty: float = 1.0
+
+
+@register_algo_config("dr_grpo")
+@dataclass
+class DrGRPOConfig(GRPOConfig):
+    name: str = "dr_grpo"
+    loss_type: str = "dr_grpo"
+    scale_rewards: str = "none"
+
+
+@register_algo_config("dapo")
+@dataclass
+class DAPOConfig(GRPOConfig):
+    name: str = "dapo"
+    loss_type: str = "dapo"
+    epsilon_high: float | None = 0.28
+    dynamic_sampling: bool = True
+    overlong_buffer: int = 16
+
+
+@register_algo_config("gspo")
+@dataclass
+class GSPOConfig(GRPOConfig):
+    name: str = "gspo"
+    loss_type: str = "gspo"
+    epsilon: float = 3e-4  # GSPO paper: sequence ratios live much closer to 1 than token ratios
+    epsilon_high: float | None = 4e-4
+
+
+@register_algo_config("rloo")
+@dataclass
+class RLOOConfig(GRPOConfig):
+    name: str = "rloo"
+    advantage: str = "rloo"
+    scale_rewards: str = "none"
+
+
+@register_algo_config("reinforce_pp")
+@dataclass
+class ReinforcePPConfig(GRPOConfig):
+    name: str = "reinforce_pp"
+    advantage: str = "reinforce_pp"
+
+
+@register_algorithm("grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp")
+class GRPO:
+    needs_rollouts = True
+
+    def __init__(self, config):
+        self.cfg: GRPOConfig = config.algo
+        self.name = self.cfg.name
+        self.needs_reference = self.cfg.beta > 0
+        if self.cfg.advantage not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"unknown algo.advantage {self.cfg.advantage!r}; known: {sorted(ADVANTAGE_ESTIMATORS)}")
+        if config.rollout.num_generations < 2:
+            raise ValueError("rollout.num_generations must be >= 2: group advantages need two samples per prompt")
+        self.prompts_per_step = config.train.prompts_per_step
+        r = config.rollout
+        self.params = SamplingParams(r.max_completion_length, r.temperature, r.top_p, r.top_k)
+        self.num_generations = r.num_generations
+        self.temperature = r.temperature
+        self.extra_rewards = []
+        if self.cfg.overlong_buffer > 0:
+            self.extra_rewards.append(
+                ("overlong", 1.0, soft_overlong_punishment(r.max_completion_length, self.cfg.overlong_buffer, self.cfg.overlong_penalty))
+            )
+
+    def _sample(self, ctx) -> tuple[Rollouts, dict[str, float]]:
+        """One round of prompts, or with dynamic sampling: rounds until `prompts_per_step` informative groups."""
+        rollouts, result = collect_rollouts(ctx, ctx.stream.next(self.prompts_per_step), self.num_generations,
+                                            self.params, self.extra_rewards)
+        metrics = rollout_metrics(rollouts, result, self.params.max_new_tokens)
+        if not self.cfg.dynamic_sampling:
+            return rollouts, metrics
+        kept, rounds = [], 0
+        while True:
+            informative = ~zero_variance_groups(torch.tensor(rollouts.rewards), torch.tensor(rollouts.group))
+            groups = sorted({g for g, ok in zip(rollouts.group, informative.tolist()) if ok})
+            kept += [rollouts.select([i for i, g in enumerate(rollouts.group) if g == k]) for k in groups]
+            if len(kept) >= self.prompts_per_step or rounds >= self.cfg.max_resample_rounds:
+                break
+            rounds += 1
+            rollouts, result = collect_rollouts(ctx, ctx.stream.next(self.prompts_per_step), self.num_generations,
+                                                self.params, self.extra_rewards)
+        metrics["dynamic_sampling/rounds"] = float(rounds)
+        metrics["dynamic_sampling/kept_groups"] = float(min(len(kept), self.prompts_per_step))
+        return Rollouts.concat(kept[: self.prompts_per_step]), metrics
+
+    def gather(self, ctx) -> TrainBatch:
+        rollouts, metrics = self._sample(ctx)
+        if len(rollouts) == 0:
+            return TrainBatch({}, metrics=metrics)
+        rewards, groups = torch.tensor(rollouts.rewards), torch.tensor(rollouts.group)
+        advantages = ADVANTAGE_ESTIMATORS[self.cfg.advantage](rewards, groups, self.cfg.scale_rewards)
+        tensors = build_sequences(rollouts.prompt_ids, rollouts.completion_ids, ctx.tokenizer.pad_token_id)
+        mask = tensors["completion_mask"]
+        mask = mask * torch.isfinite(rewards).float().unsqueeze(1)  # failed verifications teach nothing
+        if self.cfg.mask_truncated_completions:
+            mask = overlong_mask(torch.tensor(rollouts.finished), mask)
+        tensors["completion_mask"] = mask
+        tensors["advantages"] = advantages
+        tensors["sampling_logprobs"] = pad_values(rollouts.logprobs, mask.shape[1])
+        totals = {
+            "num_tokens": max(1.0, float(mask.sum())),
+            "num_seqs": float(len(rollouts)),
+            "max_completion_length": float(self.params.max_new_tokens),
+        }
+        if self.needs_reference:
+            tensors["ref_logprobs"] = self._score(ctx.ref_model, tensors, ctx)
+        return TrainBatch(tensors, totals, metrics, extra={"rollouts": rollouts})
+
+    def _score(self, model, tensors: dict[str, torch.Tensor], ctx) -> torch.Tensor:
+        """Log-probs of the batch's completions under `model`, without gradients, micro-batch by micro-batch."""
+        out = []
+        with torch.no_grad():
+            for micro in TrainBatch(tensors).micro_batches(ctx.config.train.micro_batch_size):
+                logp, _ = completion_logprobs(model, micro.tensors, self.temperature)
+                out.append(torch.nn.functional.pad(logp.cpu(), (0, tensors["completion_mask"].shape[1] - logp.shape[1])))
+        return torch.cat(out)
+
+    def num_updates(self, batch: TrainBatch) -> int:
+        return self.cfg.num_iterations
+
+    def prepare_update(self, ctx, batch: TrainBatch, update: int) -> None:
+        # With one update per round the policy that sampled is the policy being trained: old = current, detached,
+        # so no extra forward pass. With several, the first update's starting policy is frozen as "old".
+        if self.cfg.num_iterations > 1 and update == 0:
+            batch.tensors["old_logprobs"] = self._score(ctx.model, batch.tensors, ctx)
+
+    def loss(self, ctx, micro: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        t = micro.tensors
+        logp, entropy = completion_logprobs(ctx.model, t, self.temperature, with_entropy=True)
+        device = logp.device
+        mask = t["completion_mask"].to(device)
+        old = t["old_logprobs"].to(device) if "old_logprobs" in t else logp.detach()
+        loss, metrics = policy_loss(
+            logp, old, t["advantages"].to(device), mask, loss_type=self.cfg.loss_type, epsilon=self.cfg.epsilon,
+            epsilon_high=self.cfg.epsilon_high, beta=self.cfg.beta,
+            ref_logp=t["ref_logprobs"].to(device) if "ref_logprobs" in t else None, totals=micro.totals,
+        )
+        out = {k: float(v) for k, v in metrics.items()}
+        out["entropy"] = float((entropy * mask).sum()) / micro.totals["num_tokens"]
+        return loss, out

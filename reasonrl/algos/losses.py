@@ -1,0 +1,164 @@
+"""Token log-probabilities, entropy, KL and the clipped policy losses of the GRPO family.
+
+Per-token tensors are [N, C], aligned with the completion tokens; `mask` [N, C] is 1 where a token counts
+in the loss and 0 elsewhere. Following the contract in algos/base.py, every loss is divided by a
+normaliser taken from `totals`, computed once over the whole batch, so that the losses of micro-batches
+sum to the full-batch loss (exact gradient accumulation). `totals` holds:
+  num_seqs               completions in the batch (rows, G per prompt times prompts)
+  num_tokens             mask sum over the whole batch
+  max_completion_length  the generation limit (Dr.GRPO's constant)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+
+from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS, register_advantage, zero_variance_groups
+
+# The advantage estimators are re-exported so the whole GRPO family imports from one module.
+__all__ = [
+    "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "LOSS_TYPES", "kl_k3", "overlong_mask", "policy_loss",
+    "register_advantage", "token_entropy", "token_logprobs", "zero_variance_groups",
+]
+
+Totals = Mapping[str, float]
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(target) at every position [N, C], from logits [N, C, V] sampled at `temperature`.
+
+    log_softmax(z / T)[y] = z_y / T - logsumexp(z / T), one row at a time in float32, so the working copy
+    is [C, V] rather than a whole [N, C, V] log_softmax (and bf16 logits keep float32 accuracy).
+    """
+    rows = []
+    for row_logits, row_targets in zip(logits, targets):
+        z = row_logits.float() / temperature
+        rows.append(z.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, -1))
+    return torch.stack(rows)
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of the sampling distribution softmax(z / T) at every position [N, C], one row at a time.
+
+    H = -sum_v p_v log p_v  with log p = z - logsumexp(z), z = logits / T (the shift by logsumexp first
+    avoids the cancellation of logsumexp(z) - sum_v p_v z_v when logits are large).
+    """
+    rows = []
+    for row_logits in logits:
+        z = row_logits.float() / temperature
+        log_p = z - torch.logsumexp(z, -1, keepdim=True)
+        rows.append(-(log_p.exp() * log_p).sum(-1))
+    return torch.stack(rows)
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimate, unbiased and non-negative (Schulman 2020, "Approximating KL
+    divergence", k3; DeepSeekMath eq. 4): pi_ref/pi - log(pi_ref/pi) - 1."""
+    log_r = ref_logp - logp
+    return log_r.exp() - log_r - 1
+
+
+def overlong_mask(finished: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero the mask of completions cut off at the length limit (`finished` [N] False), so they add no
+    gradient: DAPO's overlong filtering (Yu et al. 2025, arXiv:2503.14476, sec. 3.4)."""
+    return mask * finished.unsqueeze(-1).to(mask.dtype)
+
+
+# ---- aggregation: (masked per-token loss [N, C], mask, totals) -> scalar ------------------------------
+Aggregation = Callable[[torch.Tensor, torch.Tensor, Totals], torch.Tensor]
+
+
+def _sequence_mean(per_token: torch.Tensor, mask: torch.Tensor, totals: Totals) -> torch.Tensor:
+    """GRPO (DeepSeekMath eq. 3) and GSPO: (1/G) sum_i (1/|o_i|) sum_t l_it, with G = totals["num_seqs"]."""
+    return (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / totals["num_seqs"]
+
+
+def _constant_length(per_token: torch.Tensor, mask: torch.Tensor, totals: Totals) -> torch.Tensor:
+    """Dr.GRPO (Liu et al. 2025, arXiv:2503.20783, sec. 3.1): 1/|o_i| replaced by the constant
+    max_completion_length, which removes the bias toward long wrong answers: sum_i,t l_it / (G * L_max)."""
+    return per_token.sum() / (totals["num_seqs"] * totals["max_completion_length"])
+
+
+def _token_mean(per_token: torch.Tensor, mask: torch.Tensor, totals: Totals) -> torch.Tensor:
+    """DAPO token-level loss (Yu et al. 2025, arXiv:2503.14476, eq. 8 / sec. 3.3): sum_i,t l_it / sum_i |o_i|,
+    the token count of the whole batch."""
+    return per_token.sum() / totals["num_tokens"]
+
+
+def _local_token_mean(per_token: torch.Tensor, mask: torch.Tensor, totals: Totals) -> torch.Tensor:
+    """BNPO as TRL defines it: DAPO's formula over this micro-batch's own tokens. Not accumulation-exact:
+    summing micro-batch losses weights each micro-batch equally instead of each token (kept for parity)."""
+    return per_token.sum() / mask.sum().clamp(min=1)
+
+
+AGGREGATIONS: dict[str, Aggregation] = {
+    "grpo": _sequence_mean,
+    "dr_grpo": _constant_length,
+    "dapo": _token_mean,
+    "bnpo": _local_token_mean,
+    "gspo": _sequence_mean,
+}
+LOSS_TYPES = tuple(AGGREGATIONS)
+
+
+def _sequence_log_ratio(logp: torch.Tensor, log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GSPO-token log-ratio (Zheng et al. 2025, arXiv:2507.18071, sec. 4.1 and 4.3):
+    s_i = exp(1/|y_i| sum_t log(pi/pi_old)),  s_i,t = sg[s_i] * pi(y_i,t) / sg[pi(y_i,t)].
+    Its value is s_i at every token; its gradient flows through each token's log-prob."""
+    log_s = log_ratio.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    return log_s.detach() + logp - logp.detach()
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    loss_type: str,
+    totals: Totals,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    beta: float = 0.0,
+    ref_logp: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate loss of one micro-batch, normalised by batch-global `totals`, and its metrics.
+
+    Per token (PPO, Schulman et al. 2017; GRPO, DeepSeekMath eq. 3), with r = pi / pi_old:
+        l_t = -min(r_t A, clip(r_t, 1 - epsilon, 1 + epsilon_high) A) + beta * KL_k3(pi || pi_ref)_t
+    epsilon_high > epsilon is DAPO's clip-higher (sec. 3.1); None means symmetric. For "gspo", r_t is the
+    sequence ratio s_i,t (GSPO-token). `loss_type` chooses the aggregation (see AGGREGATIONS).
+    Metrics are sums over masked tokens divided by totals["num_tokens"]: micro-batch values sum to the
+    batch value. `kl` is reported whenever `ref_logp` is given; it enters the loss only when beta > 0.
+    """
+    if loss_type not in AGGREGATIONS:
+        raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
+    if beta > 0 and ref_logp is None:
+        raise ValueError("beta > 0 needs ref_logp (log-probs of the reference model)")
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    on = mask > 0
+    # Padding may hold any value (even inf); zero it before exp so neither loss nor gradient sees it.
+    logp, old_logp = torch.where(on, logp, 0.0), torch.where(on, old_logp, 0.0)
+    log_ratio = logp - old_logp
+    if loss_type == "gspo":
+        log_ratio = _sequence_log_ratio(logp, log_ratio, mask)
+    ratio = log_ratio.exp()
+    adv = advantages.unsqueeze(-1).to(ratio.dtype)
+    per_token = -torch.min(ratio * adv, ratio.clamp(1 - epsilon, 1 + eps_high) * adv)
+    metrics: dict[str, torch.Tensor] = {}
+    if ref_logp is not None:
+        kl = kl_k3(logp, torch.where(on, ref_logp, 0.0))
+        metrics["kl"] = kl.detach().sum() / totals["num_tokens"]
+        if beta > 0:
+            per_token = per_token + beta * kl
+    loss = AGGREGATIONS[loss_type](torch.where(on, per_token, 0.0), mask, totals)
+
+    # Clip fractions as TRL logs them: tokens whose gradient the clip removed.
+    r = ratio.detach()
+    low = on & (r < 1 - epsilon) & (adv < 0)
+    high = on & (r > 1 + eps_high) & (adv > 0)
+    for name, hit in (("low", low), ("high", high), ("region", low | high)):
+        metrics[f"clip_ratio/{name}_mean"] = hit.sum() / totals["num_tokens"]
+    return loss, metrics

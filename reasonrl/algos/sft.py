@@ -1,0 +1,65 @@
+"""SFT: maximise the likelihood of demonstration completions; the loss counts completion tokens only."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from reasonrl.algos import register_algorithm
+from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.common import build_sequences, completion_logprobs
+from reasonrl.config import AlgoConfig, register_algo_config
+from reasonrl.data import DataError, Example
+from reasonrl.models import encode_completion
+
+
+@register_algo_config("sft")
+@dataclass
+class SFTConfig(AlgoConfig):
+    name: str = "sft"
+    demo: str = "solution"  # solution (step by step) | direct (answer only) | mix
+    direct_fraction: float = 0.5  # with demo=mix: share of examples trained on the direct answer
+
+
+def demonstration(example: Example, cfg: SFTConfig, rng: random.Random) -> str:
+    use_direct = cfg.demo == "direct" or (cfg.demo == "mix" and rng.random() < cfg.direct_fraction)
+    text = example.direct if use_direct else example.solution
+    if not text:
+        field = "direct" if use_direct else "solution"
+        raise DataError(f"SFT needs a {field!r} demonstration, but an example has none (prompt: {str(example.prompt)[:80]!r})")
+    return text
+
+
+@register_algorithm("sft")
+class SFT:
+    needs_reference = False
+    needs_rollouts = False
+
+    def __init__(self, config):
+        self.cfg: SFTConfig = config.algo
+        if self.cfg.demo not in ("solution", "direct", "mix"):
+            raise ValueError(f"algo.demo must be solution, direct or mix, got {self.cfg.demo!r}")
+        self.batch_size = config.train.prompts_per_step
+        self.name = "sft"
+
+    def gather(self, ctx) -> TrainBatch:
+        examples = ctx.stream.next(self.batch_size)
+        rng = random.Random(f"sft/{ctx.config.train.seed}/{ctx.step}")
+        completions = [encode_completion(ctx.tokenizer, demonstration(ex, self.cfg, rng)) for ex in examples]
+        tensors = build_sequences(ctx.encode_prompts(examples), completions, ctx.tokenizer.pad_token_id)
+        num_tokens = float(tensors["completion_mask"].sum())
+        return TrainBatch(tensors, totals={"num_tokens": num_tokens}, metrics={"num_tokens": num_tokens})
+
+    def num_updates(self, batch: TrainBatch) -> int:
+        return 1
+
+    def prepare_update(self, ctx, batch: TrainBatch, update: int) -> None:
+        pass
+
+    def loss(self, ctx, micro: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        mask = micro.tensors["completion_mask"]
+        logp, _ = completion_logprobs(ctx.model, micro.tensors)
+        loss = -(logp * mask.to(logp.device)).sum() / micro.totals["num_tokens"]
+        return loss, {"sft/nll": float(loss.detach())}

@@ -1,0 +1,277 @@
+"""Crash-safe training checkpoints: write into a temporary directory, fsync, then rename.
+
+A checkpoint is `RUN_DIR/checkpoints/step_000123/` holding `model.safetensors`, `optimizer.pt`, `scheduler.pt`,
+`trainer_state.json` (counters and RNG states) and `manifest.json` (sha256 and size of every file, written last).
+A crash at any moment leaves the earlier checkpoints intact, plus at worst a `*.tmp-*` directory that loaders
+ignore and the next save removes; a checkpoint whose manifest does not verify is never loaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import torch
+
+logger = logging.getLogger("reasonrl")
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is incomplete, corrupted, or does not fit the model it is loaded into."""
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    trainer_state: dict,
+    keep: int,
+) -> Path:
+    """Atomically write the checkpoint of `step` and prune all but the newest `keep` checkpoints.
+
+    `trainer_state` must be JSON-serialisable (step, data position, counters); RNG states are added here.
+    Checkpoints of steps after `step` are removed too: they belong to a timeline abandoned by a resume
+    from an earlier step and would otherwise shadow this one in `latest_checkpoint`.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    _remove_tmp_dirs(ckpt_root, "*.tmp-*")
+    final = ckpt_root / f"step_{step:06d}"
+    tmp = ckpt_root / f"{final.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+
+    safetensors.torch.save_file(_unique_state_dict(model), tmp / MODEL_FILE, metadata={"format": "pt"})
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    if scheduler is not None:
+        torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+    state = {**trainer_state, "step": step, "rng": _rng_state()}
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    files = {p.name: {"sha256": _sha256(p), "size": p.stat().st_size} for p in sorted(tmp.iterdir())}
+    # The manifest goes last: its presence with matching hashes is what marks the checkpoint complete.
+    (tmp / MANIFEST_FILE).write_text(json.dumps({"step": step, "files": files}, indent=1))
+    _fsync_tree(tmp)
+    _replace_dir(tmp, final)
+
+    others = sorted((s, p) for s, p in _step_dirs(ckpt_root) if p != final)
+    newer = [p for s, p in others if s > step]
+    older = [p for s, p in others if s < step]
+    if newer:
+        logger.warning("removing checkpoints after step %d from an abandoned run: %s", step, [p.name for p in newer])
+    for path in newer + older[: max(len(older) - (keep - 1), 0)]:
+        shutil.rmtree(path)
+    return final
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Raise CheckpointError unless `path` has a manifest whose every file exists with its recorded size and sha256."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: missing or unreadable {MANIFEST_FILE} ({e})") from e
+    for required in (MODEL_FILE, STATE_FILE):
+        if required not in files:
+            raise CheckpointError(f"{path}: manifest lists no {required}")
+    for name, entry in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{path}: {name} is missing")
+        if f.stat().st_size != entry["size"]:
+            raise CheckpointError(f"{path}: {name} has {f.stat().st_size} bytes, manifest says {entry['size']}")
+        if _sha256(f) != entry["sha256"]:
+            raise CheckpointError(f"{path}: {name} does not match its sha256 in the manifest (corrupted)")
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint of `run_dir` that verifies; broken ones are skipped with a warning."""
+    for _, path in sorted(_step_dirs(Path(run_dir) / "checkpoints"), reverse=True):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as e:
+            logger.warning("skipping invalid checkpoint: %s", e)
+            continue
+        return path
+    return None
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+) -> dict:
+    """Restore model, optimizer, scheduler and RNG states from `path`; return the trainer state.
+
+    Verifies the manifest first and checks tensor names and shapes before touching the model, so a
+    refused checkpoint leaves the model unchanged.
+    """
+    path = Path(path)
+    verify_checkpoint(path)
+    expected = {name: tuple(t.shape) for name, t in _unique_state_dict(model).items()}
+    with safetensors.safe_open(path / MODEL_FILE, framework="pt") as f:
+        stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    _check_same_tensors(path, expected, stored)
+
+    weights = safetensors.torch.load_file(path / MODEL_FILE)
+    # strict=False because tied aliases (lm_head.weight) are not stored; the check above covered the rest.
+    model.load_state_dict(weights, strict=False)
+    for obj, name in ((optimizer, OPTIMIZER_FILE), (scheduler, SCHEDULER_FILE)):
+        if obj is None:
+            continue
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: has no {name} to restore")
+        obj.load_state_dict(torch.load(path / name, map_location="cpu", weights_only=True))
+    state = json.loads((path / STATE_FILE).read_text())
+    _set_rng_state(state.pop("rng"))
+    return state
+
+
+def save_pretrained_atomic(model: Any, tokenizer: Any | None, out_dir: str | Path) -> Path:
+    """Write an HF-format model directory so that `out_dir` is never seen half-written."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_tmp_dirs(out_dir.parent, f"{out_dir.name}.tmp-*")
+    tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    _fsync_tree(tmp)
+    _replace_dir(tmp, out_dir)
+    return out_dir
+
+
+def _unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with aliases of one tensor (tied embeddings) kept once, under their first name.
+
+    safetensors refuses shared storage; the model's own tying restores the aliases on load.
+    """
+    seen: set[tuple] = set()
+    out = {}
+    for name, t in model.state_dict().items():
+        # Empty tensors all report data_ptr 0, so only non-empty ones can be aliases.
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+        if t.numel() > 0 and key in seen:
+            continue
+        seen.add(key)
+        out[name] = t.detach().contiguous()
+    return out
+
+
+def _check_same_tensors(path: Path, expected: dict[str, tuple], stored: dict[str, tuple]) -> None:
+    for name, shape in expected.items():
+        if name not in stored:
+            raise CheckpointError(f"{path}: checkpoint has no tensor {name!r} (model expects shape {list(shape)})")
+        if stored[name] != shape:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has shape {list(stored[name])} in the checkpoint "
+                f"but {list(shape)} in the model"
+            )
+    for name in stored:
+        if name not in expected:
+            raise CheckpointError(f"{path}: checkpoint tensor {name!r} does not exist in the model")
+
+
+def _rng_state() -> dict:
+    version, internal, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [np_kind, np_keys.tolist(), np_pos, np_has_gauss, np_gauss],
+        "torch": _b64(torch.get_rng_state()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_kind, np.array(np_keys, dtype=np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(_unb64(state["torch"]))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in cuda])
+    elif cuda:
+        logger.warning("checkpoint has CUDA RNG states for %d devices that cannot be restored here", len(cuda))
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _step_dirs(ckpt_root: Path) -> list[tuple[int, Path]]:
+    if not ckpt_root.is_dir():
+        return []
+    return [(int(m.group(1)), p) for p in ckpt_root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+
+
+def _remove_tmp_dirs(parent: Path, pattern: str) -> None:
+    """Remove leftovers of saves that crashed (single writer: only rank 0 saves)."""
+    for p in parent.glob(pattern):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory under `root` to disk, so the rename that follows publishes durable data."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`; an existing `final` is moved aside first (directories cannot be renamed over)."""
+    aside = final.parent / f"{final.name}.tmp-{os.getpid()}-old"
+    if final.exists():
+        os.rename(final, aside)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+    if aside.exists():
+        shutil.rmtree(aside)

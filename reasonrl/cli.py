@@ -1,0 +1,128 @@
+"""Command line: `reasonrl train | sft | eval | plot`. Thin: parse arguments, then call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+USAGE_EXAMPLES = """examples:
+  reasonrl train                                  GRPO on the arith world from the shipped student
+  reasonrl train algo=dapo train.steps=60         DAPO settings, more steps
+  reasonrl train --config configs/grpo.yaml algo.beta=0.01
+  reasonrl train --resume runs/grpo-20261122-101500
+  reasonrl sft --config configs/student.yaml --export reasonrl/assets/student
+  reasonrl eval --model runs/grpo-.../final --data world:arith --levels 1,2,3,4,5
+  reasonrl plot runs/grpo-...
+"""
+
+
+def _run_training(args, algo: str | None) -> int:
+    from reasonrl.config import load_config
+    from reasonrl.trainer import Trainer
+
+    overrides = list(args.overrides)
+    if algo and not any(o.startswith(("algo=", "algo.name=")) for o in overrides):
+        overrides.insert(0, f"algo={algo}")
+    config_path = args.config
+    if args.resume and not config_path:
+        config_path = str(Path(args.resume) / "config.yaml")
+    config = load_config(config_path, overrides)
+    if args.quiet:
+        config.train.progress = False
+    trainer = Trainer(config, run_dir=args.resume or args.output_dir, resume=bool(args.resume))
+    final = trainer.train()
+    from reasonrl.tracking import read_metrics
+
+    records = [r for r in read_metrics(trainer.run_dir) if "eval/accuracy" in r]
+    summary = {"run_dir": str(trainer.run_dir)}
+    if records:
+        summary["accuracy_before"] = records[0]["eval/accuracy"]
+        summary["accuracy_after"] = records[-1]["eval/accuracy"]
+        summary.update({k.removeprefix("eval/"): v for k, v in final.items()})
+    if args.export:
+        export = Path(args.export)
+        tmp = export.with_name(export.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(trainer.run_dir / "final", tmp)
+        shutil.rmtree(export, ignore_errors=True)
+        tmp.rename(export)
+        summary["exported"] = str(export)
+    print(json.dumps(summary))
+    return 0
+
+
+def _run_eval(args) -> int:
+    from reasonrl.config import DataConfig
+    from reasonrl.data import load_source
+    from reasonrl.evaluation import evaluate
+    from reasonrl.models import load_model
+    from reasonrl.rollout.hf import HFEngine
+
+    model, tokenizer = load_model(args.model, args.dtype, args.device)
+    levels = [int(x) for x in args.levels.split(",")] if args.levels else [1, 2, 3]
+    data_cfg = DataConfig(levels=levels, eval_levels=levels, eval_n=args.n, seed=args.seed,
+                          prompt_field=args.prompt_field, answer_field=args.answer_field)
+    examples = load_source(args.data, data_cfg, "eval", args.n)
+    metrics = evaluate(HFEngine(model, tokenizer), tokenizer, examples, args.max_new_tokens)
+    print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    return 0
+
+
+def _run_plot(args) -> int:
+    from reasonrl.plot import plot_run
+
+    for path in plot_run(args.run_dir, args.out):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reasonrl", description=__doc__, epilog=USAGE_EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("train", "RL training (GRPO family by default)"), ("sft", "supervised fine-tuning on demonstrations")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="YAML config file")
+        p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest valid checkpoint")
+        p.add_argument("--output-dir", help="run directory (default: runs/ALGO-TIME)")
+        p.add_argument("--export", metavar="DIR", help="copy the final model folder here when done")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. algo.beta=0.01")
+    p = sub.add_parser("eval", help="greedy accuracy of a model on a dataset; last line is JSON")
+    p.add_argument("--model", default="student", help="model directory or shipped name (student, teacher)")
+    p.add_argument("--data", default="world:arith", help="world:arith | FILE.jsonl | reasoning_gym:NAME")
+    p.add_argument("--n", type=int, default=50, help="examples per level (worlds) or in total")
+    p.add_argument("--levels", help="comma-separated world levels, e.g. 1,2,3")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--prompt-field", default="prompt")
+    p.add_argument("--answer-field", default="answer")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("plot", help="PNG learning curves of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/plots)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command in ("train", "sft"):
+            return _run_training(args, "sft" if args.command == "sft" else None)
+        if args.command == "eval":
+            return _run_eval(args)
+        return _run_plot(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # Bad input gets one clear line, not a traceback to decode.
+        print(f"reasonrl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

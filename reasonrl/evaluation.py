@@ -1,0 +1,46 @@
+"""Greedy evaluation: accuracy (overall and per difficulty level) and completion length."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from reasonrl.data import Example
+from reasonrl.models import decode_completion, encode_prompt
+from reasonrl.rewards import RewardManager
+from reasonrl.rollout.base import RolloutEngine, SamplingParams
+
+
+def evaluate(
+    engine: RolloutEngine,
+    tokenizer,
+    examples: list[Example],
+    max_new_tokens: int,
+    system_prompt: str | None = None,
+    verifier: RewardManager | None = None,
+) -> dict[str, float]:
+    """Greedy-decode every example once and verify its answer; returns `accuracy`, `mean_completion_tokens`,
+    `accuracy/level_K` per level, and `truncated_ratio` (completions cut at the length limit)."""
+    if not examples:
+        raise ValueError("evaluation needs at least one example")
+    prompts = [encode_prompt(tokenizer, ex.prompt, system_prompt) for ex in examples]
+    rollouts = engine.generate(prompts, 1, SamplingParams(max_new_tokens=max_new_tokens, greedy=True))
+    texts = [decode_completion(tokenizer, ids) for ids in rollouts.completion_ids]
+    verifier = verifier or RewardManager([("accuracy", 1.0)])
+    result = verifier.score(
+        [str(ex.prompt) for ex in examples], texts,
+        {"answer": [ex.answer for ex in examples], "meta": [ex.meta for ex in examples], "level": [ex.level for ex in examples]},
+    )
+    correct = [1.0 if r == 1.0 else 0.0 for r in result.components["accuracy"]]
+    by_level: dict[int, list[float]] = defaultdict(list)
+    for ex, c in zip(examples, correct):
+        if ex.level is not None:
+            by_level[ex.level].append(c)
+    metrics = {
+        "accuracy": sum(correct) / len(correct),
+        "mean_completion_tokens": sum(len(c) for c in rollouts.completion_ids) / len(examples),
+        "truncated_ratio": sum(not f for f in rollouts.finished) / len(examples),
+        "n": float(len(examples)),
+        "verify_failed": float(result.failed + result.timeout),
+    }
+    metrics.update({f"accuracy/level_{lv}": sum(v) / len(v) for lv, v in sorted(by_level.items())})
+    return metrics

@@ -1,0 +1,139 @@
+"""Tokenizer and models: an offline BPE tokenizer, tiny Llama models from config, and loading of any HF causal LM.
+
+Tiny models are saved as Llama: in transformers 5.x a folder saved as Qwen2 makes AutoTokenizer return a
+Qwen2 tokenizer that overrides ours and silently drops spaces and newlines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+ASSETS = Path(__file__).parent / "assets"
+SHIPPED = ("student", "teacher")
+PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+THINK_TAGS = ("<think>", "</think>")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Sizes of tiny models, by name. `tiny` is ~0.9M parameters: enough to learn column arithmetic on a CPU.
+TINY_SIZES = {
+    "nano": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
+    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4),
+}
+
+
+def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on `corpus`, splitting every digit into its own token so numbers stay column-aligned."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    # Think tags are ordinary added tokens (as in Qwen3): one id each, and kept when decoding skips specials.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TAGS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, chat_template=CHAT_TEMPLATE,
+        padding_side="left", model_max_length=1024,
+    )
+
+
+def arith_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """The tokenizer of the shipped models: BPE trained on the arith world's prompts and demonstrations."""
+    from reasonrl.worlds.arith import ArithWorld
+
+    world = ArithWorld(levels=list(ArithWorld.levels), seed=0)
+    corpus = ["system\n", "user\n", "assistant\n"] * 500
+    for i in range(3000):
+        example = world.example(i)
+        corpus += [example.prompt, example.solution, example.direct]
+    return build_tokenizer(corpus, vocab_size)
+
+
+def tiny_model(tokenizer: PreTrainedTokenizerFast, size: str = "tiny", seed: int = 0, **overrides) -> LlamaForCausalLM:
+    """A randomly initialised Llama-architecture model sized by name (see TINY_SIZES)."""
+    if size not in TINY_SIZES:
+        raise ValueError(f"unknown tiny model size {size!r}; known: {sorted(TINY_SIZES)}")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        **{**TINY_SIZES[size], **overrides},
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def resolve_model_path(path: str) -> Path:
+    """Map a shipped checkpoint name to its folder; check that a directory holds a model."""
+    resolved = ASSETS / path if path in SHIPPED else Path(path).expanduser()
+    if not resolved.is_dir():
+        hint = f" (shipped checkpoints: {', '.join(SHIPPED)})" if path not in SHIPPED else " (the shipped checkpoint is missing; see README: reasonrl sft ...)"
+        raise FileNotFoundError(f"model directory not found: {resolved}{hint}")
+    if not (resolved / "config.json").exists():
+        raise FileNotFoundError(f"{resolved} is not a Hugging Face model directory: no config.json")
+    return resolved
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(path: str, dtype: str = "float32", device: str = "auto") -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    """Load any HF causal LM and its tokenizer from a local directory (or a shipped name); no hub access.
+
+    `scratch:SIZE` builds a randomly initialised tiny model with the arith tokenizer (how shipped models start).
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    if path.startswith("scratch:"):
+        tokenizer = arith_tokenizer()
+        return tiny_model(tokenizer, path.split(":", 1)[1]).to(DTYPES[dtype]).to(resolve_device(device)), tokenizer
+    folder = resolve_model_path(path)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
+    return model.to(resolve_device(device)), load_tokenizer(path)
+
+
+def encode_prompt(tokenizer, prompt: str | list[dict[str, str]], system_prompt: str | None = None) -> list[int]:
+    """Token ids of a prompt, through the chat template when the tokenizer has one, ending where the answer starts."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system_prompt and messages[0].get("role") != "system":
+        messages = [{"role": "system", "content": system_prompt}] + messages
+    if tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    text = "\n".join(m["content"] for m in messages) + "\n"
+    return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
+def encode_completion(tokenizer, text: str) -> list[int]:
+    """Token ids of a demonstration completion, closed by EOS as the model must learn to stop."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def decode_completion(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True)

@@ -1,0 +1,71 @@
+"""Sample completions for examples and score them: the data-gathering step shared by on-policy algorithms."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from reasonrl.data import Example
+from reasonrl.models import decode_completion
+from reasonrl.rollout.base import Rollouts, SamplingParams
+
+
+def example_fields(examples: list[Example], n: int) -> dict[str, list[Any]]:
+    """Per-row fields handed to reward functions: every example repeated for its n samples."""
+    rows = [ex for ex in examples for _ in range(n)]
+    return {"answer": [ex.answer for ex in rows], "level": [ex.level for ex in rows], "meta": [ex.meta for ex in rows]}
+
+
+def collect_rollouts(
+    ctx, examples: list[Example], n: int, params: SamplingParams,
+    extra_rewards: list[tuple[str, float, Callable]] = (),
+):
+    """Generate n completions per example and score them with the run's rewards (+ algorithm-specific extras,
+    e.g. DAPO's overlong punishment). Returns the Rollouts (rewards filled in) and the RewardResult."""
+    rollouts = ctx.engine.generate(ctx.encode_prompts(examples), n, params)
+    rollouts.texts = [decode_completion(ctx.tokenizer, ids) for ids in rollouts.completion_ids]
+    fields = example_fields(examples, n)
+    rollouts.meta = [{"answer": a, "level": lv} for a, lv in zip(fields["answer"], fields["level"])]
+    prompts = [str(ex.prompt) for ex in examples for _ in range(n)]
+    fields.update(completion_ids=rollouts.completion_ids, finished=rollouts.finished)
+    result = ctx.rewards.score(prompts, rollouts.texts, fields)
+    total, components = list(result.total), dict(result.components)
+    for name, weight, fn in extra_rewards:
+        values = fn(prompts, rollouts.texts, **fields)
+        components[name] = values
+        total = [t + weight * v for t, v in zip(total, values)]
+    rollouts.rewards, rollouts.reward_components = total, components
+    return rollouts, result
+
+
+def rollout_metrics(rollouts: Rollouts, result, max_new_tokens: int) -> dict[str, float]:
+    """The metrics peers log for a generation round, under the names users know from TRL."""
+    rewards = torch.tensor(rollouts.rewards, dtype=torch.float64)
+    valid = rewards[torch.isfinite(rewards)]
+    groups = torch.tensor(rollouts.group)
+    lengths = rollouts.completion_lengths()
+    zero_std = []
+    for g in groups.unique():
+        r = rewards[groups == g]
+        r = r[torch.isfinite(r)]
+        zero_std.append(float(len(r) < 2 or bool((r == r[0]).all())))
+    metrics = {
+        "reward": float(valid.mean()) if len(valid) else math.nan,
+        "reward_std": float(valid.std()) if len(valid) > 1 else 0.0,
+        "frac_reward_zero_std": sum(zero_std) / max(1, len(zero_std)),
+        "completions/mean_length": float(lengths.mean()),
+        "completions/min_length": float(lengths.min()),
+        "completions/max_length": float(lengths.max()),
+        "completions/clipped_ratio": sum(not f for f in rollouts.finished) / len(rollouts),
+        "num_tokens": float(lengths.sum()),
+        "rewards/failed": float(result.failed),
+        "rewards/timeout": float(result.timeout),
+    }
+    for name, values in rollouts.reward_components.items():
+        v = torch.tensor(values, dtype=torch.float64)
+        v = v[torch.isfinite(v)]
+        if len(v):
+            metrics[f"rewards/{name}/mean"] = float(v.mean())
+    return metrics

@@ -1,0 +1,63 @@
+"""Rollouts with Hugging Face `generate`: batched, KV-cached, returning the sampled tokens and their log-probs."""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig
+
+from reasonrl.rollout.base import Rollouts, SamplingParams
+
+
+class HFEngine:
+    """Generates with the training model itself, so weights never need syncing."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, max_batch_size: int = 256):
+        self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams) -> Rollouts:
+        rows = [(g, p) for g, p in enumerate(prompt_ids) for _ in range(n)]
+        out = Rollouts([], [], [], [], [])
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(rows), self.max_batch_size):
+                chunk = rows[start : start + self.max_batch_size]
+                self._generate_chunk([p for _, p in chunk], params, out)
+                out.group += [g for g, _ in chunk]
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, out: Rollouts) -> None:
+        tok, device = self.tokenizer, next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):  # left padding: every completion starts at column `width`
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        sampling = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+        config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            return_dict_in_generate=True, output_logits=not params.greedy,
+            **({"do_sample": False} if params.greedy else sampling),
+        )
+        result = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        completions = result.sequences[:, width:].cpu()
+        logprobs = None
+        if not params.greedy:
+            logits = torch.stack(result.logits, 1).float() / params.temperature
+            chosen = completions[:, : logits.shape[1]].to(logits.device)
+            logprobs = (logits.gather(-1, chosen.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)).cpu()
+        for i, p in enumerate(prompts):
+            row = completions[i].tolist()
+            finished = tok.eos_token_id in row
+            length = row.index(tok.eos_token_id) + 1 if finished else len(row)
+            out.prompt_ids.append(list(p))
+            out.completion_ids.append(row[:length])
+            out.logprobs.append(logprobs[i, :length].tolist() if logprobs is not None else [])
+            out.finished.append(finished)

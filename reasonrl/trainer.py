@@ -1,0 +1,233 @@
+"""The training loop, blind to the algorithm: gather -> loss over micro-batches -> optimizer step; eval, checkpoints.
+
+Everything an algorithm may need (model, tokenizer, data stream, rollout engine, rewards, reference model) is
+in the `Context` it receives; the loop itself only accumulates gradients, steps the optimizer and keeps records.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reasonrl.algos import make_algorithm
+from reasonrl.algos.base import Algorithm, TrainBatch
+from reasonrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained_atomic
+from reasonrl.config import Config, config_to_dict, save_config
+from reasonrl.data import Example, PromptStream, load_source
+from reasonrl.evaluation import evaluate
+from reasonrl.models import encode_prompt, load_model
+from reasonrl.rewards import RewardManager
+from reasonrl.rollout.base import RolloutEngine
+from reasonrl.tracking import Tracker
+
+
+class TrainingError(RuntimeError):
+    """A run cannot go on (e.g. too many non-finite steps in a row); a checkpoint of the last good state is saved."""
+
+
+@dataclass
+class Context:
+    """What an algorithm sees of the run."""
+
+    config: Config
+    model: torch.nn.Module
+    tokenizer: Any
+    stream: PromptStream
+    engine: RolloutEngine | None = None
+    rewards: RewardManager | None = None
+    ref_model: torch.nn.Module | None = None
+    run_dir: Path | None = None
+    step: int = 0
+    state: dict[str, Any] = field(default_factory=dict)  # algorithm state that must survive a resume
+
+    def encode_prompts(self, examples: list[Example]) -> list[list[int]]:
+        return [encode_prompt(self.tokenizer, ex.prompt, self.config.data.system_prompt) for ex in examples]
+
+
+def lr_lambda(optim_cfg, total_steps: int):
+    """Warmup then constant, linear or cosine decay to min_lr_ratio, as a multiplier of the base lr."""
+
+    def factor(step: int) -> float:
+        if step < optim_cfg.warmup_steps:
+            return (step + 1) / (optim_cfg.warmup_steps + 1)
+        progress = min(1.0, (step - optim_cfg.warmup_steps) / max(1, total_steps - optim_cfg.warmup_steps))
+        floor = optim_cfg.min_lr_ratio
+        if optim_cfg.schedule == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        if optim_cfg.schedule == "linear":
+            return floor + (1 - floor) * (1 - progress)
+        if optim_cfg.schedule == "constant":
+            return 1.0
+        raise ValueError(f"unknown optim.schedule {optim_cfg.schedule!r}; choose constant, linear or cosine")
+
+    return factor
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Runs one algorithm on one model. Build with a Config; `train()` returns the final eval metrics."""
+
+    def __init__(self, config: Config, run_dir: str | Path | None = None, resume: bool = False):
+        self.config = cfg = config
+        seed_everything(cfg.train.seed)
+        self.algo: Algorithm = make_algorithm(cfg)
+        # Everything that can fail on bad input happens before the run directory exists.
+        self.model, self.tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device)
+        self.model.train()
+        self.stream = PromptStream(cfg.data.train, cfg.data)
+        eval_spec = cfg.data.eval or cfg.data.train
+        self.eval_examples = load_source(eval_spec, cfg.data, "eval", cfg.data.eval_n)
+        self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+        engine = make_engine(cfg, self.model, self.tokenizer, self.run_dir)
+        rewards = RewardManager(
+            [(spec.name, spec.weight) for spec in cfg.rewards.funcs], timeout=cfg.rewards.timeout,
+            num_workers=cfg.rewards.num_workers,
+        ) if self.algo.needs_rollouts else None
+        ref_model = None
+        if self.algo.needs_reference:
+            ref_model, _ = load_model(cfg.model.ref_path or cfg.model.path, cfg.model.dtype, cfg.model.device)
+            ref_model.eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+            eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim, cfg.train.steps))
+        self.ctx = Context(cfg, self.model, self.tokenizer, self.stream, engine, rewards, ref_model, self.run_dir)
+        self.start_step, self.nonfinite_in_row = 0, 0
+        self.stop_requested = False
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._resume()
+        save_config(cfg, self.run_dir / "config.yaml")
+
+    def _resume(self) -> None:
+        checkpoint = latest_checkpoint(self.run_dir)
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume: no valid checkpoint under {self.run_dir / 'checkpoints'}")
+        state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
+        self.start_step = int(state["step"])
+        self.stream.load_state_dict(state["stream"])
+        self.ctx.state = state.get("algo", {})
+
+    def _state(self, step: int) -> dict[str, Any]:
+        return {"step": step, "stream": self.stream.state_dict(), "algo": self.ctx.state}
+
+    def _eval(self) -> dict[str, float]:
+        if not self.eval_examples:
+            return {}
+        rcfg = self.config.rollout
+        metrics = evaluate(
+            self.ctx.engine, self.tokenizer, self.eval_examples,
+            rcfg.eval_max_completion_length or rcfg.max_completion_length, self.config.data.system_prompt,
+        )
+        return {f"eval/{k}": v for k, v in metrics.items()}
+
+    def _update(self, batch: TrainBatch) -> dict[str, float]:
+        """One optimizer step per algorithm update; non-finite losses or gradients skip the step."""
+        sums: dict[str, float] = {}
+        for update in range(self.algo.num_updates(batch)):
+            self.algo.prepare_update(self.ctx, batch, update)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_total = 0.0
+            for micro in batch.micro_batches(self.config.train.micro_batch_size):
+                loss, metrics = self.algo.loss(self.ctx, micro)
+                loss.backward()
+                loss_total += float(loss.detach())
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.max_grad_norm))
+            if not (math.isfinite(loss_total) and math.isfinite(grad_norm)):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.nonfinite_in_row += 1
+                sums["train/nonfinite_steps"] = sums.get("train/nonfinite_steps", 0.0) + 1
+                if self.nonfinite_in_row >= self.config.train.max_nan_steps:
+                    path = save_checkpoint(self.run_dir, self.ctx.step, self.model, self.optimizer, self.scheduler,
+                                           self._state(self.ctx.step), self.config.train.keep_checkpoints)
+                    raise TrainingError(
+                        f"loss or gradients were NaN/inf in {self.nonfinite_in_row} updates in a row "
+                        f"(train.max_nan_steps={self.config.train.max_nan_steps}); last good state saved in {path}"
+                    )
+                continue
+            self.nonfinite_in_row = 0
+            self.optimizer.step()
+            sums["loss"], sums["grad_norm"] = loss_total, grad_norm
+        self.scheduler.step()
+        updates = max(1, self.algo.num_updates(batch))
+        return {k: (v if k == "train/nonfinite_steps" else v / updates) for k, v in sums.items()}
+
+    def _request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+
+    def train(self) -> dict[str, float]:
+        cfg = self.config.train
+        tracker = Tracker(self.run_dir, cfg.report_to, config_to_dict(self.config), cfg.steps, cfg.progress,
+                          resume_step=self.start_step)
+        previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if self.start_step == 0:
+                tracker.log(0, self._eval())
+            step = self.start_step
+            for step in range(self.start_step + 1, cfg.steps + 1):
+                self.ctx.step = step
+                started = time.perf_counter()
+                batch = self.algo.gather(self.ctx)
+                metrics = dict(batch.metrics)
+                if len(batch):
+                    metrics.update(self._update(batch))
+                else:
+                    self.scheduler.step()
+                    metrics["train/skipped_empty_batch"] = 1.0
+                metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
+                metrics["step_time"] = time.perf_counter() - started
+                if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+                    metrics.update(self._eval())
+                tracker.log(step, metrics)
+                if (cfg.save_every and step % cfg.save_every == 0) or self.stop_requested:
+                    save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self._state(step),
+                                    cfg.keep_checkpoints)
+                if self.stop_requested:
+                    return {}
+            final = self._eval()
+            tracker.log(step, final) if final else None
+            save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self._state(step),
+                            cfg.keep_checkpoints)
+            save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "final")
+            return final
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            tracker.close()
+
+
+def default_run_dir(cfg: Config) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.train.output_dir.format(algo=cfg.algo.name, time=stamp))
+
+
+def make_engine(cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path) -> RolloutEngine:
+    """The configured engine; with rollout.save_rollouts every sampling call is recorded under RUN_DIR/rollouts."""
+    from reasonrl.rollout.hf import HFEngine
+    from reasonrl.rollout.replay import RecordingEngine, ReplayEngine
+
+    engine: RolloutEngine = HFEngine(model, tokenizer)
+    if cfg.rollout.engine == "replay":
+        if not cfg.rollout.replay_dir:
+            raise ValueError("rollout.engine=replay needs rollout.replay_dir (the rollouts/ folder of a recorded run)")
+        engine = ReplayEngine(cfg.rollout.replay_dir, live=engine)
+    elif cfg.rollout.engine != "hf":
+        raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; choose hf or replay")
+    if cfg.rollout.save_rollouts:
+        engine = RecordingEngine(engine, run_dir / "rollouts")
+    return engine
