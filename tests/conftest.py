@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny random model saved once per session, and quick configs."""
+
+import pytest
+import torch
+
+from reasonrl.config import load_config
+from reasonrl.models import arith_tokenizer, tiny_model
+
+
+@pytest.fixture(scope="session")
+def nano_dir(tmp_path_factory):
+    """A randomly initialised ~70k-parameter Llama with the arith tokenizer, in HF format."""
+    path = tmp_path_factory.mktemp("nano")
+    tokenizer = arith_tokenizer()
+    tiny_model(tokenizer, "nano", seed=0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def quick_config(nano_dir, tmp_path):
+    """A config for a few fast GRPO steps on the nano model; extra overrides win."""
+
+    def make(*overrides: str):
+        base = [
+            f"model.path={nano_dir}", "rollout.num_generations=4", "rollout.max_completion_length=12",
+            "train.prompts_per_step=4", "train.micro_batch_size=16", "train.steps=2", "train.progress=false",
+            "data.eval_n=2", f"train.output_dir={tmp_path / 'run'}", "optim.lr=1e-3",
+        ]
+        return load_config(None, base + list(overrides))
+
+    torch.manual_seed(0)
+    return make
