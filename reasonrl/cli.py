@@ -27,6 +27,9 @@ def _run_training(args, algo: str | None) -> int:
     overrides = list(args.overrides)
     if algo and not any(o.startswith(("algo=", "algo.name=")) for o in overrides):
         overrides.insert(0, f"algo={algo}")
+    if args.replay:
+        recorded = Path(args.replay) / "rollouts" if (Path(args.replay) / "rollouts").is_dir() else Path(args.replay)
+        overrides += ["rollout.engine=replay", f"rollout.replay_dir={recorded}"]
     config_path = args.config
     if args.resume and not config_path:
         config_path = str(Path(args.resume) / "config.yaml")
@@ -91,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--output-dir", help="run directory (default: runs/ALGO-TIME)")
         p.add_argument("--export", metavar="DIR", help="copy the final model folder here when done")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--replay", metavar="DIR", help="train on rollouts recorded with rollout.save_rollouts=true "
+                       "(RUN_DIR or RUN_DIR/rollouts) instead of generating")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. algo.beta=0.01")
     p = sub.add_parser("eval", help="greedy accuracy of a model on a dataset; last line is JSON")
     p.add_argument("--model", default="student", help="model directory or shipped name (student, teacher)")

@@ -49,7 +49,17 @@ class Context:
     state: dict[str, Any] = field(default_factory=dict)  # algorithm state that must survive a resume
 
     def encode_prompts(self, examples: list[Example]) -> list[list[int]]:
-        return [encode_prompt(self.tokenizer, ex.prompt, self.config.data.system_prompt) for ex in examples]
+        """Prompt token ids; a prompt that leaves no room for the completion in the model's context is an error."""
+        ids = [encode_prompt(self.tokenizer, ex.prompt, self.config.data.system_prompt) for ex in examples]
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        room = self.config.rollout.max_completion_length
+        for prompt, example in zip(ids, examples):
+            if context and len(prompt) + room > context:
+                raise ValueError(
+                    f"prompt of {len(prompt)} tokens + rollout.max_completion_length={room} exceeds the model's context "
+                    f"of {context} tokens (prompt starts {str(example.prompt)[:60]!r})"
+                )
+        return ids
 
 
 def lr_lambda(optim_cfg, total_steps: int):

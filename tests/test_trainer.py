@@ -146,3 +146,23 @@ def test_malformed_jsonl_names_the_line_and_writes_nothing(quick_config, tmp_pat
     with pytest.raises(ValueError, match="line 2"):
         Trainer(quick_config(f"data.train={data}"), run_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_reference_model_is_loaded_only_when_beta_is_positive(quick_config, tmp_path):
+    plain = Trainer(quick_config("rewards.funcs=test_digits:1.0"), run_dir=tmp_path / "b0")
+    assert plain.ctx.ref_model is None
+    cfg = quick_config("rewards.funcs=test_digits:1.0", "algo.beta=0.1", "train.steps=3", "optim.lr=1e-2")
+    trainer = Trainer(cfg, run_dir=tmp_path / "b1")
+    assert trainer.ctx.ref_model is not None
+    trainer.train()
+    kl = [r["kl"] for r in run_metrics(tmp_path / "b1").values()]
+    assert kl[0] == pytest.approx(0.0, abs=1e-6)  # the policy starts equal to the reference
+    assert kl[-1] > 0  # and drifts from it after updates
+
+
+def test_a_prompt_longer_than_the_context_is_a_clear_error(quick_config, tmp_path):
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"prompt": "1+" * 400 + "1", "answer": "401"}) + "\n")
+    trainer = Trainer(quick_config(f"data.train={data}", f"data.eval={data}"), run_dir=tmp_path / "long")
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        trainer.algo.gather(trainer.ctx)
