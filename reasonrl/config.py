@@ -68,12 +68,12 @@ class RewardConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
+    lr: float = 2e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     schedule: str = "constant"  # constant | cosine | linear
-    warmup_steps: int = 0
+    warmup_steps: int = 5
     min_lr_ratio: float = 0.0
     max_grad_norm: float = 1.0
 
@@ -82,7 +82,7 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 40
     prompts_per_step: int = 8
-    micro_batch_size: int = 32  # sequences per forward/backward; the loss is normalised globally
+    micro_batch_size: int = 64  # sequences per forward/backward; the loss is normalised globally
     eval_every: int = 0  # 0: only before and after training
     save_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
