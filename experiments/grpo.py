@@ -26,13 +26,13 @@ SETTINGS = {
 COMMON = [
     "model.path=student", "data.levels=[1,2,3]", "data.eval_levels=[1,2,3,4,5]", "data.eval_n=50",
     "rollout.num_generations=8", "rollout.max_completion_length=64", "rollout.eval_max_completion_length=96",
-    "train.prompts_per_step=8", "train.micro_batch_size=64", "optim.lr=2e-4", "optim.warmup_steps=5",
+    "train.prompts_per_step=8", "train.micro_batch_size=64", "optim.lr=5e-5", "optim.warmup_steps=5",
     "train.progress=false",
 ]
 
 
 def run(name: str, steps: int, out_root: Path, seed: int) -> tuple[Path, float]:
-    overrides = COMMON + SETTINGS[name] + [f"train.steps={steps}", f"train.eval_every={max(1, steps // 6)}",
+    overrides = COMMON + SETTINGS[name] + [f"train.steps={steps}", f"train.eval_every={max(1, steps // 5)}",
                                            f"train.seed={seed}"]
     trainer = Trainer(load_config(None, overrides), run_dir=out_root / name)
     started = time.perf_counter()
@@ -59,7 +59,7 @@ def table(run_dirs: dict[str, Path], wall: dict[str, float]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "runs" / "exp-grpo"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "results"))
@@ -78,7 +78,7 @@ def main() -> int:
     }
     for metric, file in plots.items():
         plot_runs([run_dirs[n] for n in labels], labels, metric, doc_dir / file)
-    command = "python experiments/grpo.py" + ("" if args.steps == 120 else f" --steps {args.steps}")
+    command = "python experiments/grpo.py" + ("" if args.steps == 250 else f" --steps {args.steps}")
     doc = [
         "# GRPO and DAPO from the shipped student (arith world)",
         "",

@@ -1,26 +1,37 @@
-"""Learning, step-counted (never timed): RL from the shipped student must raise held-out accuracy."""
+"""Learning, step-counted (never timed): training must move the model in the direction it promises."""
 
 import json
 
 import pytest
 
 from reasonrl.config import load_config
+from reasonrl.rewards import register_reward
 from reasonrl.trainer import Trainer
 
-STEPS = 30
+
+def metric_rows(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@register_reward("test_digit_share")
+def digit_share(prompts, completions, **kwargs):
+    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+
+
+def test_grpo_climbs_a_dense_reward_from_random_init(quick_config, tmp_path):
+    cfg = quick_config("rewards.funcs=test_digit_share:1.0", "rollout.max_completion_length=16", "train.steps=25",
+                       "optim.lr=3e-3", "optim.warmup_steps=0", "train.prompts_per_step=8", "data.eval_n=1")
+    Trainer(cfg, run_dir=tmp_path / "dense").train()
+    rewards = [r["reward"] for r in metric_rows(tmp_path / "dense") if "reward" in r]
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.3
 
 
 @pytest.mark.slow
 def test_grpo_raises_student_accuracy_on_levels_1_to_3(tmp_path):
-    config = load_config(None, [
-        "model.path=student", "data.levels=[1,2,3]", "data.eval_n=40", "rollout.num_generations=8",
-        "rollout.max_completion_length=64", "train.prompts_per_step=8", "train.micro_batch_size=64",
-        f"train.steps={STEPS}", "optim.lr=2e-4", "optim.warmup_steps=5", "train.progress=false", "train.seed=0",
-    ])
-    trainer = Trainer(config, run_dir=tmp_path / "grpo")
-    final = trainer.train()
-    rows = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    config = load_config("configs/grpo.yaml", ["data.eval_n=40", "train.steps=60", "train.progress=false", "train.seed=0"])
+    final = Trainer(config, run_dir=tmp_path / "grpo").train()
+    rows = metric_rows(tmp_path / "grpo")
     before = rows[0]["eval/accuracy"]
-    assert final["eval/accuracy"] >= before + MARGIN, (before, final["eval/accuracy"])
+    assert final["eval/accuracy"] >= before + 0.08, (before, final["eval/accuracy"])
     rewards = [r["reward"] for r in rows if "reward" in r]
-    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5  # training reward rises too
+    assert sum(rewards[-15:]) / 15 > sum(rewards[:15]) / 15  # training reward rises too
