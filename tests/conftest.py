@@ -6,6 +6,10 @@ import torch
 from reasonrl.config import load_config
 from reasonrl.models import arith_tokenizer, tiny_model
 
+# Tiny models run faster on one thread, and a fixed thread count keeps the step-counted learning tests bitwise
+# reproducible from machine to machine of the same kind.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def nano_dir(tmp_path_factory):
