@@ -172,7 +172,8 @@ class Trainer:
                 continue
             self.nonfinite_in_row = 0
             self.optimizer.step()
-            sums["loss"], sums["grad_norm"] = loss_total, grad_norm
+            sums["loss"] = sums.get("loss", 0.0) + loss_total
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
         self.scheduler.step()
         updates = max(1, self.algo.num_updates(batch))
         return {k: (v if k == "train/nonfinite_steps" else v / updates) for k, v in sums.items()}
@@ -210,7 +211,8 @@ class Trainer:
                 if self.stop_requested:
                     return {}
             final = self._eval()
-            tracker.log(step, final) if final else None
+            if final:
+                tracker.log(step, final)
             save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self._state(step),
                             cfg.keep_checkpoints)
             save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "final")
