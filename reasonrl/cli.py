@@ -46,6 +46,8 @@ def _run_training(args, algo: str | None) -> int:
         summary["accuracy_before"] = records[0]["eval/accuracy"]
         summary["accuracy_after"] = records[-1]["eval/accuracy"]
         summary.update({k.removeprefix("eval/"): v for k, v in final.items()})
+        print(f"eval accuracy: {summary['accuracy_before']:.1%} before, {summary['accuracy_after']:.1%} after "
+              f"(run directory: {trainer.run_dir})")
     if args.export:
         export = Path(args.export)
         tmp = export.with_name(export.name + ".tmp")

@@ -28,19 +28,24 @@ def _digits(n: int) -> list[int]:
     return [int(c) for c in reversed(str(n))]
 
 
-def add_steps(a: int, b: int) -> list[str]:
-    """Column addition, least significant digit first."""
-    xs, ys = _digits(a), _digits(b)
+def _carry_columns(columns: list[tuple[str, int]]) -> list[str]:
+    """One line per column, least significant first: the column's expression plus the carry, the digit written."""
     steps, carry = [], 0
-    for i in range(max(len(xs), len(ys))):
-        x, y = (xs[i] if i < len(xs) else 0), (ys[i] if i < len(ys) else 0)
-        total = x + y + carry
-        expr = f"{x}+{y}" + (f"+{carry}" if carry else "")
+    for expr, value in columns:
+        total = value + carry
+        expr += f"+{carry}" if carry else ""
         carry = total // 10
         steps.append(f"{expr}={total}, write {total % 10}" + (f" carry {carry}" if carry else ""))
     if carry:
         steps.append(f"write {carry}")
     return steps
+
+
+def add_steps(a: int, b: int) -> list[str]:
+    """Column addition, least significant digit first."""
+    xs, ys = _digits(a), _digits(b)
+    xs, ys = xs + [0] * (len(ys) - len(xs)), ys + [0] * (len(xs) - len(ys))
+    return _carry_columns([(f"{x}+{y}", x + y) for x, y in zip(xs, ys)])
 
 
 def sub_steps(a: int, b: int) -> list[str]:
@@ -61,15 +66,7 @@ def sub_steps(a: int, b: int) -> list[str]:
 
 def mul_steps(a: int, d: int) -> list[str]:
     """Multiply a multi-digit number by one digit, carrying column by column."""
-    steps, carry = [], 0
-    for x in _digits(a):
-        total = x * d + carry
-        expr = f"{x}*{d}" + (f"+{carry}" if carry else "")
-        carry = total // 10
-        steps.append(f"{expr}={total}, write {total % 10}" + (f" carry {carry}" if carry else ""))
-    if carry:
-        steps.append(f"write {carry}")
-    return steps
+    return _carry_columns([(f"{x}*{d}", x * d) for x in _digits(a)])
 
 
 @dataclass(frozen=True)
