@@ -101,10 +101,9 @@ class Trainer:
         self.eval_examples = load_source(eval_spec, cfg.data, "eval", cfg.data.eval_n)
         self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
         engine = make_engine(cfg, self.model, self.tokenizer, self.run_dir)
-        rewards = RewardManager(
-            [(spec.name, spec.weight) for spec in cfg.rewards.funcs], timeout=cfg.rewards.timeout,
-            num_workers=cfg.rewards.num_workers,
-        ) if self.algo.needs_rollouts else None
+        rewards = RewardManager.from_config(cfg.rewards) if self.algo.needs_rollouts else None
+        # One verifier for every evaluation, so a math-verify worker pool is started at most once per run.
+        self.eval_verifier = RewardManager([("accuracy", 1.0)], timeout=cfg.rewards.timeout)
         ref_model = None
         if self.algo.needs_reference:
             ref_model, _ = load_model(cfg.model.ref_path or cfg.model.path, cfg.model.dtype, cfg.model.device)
@@ -141,6 +140,7 @@ class Trainer:
         metrics = evaluate(
             self.ctx.engine, self.tokenizer, self.eval_examples,
             rcfg.eval_max_completion_length or rcfg.max_completion_length, self.config.data.system_prompt,
+            self.eval_verifier,
         )
         return {f"eval/{k}": v for k, v in metrics.items()}
 
