@@ -60,19 +60,26 @@ def save_checkpoint(
     _remove_tmp_dirs(ckpt_root, "*.tmp-*")
     final = ckpt_root / f"step_{step:06d}"
     tmp = ckpt_root / f"{final.name}.tmp-{os.getpid()}"
-    tmp.mkdir()
-
-    safetensors.torch.save_file(_unique_state_dict(model), tmp / MODEL_FILE, metadata={"format": "pt"})
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-    if scheduler is not None:
-        torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
-    state = {**trainer_state, "step": step, "rng": _rng_state()}
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-    files = {p.name: {"sha256": _sha256(p), "size": p.stat().st_size} for p in sorted(tmp.iterdir())}
-    # The manifest goes last: its presence with matching hashes is what marks the checkpoint complete.
-    (tmp / MANIFEST_FILE).write_text(json.dumps({"step": step, "files": files}, indent=1))
-    _fsync_tree(tmp)
+    try:
+        tmp.mkdir()
+        safetensors.torch.save_file(_unique_state_dict(model), tmp / MODEL_FILE, metadata={"format": "pt"})
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+        state = {**trainer_state, "step": step, "rng": _rng_state()}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        files = {p.name: {"sha256": _sha256(p), "size": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        # The manifest goes last: its presence with matching hashes is what marks the checkpoint complete.
+        (tmp / MANIFEST_FILE).write_text(json.dumps({"step": step, "files": files}, indent=1))
+        _fsync_tree(tmp)
+    except OSError as e:  # a full disk, a quota: free what was written, keep every earlier checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        earlier = ", ".join(p.name for _, p in sorted(_step_dirs(ckpt_root))) or "none"
+        raise CheckpointError(
+            f"checkpoint of step {step} not saved: {e}; its partial files were removed, "
+            f"the earlier checkpoints in {ckpt_root} are untouched ({earlier})"
+        ) from e
     _replace_dir(tmp, final)
 
     others = sorted((s, p) for s, p in _step_dirs(ckpt_root) if p != final)
@@ -156,10 +163,14 @@ def save_pretrained_atomic(model: Any, tokenizer: Any | None, out_dir: str | Pat
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_tmp_dirs(out_dir.parent, f"{out_dir.name}.tmp-*")
     tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    _fsync_tree(tmp)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _fsync_tree(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"model folder {out_dir} not saved: {e}; its partial files were removed") from e
     _replace_dir(tmp, out_dir)
     return out_dir
 

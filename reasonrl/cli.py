@@ -42,6 +42,11 @@ def _run_training(args, algo: str | None) -> int:
 
     records = [r for r in read_metrics(trainer.run_dir) if "eval/accuracy" in r]
     summary = {"run_dir": str(trainer.run_dir)}
+    if trainer.stopped_at is not None:  # SIGTERM / SIGINT: a checkpoint of this step was saved; exit 0
+        print(f"reasonrl {args.command}: stopped by signal after step {trainer.stopped_at} (checkpoint saved); "
+              f"continue with: reasonrl {args.command} --resume {trainer.run_dir}", file=sys.stderr)
+        print(json.dumps({**summary, "stopped_at_step": trainer.stopped_at}))
+        return 0
     if records:
         summary["accuracy_before"] = records[0]["eval/accuracy"]
         summary["accuracy_after"] = records[-1]["eval/accuracy"]
@@ -67,11 +72,11 @@ def _run_eval(args) -> int:
     from reasonrl.models import load_model
     from reasonrl.rollout.hf import HFEngine
 
-    model, tokenizer = load_model(args.model, args.dtype, args.device)
     levels = [int(x) for x in args.levels.split(",")] if args.levels else [1, 2, 3]
     data_cfg = DataConfig(levels=levels, eval_levels=levels, eval_n=args.n, seed=args.seed,
                           prompt_field=args.prompt_field, answer_field=args.answer_field)
-    examples = load_source(args.data, data_cfg, "eval", args.n)
+    examples = load_source(args.data, data_cfg, "eval", args.n)  # bad data fails before the model loads
+    model, tokenizer = load_model(args.model, args.dtype, args.device)
     metrics = evaluate(HFEngine(model, tokenizer), tokenizer, examples, args.max_new_tokens)
     print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     return 0
@@ -132,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             return _run_eval(args)
         return _run_plot(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # Bad input gets one clear line, not a traceback to decode.
+    except (ValueError, OSError, RuntimeError) as e:
+        # Bad input, a missing file or a full disk gets one clear line, not a traceback to decode.
         print(f"reasonrl {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -89,7 +89,7 @@ class TrainConfig:
     log_every: int = 1
     seed: int = 0
     output_dir: str = "runs/{algo}-{time}"
-    max_nan_steps: int = 3  # consecutive non-finite steps before the run stops
+    max_nan_steps: int = 3  # steps in a row with NaN/inf loss or gradients, or NaN rewards on every row, before a stop
     progress: bool = True
     report_to: list[str] = field(default_factory=list)  # tensorboard | wandb | trackio
 

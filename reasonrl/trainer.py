@@ -6,6 +6,7 @@ in the `Context` it receives; the loop itself only accumulates gradients, steps 
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import signal
@@ -24,9 +25,11 @@ from reasonrl.config import Config, config_to_dict, save_config
 from reasonrl.data import Example, PromptStream, load_source
 from reasonrl.evaluation import evaluate
 from reasonrl.models import encode_prompt, load_model
-from reasonrl.rewards import RewardManager
+from reasonrl.rewards import RewardError, RewardManager
 from reasonrl.rollout.base import RolloutEngine
 from reasonrl.tracking import Tracker
+
+logger = logging.getLogger("reasonrl")
 
 
 class TrainingError(RuntimeError):
@@ -116,6 +119,7 @@ class Trainer:
         self.ctx = Context(cfg, self.model, self.tokenizer, self.stream, engine, rewards, ref_model, self.run_dir)
         self.start_step, self.nonfinite_in_row = 0, 0
         self.stop_requested = False
+        self.stopped_at: int | None = None  # the step after which a SIGTERM/SIGINT stopped the run
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
@@ -178,6 +182,18 @@ class Trainer:
         updates = max(1, self.algo.num_updates(batch))
         return {k: (v if k == "train/nonfinite_steps" else v / updates) for k, v in sums.items()}
 
+    def _skip_failed_rewards(self, error: RewardError) -> TrainBatch:
+        """A step where every reward is NaN is skipped like a non-finite update; max_nan_steps in a row stop the run."""
+        self.nonfinite_in_row += 1
+        limit = self.config.train.max_nan_steps
+        if self.nonfinite_in_row >= limit:
+            raise RewardError(f"every reward was NaN in {self.nonfinite_in_row} steps in a row "
+                              f"(train.max_nan_steps={limit}); last: {error}", error.result) from error
+        logger.warning("step %d skipped: %s", self.ctx.step, error)
+        metrics = {"rewards/failed": float(error.result.failed), "rewards/timeout": float(error.result.timeout),
+                   "train/skipped_reward_failure": 1.0}
+        return TrainBatch({}, metrics=metrics)
+
     def _request_stop(self, signum, frame) -> None:
         self.stop_requested = True
 
@@ -189,11 +205,14 @@ class Trainer:
         try:
             if self.start_step == 0:
                 tracker.log(0, self._eval())
-            step = self.start_step
+            step = saved = self.start_step
             for step in range(self.start_step + 1, cfg.steps + 1):
                 self.ctx.step = step
                 started = time.perf_counter()
-                batch = self.algo.gather(self.ctx)
+                try:
+                    batch = self.algo.gather(self.ctx)
+                except RewardError as e:
+                    batch = self._skip_failed_rewards(e)
                 metrics = dict(batch.metrics)
                 if len(batch):
                     metrics.update(self._update(batch))
@@ -208,13 +227,16 @@ class Trainer:
                 if (cfg.save_every and step % cfg.save_every == 0) or self.stop_requested:
                     save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self._state(step),
                                     cfg.keep_checkpoints)
+                    saved = step
                 if self.stop_requested:
+                    self.stopped_at = step
                     return {}
             final = self._eval()
             if final:
                 tracker.log(step, final)
-            save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self._state(step),
-                            cfg.keep_checkpoints)
+            if saved != step or not step:  # never rewrite a saved checkpoint: a crash mid-rewrite could lose it
+                save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self._state(step),
+                                cfg.keep_checkpoints)
             save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "final")
             return final
         finally:

@@ -129,7 +129,8 @@ def test_nan_loss_is_skipped_then_stops_with_a_checkpoint(quick_config, tmp_path
 
 
 def test_a_run_where_every_reward_fails_stops_with_a_clear_error(quick_config, tmp_path):
-    trainer = Trainer(quick_config("rewards.funcs=test_always_raises:1.0"), run_dir=tmp_path / "bad")
+    cfg = quick_config("rewards.funcs=test_always_raises:1.0", "train.max_nan_steps=1")
+    trainer = Trainer(cfg, run_dir=tmp_path / "bad")
     with pytest.raises(RewardError, match="verifier exploded"):
         trainer.train()
 

@@ -1,0 +1,491 @@
+"""Reliability under faults: SIGKILL/SIGTERM and resume, a full disk, failing rewards, hostile answers, safe loading.
+
+docs/reliability.md lists each guarantee with the test here that proves it. The kill tests run the real command
+line in a subprocess; set REASONRL_RELIABILITY_SEED to draw other kill points (the test prints what it injected).
+"""
+
+from __future__ import annotations
+
+import ast
+import errno
+import json
+import math
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import reasonrl
+import reasonrl.checkpoint as checkpoint
+from reasonrl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, verify_checkpoint
+from reasonrl.cli import main
+from reasonrl.config import load_config
+from reasonrl.rewards import RewardError, accuracy, extract_boxed, math_verifier, register_reward
+from reasonrl.tracking import read_metrics
+from reasonrl.trainer import Trainer
+
+STEPS = 10
+SEED = int(os.environ.get("REASONRL_RELIABILITY_SEED", "0"))
+DIGITS_REWARD = '''
+def digits(prompts, completions, **kwargs):
+    """A dense reward a random model can earn: the share of digit characters."""
+    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+'''
+STEP_DIR = re.compile(r"^step_(\d+)$")
+WRITING_DIR = re.compile(r"^step_(\d+)\.tmp-\d+$")  # a checkpoint being written (not an `-old` one set aside)
+
+
+def run_overrides(nano_dir: Path, reward_file: Path, *extra: str) -> list[str]:
+    """Ten tiny GRPO steps on the nano model, a checkpoint after every step."""
+    return [
+        f"model.path={nano_dir}", f"rewards.funcs={reward_file}:digits:1.0", "rollout.num_generations=4",
+        "rollout.max_completion_length=8", "train.prompts_per_step=2", "train.micro_batch_size=16",
+        f"train.steps={STEPS}", "train.save_every=1", "train.keep_checkpoints=2", "data.eval_n=1", "optim.lr=1e-3",
+        "train.progress=false", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def reward_file(tmp_path_factory) -> Path:
+    """A reward as a `file.py:func` reference, so that a training subprocess can load it too."""
+    path = tmp_path_factory.mktemp("reward") / "digits_reward.py"
+    path.write_text(DIGITS_REWARD)
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(nano_dir, reward_file, tmp_path_factory) -> list[dict]:
+    """metrics.jsonl of the run without faults (in this process; same seed, one CPU thread like the subprocesses)."""
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    Trainer(load_config(None, run_overrides(nano_dir, reward_file)), run_dir=run).train()
+    return read_metrics(run)
+
+
+def comparable(records: list[dict]) -> list[dict]:
+    """Records without wall-clock fields."""
+    return [{k: v for k, v in r.items() if k != "step_time"} for r in records]
+
+
+def assert_each_step_once(records: list[dict]) -> None:
+    train_steps = [r["step"] for r in records if "reward" in r]
+    eval_steps = [r["step"] for r in records if "reward" not in r]
+    assert train_steps == list(range(1, STEPS + 1)), f"training steps lost or repeated: {train_steps}"
+    assert eval_steps == [0, STEPS], f"eval records lost or repeated: {eval_steps}"
+
+
+def logged(run: Path) -> list[dict]:
+    """The complete lines of a metrics.jsonl that a live process is writing."""
+    try:
+        text = (run / "metrics.jsonl").read_text()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in text.splitlines(keepends=True):
+        if line.endswith("\n"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                pass
+    return records
+
+
+def dirs_matching(run: Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
+    root = run / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := pattern.match(p.name)))
+
+
+def launch(args: list[str], log: Path) -> subprocess.Popen:
+    """`python -m reasonrl.cli ARGS` on one thread, its output going to `log`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "reasonrl.cli", *args], env=env, stdout=out, stderr=out)
+
+
+def wait_until(proc: subprocess.Popen, condition, log: Path, limit: float = 90.0) -> bool:
+    """Poll every ~0.5 ms until `condition()` holds (True) or the process ends (False)."""
+    deadline = time.monotonic() + limit
+    while proc.poll() is None:
+        if condition():
+            return True
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no progress within {limit:g}s; output:\n{log.read_text()[-3000:]}")
+        time.sleep(0.0005)
+    return False
+
+
+def training_step_logged(run: Path, step: int):
+    return lambda: any("reward" in r and r["step"] >= step for r in logged(run))
+
+
+def checkpoint_being_written(run: Path, step: int):
+    return lambda: any(s >= step for s, _ in dirs_matching(run, WRITING_DIR))
+
+
+def final_eval_logged(run: Path):
+    return lambda: any("reward" not in r and r["step"] == STEPS for r in logged(run))
+
+
+def finish(proc: subprocess.Popen, log: Path, limit: float = 90.0) -> int:
+    try:
+        return proc.wait(limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the run did not finish within {limit:g}s; output:\n{log.read_text()[-3000:]}")
+
+
+def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_metrics(nano_dir, reward_file, uninterrupted,
+                                                                               tmp_path):
+    """Kill points: one while a checkpoint is being written, one just after a step is logged (before its checkpoint
+    completes), one a random delay into a step, one after the final eval is logged; each run is resumed with
+    --resume. Values are compared exactly as logged (6 significant digits): CPU, one thread, same seed."""
+    rng = random.Random(SEED)
+    run, log = tmp_path / "run", tmp_path / "output.log"
+    kinds = rng.sample(["writing", "logged", "delay"], 3) + ["final"]
+    proc = launch(["train", "--output-dir", str(run), *run_overrides(nano_dir, reward_file)], log)
+    resumed_from, mid_write = [], 0
+    for kind in kinds:
+        # Kill no earlier than step 2: before the first checkpoint, --resume has nothing to resume from.
+        target = max(2, (resumed_from[-1] if resumed_from else 0) + rng.randint(1, 2))
+        if kind == "writing":
+            hit = wait_until(proc, checkpoint_being_written(run, target), log)
+        elif kind == "logged":
+            hit = wait_until(proc, training_step_logged(run, target), log)
+        elif kind == "delay":
+            hit = wait_until(proc, training_step_logged(run, target), log)
+            time.sleep(rng.uniform(0.0, 0.15))
+        else:
+            hit = wait_until(proc, final_eval_logged(run), log)
+        assert hit, f"the run ended before the {kind} kill point; output:\n{log.read_text()[-3000:]}"
+        proc.kill()
+        proc.wait()
+        mid_write += bool(dirs_matching(run, WRITING_DIR))
+        for _, path in dirs_matching(run, STEP_DIR):
+            verify_checkpoint(path)  # a killed save never leaves a broken checkpoint under a final name
+        latest = latest_checkpoint(run)
+        assert latest is not None
+        resumed_from.append(int(STEP_DIR.match(latest.name).group(1)))
+        proc = launch(["train", "--resume", str(run)], log)
+    assert finish(proc, log) == 0, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text() and "skipping invalid checkpoint" not in log.read_text()
+
+    records = read_metrics(run)
+    assert_each_step_once(records)
+    assert comparable(records) == comparable(uninterrupted)
+    assert (run / "final" / "model.safetensors").is_file()
+    assert mid_write >= 1, "no kill landed while a checkpoint was being written"
+    print(f"\nkill-resume seed={SEED}: {len(kinds)} SIGKILLs ({', '.join(kinds)}), {mid_write} during a checkpoint "
+          f"write; resumed from steps {resumed_from}; {STEPS} steps identical to the uninterrupted run")
+
+
+def test_sigterm_saves_the_current_step_exits_0_and_resume_continues(nano_dir, reward_file, uninterrupted, tmp_path):
+    run, log = tmp_path / "run", tmp_path / "output.log"
+    # save_every=0: the only checkpoint before the end can come from the signal handler.
+    proc = launch(["train", "--output-dir", str(run), *run_overrides(nano_dir, reward_file, "train.save_every=0")], log)
+    assert wait_until(proc, training_step_logged(run, 3), log)
+    proc.send_signal(signal.SIGTERM)
+    assert finish(proc, log) == 0, log.read_text()[-3000:]
+    last_step = max(r["step"] for r in read_metrics(run) if "reward" in r)
+    assert last_step < STEPS
+    assert [s for s, _ in dirs_matching(run, STEP_DIR)] == [last_step]
+    assert f"stopped by signal after step {last_step}" in log.read_text() and "--resume" in log.read_text()
+
+    proc = launch(["train", "--resume", str(run)], log)
+    assert finish(proc, log) == 0, log.read_text()[-3000:]
+    records = read_metrics(run)
+    assert_each_step_once(records)
+    assert comparable(records) == comparable(uninterrupted)
+
+
+# --- a full disk -----------------------------------------------------------------------------------------------
+
+
+def no_space(path) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def fail_model_write(monkeypatch):
+    def half_then_full(tensors, filename, metadata=None):
+        data = safetensors.torch.save(tensors, metadata=metadata)
+        Path(filename).write_bytes(data[: len(data) // 2])
+        raise no_space(filename)
+
+    monkeypatch.setattr(checkpoint.safetensors.torch, "save_file", half_then_full)
+
+
+def fail_optimizer_write(monkeypatch):
+    def half_then_full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 partial zip")
+        raise no_space(f)
+
+    monkeypatch.setattr(checkpoint.torch, "save", half_then_full)
+
+
+def fail_manifest_write(monkeypatch):
+    real = Path.write_text
+
+    def write_text(self, data, *args, **kwargs):
+        if self.name == checkpoint.MANIFEST_FILE:
+            real(self, data[:10])
+            raise no_space(self)
+        return real(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def fail_fsync(monkeypatch):
+    def fsync(fd):  # delayed allocation: the disk fills when the data is flushed
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("inject", [fail_model_write, fail_optimizer_write, fail_manifest_write, fail_fsync],
+                         ids=["model", "optimizer", "manifest", "fsync"])
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch, inject):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 8)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    save_checkpoint(tmp_path, 1, model, opt, None, {"position": 1}, keep=1)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    model(torch.randn(2, 8)).sum().backward()
+    opt.step()
+    with monkeypatch.context() as patch:
+        inject(patch)
+        with pytest.raises(CheckpointError) as info:
+            save_checkpoint(tmp_path, 2, model, opt, None, {"position": 2}, keep=1)
+    message = str(info.value)
+    assert "step 2" in message and "No space left on device" in message and "step_000001" in message, message
+    assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.ENOSPC
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000001"]  # partial files removed
+    assert latest_checkpoint(tmp_path).name == "step_000001"
+    state = load_checkpoint(latest_checkpoint(tmp_path), model, opt, None)
+    assert state["position"] == 1
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+def test_a_full_disk_mid_run_is_one_clear_error_and_the_run_resumes(nano_dir, reward_file, tmp_path, monkeypatch,
+                                                                    capsys):
+    run = tmp_path / "run"
+    real_save, saves = checkpoint.safetensors.torch.save_file, []
+
+    def fills_up_on_the_third(tensors, filename, metadata=None):
+        saves.append(filename)
+        if len(saves) == 3:
+            raise no_space(filename)
+        return real_save(tensors, filename, metadata=metadata)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint.safetensors.torch, "save_file", fills_up_on_the_third)
+        assert main(["train", "--output-dir", str(run), *run_overrides(nano_dir, reward_file, "train.steps=5")]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]  # the rest: the model loading bar
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert errors[0].startswith("reasonrl train: error: ") and "step 3" in errors[0] and "No space left" in errors[0]
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step_000001", "step_000002"]
+    assert latest_checkpoint(run).name == "step_000002"
+    assert main(["train", "--resume", str(run)]) == 0
+    assert [r["step"] for r in read_metrics(run) if "reward" in r] == [1, 2, 3, 4, 5]
+
+
+# --- reward faults inside a training run -----------------------------------------------------------------------
+
+REWARD_TIMEOUT = 0.3
+FAULTS = {2: "raises", 3: "hangs", 4: "nan_rows", 5: "wrong_length"}  # by call, i.e. training step
+calls: list[int] = []
+
+
+@register_reward("reliability_faulty")
+def faulty_reward(prompts, completions, **kwargs):
+    """Dense and healthy, except on the calls listed in FAULTS."""
+    calls.append(1)
+    fault = FAULTS.get(len(calls))
+    values = [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+    if fault == "raises":
+        raise RuntimeError("reward backend unavailable")
+    if fault == "hangs":
+        time.sleep(REWARD_TIMEOUT * 4)
+    if fault == "nan_rows":
+        values[0] = values[1] = math.nan
+    if fault == "wrong_length":
+        values = values[:-1]
+    return values
+
+
+@register_reward("reliability_always_raises")
+def always_raises(prompts, completions, **kwargs):
+    raise RuntimeError("verifier exploded")
+
+
+def test_reward_faults_in_a_run_are_counted_and_training_goes_on(quick_config, tmp_path):
+    calls.clear()
+    cfg = quick_config("rewards.funcs=reliability_faulty:1.0", "train.prompts_per_step=2", "train.steps=6",
+                       f"rewards.timeout={REWARD_TIMEOUT}", "train.max_nan_steps=3")
+    Trainer(cfg, run_dir=tmp_path / "run").train()
+    rows = 2 * 4
+    steps = {r["step"]: r for r in read_metrics(tmp_path / "run") if "rewards/failed" in r}
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]
+    counts = {s: (r["rewards/failed"], r["rewards/timeout"]) for s, r in steps.items()}
+    assert counts == {1: (0, 0), 2: (rows, 0), 3: (0, rows), 4: (2, 0), 5: (rows, 0), 6: (0, 0)}
+    skipped = [s for s, r in steps.items() if r.get("train/skipped_reward_failure")]
+    assert skipped == [2, 3, 5]  # every row NaN: no update, counted, the run goes on
+    assert all(math.isfinite(steps[s]["loss"]) for s in (1, 4, 6))  # NaN rows are masked, the others train
+    assert all("loss" not in steps[s] for s in skipped)
+    assert (tmp_path / "run" / "final").is_dir()
+
+
+def test_rewards_failing_every_row_for_max_nan_steps_stop_the_run(quick_config, tmp_path):
+    cfg = quick_config("rewards.funcs=reliability_always_raises:1.0", "train.steps=5", "train.max_nan_steps=2")
+    with pytest.raises(RewardError, match=r"2 steps in a row.*verifier exploded"):
+        Trainer(cfg, run_dir=tmp_path / "bad").train()
+    assert [r["step"] for r in read_metrics(tmp_path / "bad")] == [0, 1]  # step 1 skipped and logged, then stop
+
+
+# --- hostile answers --------------------------------------------------------------------------------------------
+
+NO_BRACES = st.text(st.characters(blacklist_characters="{}\\", blacklist_categories=("Cs",)), max_size=12)
+ESCAPES = st.sampled_from(["\\{", "\\}", "\\frac", "\\\\", "\\left(", "\\right)", "\\sqrt"])
+BALANCED = st.recursive(
+    NO_BRACES,
+    lambda inner: st.lists(inner | inner.map(lambda s: "{" + s + "}") | ESCAPES, max_size=4).map("".join),
+    max_leaves=25,
+).filter(lambda s: "boxed" not in s)
+
+
+@settings(max_examples=300, deadline=2000)
+@given(text=st.text(max_size=400) | st.text(st.sampled_from("\\boxed{}x1 "), max_size=400))
+def test_extract_boxed_on_arbitrary_text_returns_a_substring_or_none(text):
+    out = extract_boxed(text)
+    assert out is None or (out in text and "\\boxed" in text)
+
+
+@settings(max_examples=300, deadline=2000)
+@given(prefix=st.text(max_size=60), content=BALANCED, suffix=st.text(max_size=60).filter(lambda s: "boxed" not in s))
+def test_extract_boxed_finds_the_content_of_the_last_box(prefix, content, suffix):
+    assert extract_boxed(prefix + "\\boxed{" + content + "}" + suffix) == content.strip()
+
+
+HOSTILE = {
+    "many unclosed boxes": "\\boxed{" * 100_000,
+    "unclosed deep nesting": "\\boxed{" + "{" * 300_000,
+    "deep nesting": "\\boxed{" + "{" * 100_000 + "7" + "}" * 100_000 + "}",
+    "backslashes": "\\boxed{" + "\\" * 300_001 + "}",
+    "whitespace after boxed": ("\\boxed" + " " * 1000) * 300,
+    "unicode": "\\boxed{\u0663\u0664}\u202e\ufeff\U0001f600\\boxed{\u00bd}",
+}
+
+
+@pytest.mark.parametrize("text", HOSTILE.values(), ids=HOSTILE.keys())
+def test_extract_boxed_on_huge_hostile_text_is_fast(text):
+    started = time.perf_counter()
+    out = extract_boxed(text)
+    assert time.perf_counter() - started < 5.0
+    assert out is None or out in text
+
+
+@pytest.fixture(scope="module")
+def short_pool():
+    pool = math_verifier(timeout=2.0)
+    yield pool
+    pool.close()
+
+
+def assert_scored(values, golds, completions, started, pool):
+    """0.0 or 1.0 per row, or NaN only with a failed/timeout status; never slower than the per-item timeouts."""
+    for v, s in zip(values, values.status):
+        assert (s == "ok" and v in (0.0, 1.0)) or (s in ("failed", "timeout") and math.isnan(v)), (v, s)
+    assert time.perf_counter() - started < pool.timeout * len(completions) + 30
+
+
+BIG = st.integers(min_value=-(10**60), max_value=10**60).map(str) | st.integers(min_value=0, max_value=10**4).map(
+    lambda k: "9" * (k + 1))  # beyond Python's 4300-digit int conversion limit
+ANSWER_TEXT = st.text(max_size=60) | BALANCED | st.sampled_from(
+    ["1e999999", "10^{10^{10^{10}}}", "\\frac{1}{0}", "0/0", "\\infty", "x^" * 50 + "2", "(" * 200, "1,000,000.5"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(gold=BIG, noise=st.text(max_size=40), boxed=ANSWER_TEXT)
+def test_accuracy_on_hostile_completions_scores_or_marks_the_row_never_raises(short_pool, gold, noise, boxed):
+    completions = [noise, f"{noise}\\boxed{{{boxed}}}", f"{noise} \\boxed{{{gold}}}", "\\boxed{" + boxed]
+    golds = [gold] * len(completions)
+    started = time.perf_counter()
+    values = accuracy([""] * len(completions), completions, golds, verifier=short_pool)
+    assert_scored(values, golds, completions, started, short_pool)
+    assert values[2] == 1.0  # the gold answer itself, however large, is right
+    assert values[0] == 0.0 or "\\boxed" in noise  # no box, no credit
+
+
+@pytest.mark.parametrize("pred", ["10^{10^{10^{10}}}", "\\frac{" * 2000 + "1" + "}{2}" * 2000, "9" * 200_000])
+def test_accuracy_on_pathological_answers_ends_within_the_timeout(short_pool, pred):
+    started = time.perf_counter()
+    values = accuracy([""], ["\\boxed{" + pred + "}"], ["3"], verifier=short_pool)
+    assert_scored(values, ["3"], [pred], started, short_pool)
+    assert values[0] != 1.0
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n\t\n", bytes(random.Random(0).randrange(256) for _ in range(4096)),
+                                     b"\x00" * 100, b"[1, 2, 3]\n", b"PK\x03\x04\x14\x00\x00\x00"],
+                         ids=["empty", "blank", "random-bytes", "nul-bytes", "json-array", "zip-header"])
+def test_eval_on_an_empty_or_garbage_data_file_is_one_clear_error(nano_dir, tmp_path, capsys, content):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(content)
+    assert main(["eval", "--model", str(nano_dir), "--data", str(data)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("reasonrl eval: error: ") and str(data) in err[0] and "Traceback" not in err[0]
+
+
+# --- safe loading -----------------------------------------------------------------------------------------------
+# A manifest hash mismatch and a shape mismatch are refused by load_checkpoint: see test_checkpoint.py,
+# test_corrupted_file_falls_back_to_previous_checkpoint and
+# test_shape_mismatch_names_the_tensor_and_leaves_model_untouched.
+
+
+def unsafe_loads(source: str) -> list[str]:
+    """Calls that can unpickle arbitrary objects: torch.load without weights_only=True, pickle/dill/joblib loads,
+    numpy loads with allow_pickle=True, yaml.load / yaml.unsafe_load."""
+    problems = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        name = ast.unparse(node.func)
+        kwargs = {k.arg: k.value for k in node.keywords}
+        literal = {k: v.value for k, v in kwargs.items() if isinstance(v, ast.Constant)}
+        if name.endswith("torch.load") and literal.get("weights_only") is not True:
+            problems.append(f"line {node.lineno}: {name} without weights_only=True")
+        elif re.fullmatch(r"(c?pickle|dill|joblib|marshal|shelve)\.(load|loads|Unpickler|open)", name):
+            problems.append(f"line {node.lineno}: {name}")
+        elif re.fullmatch(r"(np|numpy)\.load", name) and literal.get("allow_pickle", False) is not False:
+            problems.append(f"line {node.lineno}: {name} with allow_pickle")
+        elif name in ("yaml.load", "yaml.unsafe_load", "yaml.full_load"):
+            problems.append(f"line {node.lineno}: {name}")
+    return problems
+
+
+@pytest.mark.parametrize("snippet", [
+    "torch.load(f)", "torch.load(f, weights_only=False)", "torch.load(f, map_location='cpu')", "pickle.loads(b)",
+    "np.load(f, allow_pickle=True)", "yaml.load(text)",
+])
+def test_the_unsafe_load_check_catches_each_unsafe_call(snippet):
+    assert unsafe_loads(snippet)
+
+
+def test_no_library_code_unpickles_untrusted_files():
+    package = Path(reasonrl.__file__).parent
+    sources = sorted(package.rglob("*.py"))
+    assert len(sources) > 20
+    found = {str(p.relative_to(package)): unsafe_loads(p.read_text()) for p in sources}
+    assert {k: v for k, v in found.items() if v} == {}
+    assert any("weights_only=True" in p.read_text() for p in sources)  # the optimizer/scheduler loads
