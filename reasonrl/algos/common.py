@@ -36,9 +36,12 @@ def pad_values(rows: list[list[float]], width: int, value: float = 0.0) -> torch
 
 
 def completion_logprobs(
-    model: torch.nn.Module, micro: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False
+    model: torch.nn.Module, micro: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [N, C] of the completion tokens (and their entropies) in one forward pass.
+
+    Entropies are detached unless `entropy_grad` (an entropy bonus in the loss needs their gradient).
 
     Position ids come from the attention mask so left padding does not shift positions; the LM head runs only
     on the completion positions (`logits_to_keep`), which saves most of its cost for long prompts.
@@ -54,6 +57,6 @@ def completion_logprobs(
     logp = token_logprobs(logits, targets, temperature)
     entropy = None
     if with_entropy:
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = token_entropy(logits, temperature)
     return logp, entropy

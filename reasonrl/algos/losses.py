@@ -130,6 +130,7 @@ def policy_loss(
         l_t = -min(r_t A, clip(r_t, 1 - epsilon, 1 + epsilon_high) A) + beta * KL_k3(pi || pi_ref)_t
     epsilon_high > epsilon is DAPO's clip-higher (sec. 3.1); None means symmetric. For "gspo", r_t is the
     sequence ratio s_i,t (GSPO-token). `loss_type` chooses the aggregation (see AGGREGATIONS).
+    `advantages` is one value per completion [N] or per token [N, C] (e.g. SRFT's entropy-weighted advantages).
     Metrics are sums over masked tokens divided by totals["num_tokens"]: micro-batch values sum to the
     batch value. `kl` is reported whenever `ref_logp` is given; it enters the loss only when beta > 0.
     """
@@ -145,7 +146,7 @@ def policy_loss(
     if loss_type == "gspo":
         log_ratio = _sequence_log_ratio(logp, log_ratio, mask)
     ratio = log_ratio.exp()
-    adv = advantages.unsqueeze(-1).to(ratio.dtype)
+    adv = (advantages if advantages.dim() == 2 else advantages.unsqueeze(-1)).to(ratio.dtype)
     per_token = -torch.min(ratio * adv, ratio.clamp(1 - epsilon, 1 + eps_high) * adv)
     metrics: dict[str, torch.Tensor] = {}
     if ref_logp is not None:
