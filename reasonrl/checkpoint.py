@@ -2,8 +2,10 @@
 
 A checkpoint is `RUN_DIR/checkpoints/step_000123/` holding `model.safetensors`, `optimizer.pt`, `scheduler.pt`,
 `trainer_state.json` (counters and RNG states) and `manifest.json` (sha256 and size of every file, written last).
-A crash at any moment leaves the earlier checkpoints intact, plus at worst a `*.tmp-*` directory that loaders
-ignore and the next save removes; a checkpoint whose manifest does not verify is never loaded.
+A crash at any moment (mid-write or mid-prune) leaves the earlier checkpoints intact, plus at worst a `*.tmp-*`
+directory that loaders ignore and the next save removes; a checkpoint whose manifest does not verify is never
+loaded. A write that fails (a full disk) removes its partial files and raises CheckpointError; earlier checkpoints
+stay as they were.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def save_checkpoint(
     if newer:
         logger.warning("removing checkpoints after step %d from an abandoned run: %s", step, [p.name for p in newer])
     for path in newer + older[: max(len(older) - (keep - 1), 0)]:
-        shutil.rmtree(path)
+        _remove_dir(path)
     return final
 
 
@@ -258,6 +260,14 @@ def _remove_tmp_dirs(parent: Path, pattern: str) -> None:
     """Remove leftovers of saves that crashed (single writer: only rank 0 saves)."""
     for p in parent.glob(pattern):
         shutil.rmtree(p, ignore_errors=True)
+
+
+def _remove_dir(path: Path) -> None:
+    """Delete a checkpoint, renamed out of the way first: a crash mid-delete leaves a `*.tmp-*` leftover (removed by
+    the next save), never a half-deleted `step_*` directory."""
+    doomed = path.parent / f"{path.name}.tmp-{os.getpid()}-del"
+    os.rename(path, doomed)
+    shutil.rmtree(doomed)
 
 
 def _fsync_tree(root: Path) -> None:

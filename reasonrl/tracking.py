@@ -2,7 +2,7 @@
 
 metrics.jsonl is the source of truth (plots and experiment scripts read it); one JSON object per `log` call,
 `{"step": 12, "reward": 0.5, ...}`, with NaN and infinities written as null. On resume, lines after the
-resumed step are dropped so that no step appears twice.
+resumed step's first line are dropped so that no step appears twice.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ _IMPORTS = {
 class Tracker:
     """Writes each step's metrics to metrics.jsonl and to the backends named in `report_to`.
 
-    `resume_step=k` continues a run: lines of metrics.jsonl with step > k are dropped and new lines appended.
+    `resume_step=k` continues a run: lines of metrics.jsonl after the first line of step k are dropped and new
+    lines appended.
     Without it the run starts afresh and an existing metrics.jsonl is replaced.
     """
 
@@ -137,10 +138,17 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    """Keep only records with step <= `step`; written to a temporary file then renamed, so a crash loses nothing."""
+    """Keep the records before `step` and the first record of `step`: the checkpoint of a step is saved right after
+    that step's first record, so later ones (the final eval) are redone by the resumed run and must not stay twice.
+    Written to a temporary file then renamed, so a crash loses nothing."""
     if not path.exists():
         return
-    kept = [json.dumps(r) + "\n" for r in read_metrics(path.parent) if r.get("step", 0) <= step]
+    kept, seen = [], False
+    for record in read_metrics(path.parent):
+        at = record.get("step", 0)
+        if at < step or (at == step and not seen):
+            kept.append(json.dumps(record) + "\n")
+            seen = seen or at == step
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(kept)

@@ -31,7 +31,7 @@ from reasonrl.checkpoint import CheckpointError, latest_checkpoint, load_checkpo
 from reasonrl.cli import main
 from reasonrl.config import load_config
 from reasonrl.rewards import RewardError, accuracy, extract_boxed, math_verifier, register_reward
-from reasonrl.tracking import read_metrics
+from reasonrl.tracking import Tracker, read_metrics
 from reasonrl.trainer import Trainer
 
 STEPS = 10
@@ -83,10 +83,15 @@ def assert_each_step_once(records: list[dict]) -> None:
     assert eval_steps == [0, STEPS], f"eval records lost or repeated: {eval_steps}"
 
 
-def logged(run: Path) -> list[dict]:
-    """The complete lines of a metrics.jsonl that a live process is writing."""
+def logged(run: Path, stale_inode: int | None = None) -> list[dict]:
+    """The complete lines of a metrics.jsonl that a live process is writing; none while the file is still the one
+    with inode `stale_inode` (a resumed run replaces it when it truncates it, so older lines are not mistaken for
+    its progress)."""
+    path = run / "metrics.jsonl"
     try:
-        text = (run / "metrics.jsonl").read_text()
+        if os.stat(path).st_ino == stale_inode:
+            return []
+        text = path.read_text()
     except FileNotFoundError:
         return []
     records = []
@@ -97,6 +102,13 @@ def logged(run: Path) -> list[dict]:
             except ValueError:
                 pass
     return records
+
+
+def metrics_inode(run: Path) -> int | None:
+    try:
+        return os.stat(run / "metrics.jsonl").st_ino
+    except FileNotFoundError:
+        return None
 
 
 def dirs_matching(run: Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
@@ -126,16 +138,17 @@ def wait_until(proc: subprocess.Popen, condition, log: Path, limit: float = 90.0
     return False
 
 
-def training_step_logged(run: Path, step: int):
-    return lambda: any("reward" in r and r["step"] >= step for r in logged(run))
+def training_step_logged(run: Path, step: int, stale_inode: int | None):
+    return lambda: any("reward" in r and r["step"] >= step for r in logged(run, stale_inode))
 
 
-def checkpoint_being_written(run: Path, step: int):
-    return lambda: any(s >= step for s, _ in dirs_matching(run, WRITING_DIR))
+def checkpoint_being_written(run: Path, step: int, pid: int):
+    """A checkpoint of `step` or later in the works by process `pid` (not a leftover of a killed earlier one)."""
+    return lambda: any(s >= step and p.name.endswith(f".tmp-{pid}") for s, p in dirs_matching(run, WRITING_DIR))
 
 
-def final_eval_logged(run: Path):
-    return lambda: any("reward" not in r and r["step"] == STEPS for r in logged(run))
+def final_eval_logged(run: Path, stale_inode: int | None):
+    return lambda: any("reward" not in r and r["step"] == STEPS for r in logged(run, stale_inode))
 
 
 def finish(proc: subprocess.Popen, log: Path, limit: float = 90.0) -> int:
@@ -154,29 +167,32 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_metrics(na
     rng = random.Random(SEED)
     run, log = tmp_path / "run", tmp_path / "output.log"
     kinds = rng.sample(["writing", "logged", "delay"], 3) + ["final"]
+    stale = metrics_inode(run)
     proc = launch(["train", "--output-dir", str(run), *run_overrides(nano_dir, reward_file)], log)
-    resumed_from, mid_write = [], 0
+    killed_after, resumed_from, mid_write = [], [], 0
     for kind in kinds:
         # Kill no earlier than step 2: before the first checkpoint, --resume has nothing to resume from.
-        target = max(2, (resumed_from[-1] if resumed_from else 0) + rng.randint(1, 2))
+        target = max(2, (resumed_from[-1] if resumed_from else 0) + rng.randint(1, 3))
         if kind == "writing":
-            hit = wait_until(proc, checkpoint_being_written(run, target), log)
+            hit = wait_until(proc, checkpoint_being_written(run, target, proc.pid), log)
         elif kind == "logged":
-            hit = wait_until(proc, training_step_logged(run, target), log)
+            hit = wait_until(proc, training_step_logged(run, target, stale), log)
         elif kind == "delay":
-            hit = wait_until(proc, training_step_logged(run, target), log)
+            hit = wait_until(proc, training_step_logged(run, target, stale), log)
             time.sleep(rng.uniform(0.0, 0.15))
         else:
-            hit = wait_until(proc, final_eval_logged(run), log)
+            hit = wait_until(proc, final_eval_logged(run, stale), log)
         assert hit, f"the run ended before the {kind} kill point; output:\n{log.read_text()[-3000:]}"
         proc.kill()
         proc.wait()
-        mid_write += bool(dirs_matching(run, WRITING_DIR))
+        mid_write += any(p.name.endswith(f".tmp-{proc.pid}") for _, p in dirs_matching(run, WRITING_DIR))
+        killed_after.append(max(r["step"] for r in read_metrics(run) if "reward" in r))
         for _, path in dirs_matching(run, STEP_DIR):
             verify_checkpoint(path)  # a killed save never leaves a broken checkpoint under a final name
         latest = latest_checkpoint(run)
         assert latest is not None
         resumed_from.append(int(STEP_DIR.match(latest.name).group(1)))
+        stale = metrics_inode(run)
         proc = launch(["train", "--resume", str(run)], log)
     assert finish(proc, log) == 0, log.read_text()[-3000:]
     assert "Traceback" not in log.read_text() and "skipping invalid checkpoint" not in log.read_text()
@@ -186,15 +202,16 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_metrics(na
     assert comparable(records) == comparable(uninterrupted)
     assert (run / "final" / "model.safetensors").is_file()
     assert mid_write >= 1, "no kill landed while a checkpoint was being written"
-    print(f"\nkill-resume seed={SEED}: {len(kinds)} SIGKILLs ({', '.join(kinds)}), {mid_write} during a checkpoint "
-          f"write; resumed from steps {resumed_from}; {STEPS} steps identical to the uninterrupted run")
+    print(f"\nkill-resume seed={SEED}: {len(kinds)} SIGKILLs ({', '.join(kinds)}) after steps {killed_after} were "
+          f"logged, {mid_write} during a checkpoint write; resumed from steps {resumed_from}; {STEPS} steps identical "
+          "to the uninterrupted run")
 
 
 def test_sigterm_saves_the_current_step_exits_0_and_resume_continues(nano_dir, reward_file, uninterrupted, tmp_path):
     run, log = tmp_path / "run", tmp_path / "output.log"
     # save_every=0: the only checkpoint before the end can come from the signal handler.
     proc = launch(["train", "--output-dir", str(run), *run_overrides(nano_dir, reward_file, "train.save_every=0")], log)
-    assert wait_until(proc, training_step_logged(run, 3), log)
+    assert wait_until(proc, training_step_logged(run, 3, None), log)
     proc.send_signal(signal.SIGTERM)
     assert finish(proc, log) == 0, log.read_text()[-3000:]
     last_step = max(r["step"] for r in read_metrics(run) if "reward" in r)
@@ -207,6 +224,43 @@ def test_sigterm_saves_the_current_step_exits_0_and_resume_continues(nano_dir, r
     records = read_metrics(run)
     assert_each_step_once(records)
     assert comparable(records) == comparable(uninterrupted)
+
+
+def test_resume_from_the_last_step_keeps_its_training_record_and_redoes_the_final_eval(tmp_path):
+    """The crash window the kill test found: after the final eval was logged, before the run ended."""
+    with Tracker(tmp_path, [], {}, 2, progress=False) as t:
+        for step, metrics in ((0, {"eval/accuracy": 0.0}), (1, {"reward": 0.1}), (2, {"reward": 0.2}),
+                              (2, {"eval/accuracy": 0.5})):
+            t.log(step, metrics)
+    with Tracker(tmp_path, [], {}, 2, progress=False, resume_step=2) as t:
+        t.log(2, {"eval/accuracy": 0.5})
+    assert read_metrics(tmp_path) == [{"step": 0, "eval/accuracy": 0.0}, {"step": 1, "reward": 0.1},
+                                      {"step": 2, "reward": 0.2}, {"step": 2, "eval/accuracy": 0.5}]
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL: nothing after it runs."""
+
+
+def test_a_kill_while_pruning_never_leaves_a_half_deleted_checkpoint(tmp_path, monkeypatch):
+    """A crash window a kill-test sweep found: killed while deleting an old checkpoint (keep_checkpoints)."""
+    model = torch.nn.Linear(4, 4)
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, model, None, None, {}, keep=2)
+
+    def killed_after_one_file(path, *args, **kwargs):
+        min(Path(path).iterdir()).unlink()
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint.shutil, "rmtree", killed_after_one_file)
+        with pytest.raises(Killed):
+            save_checkpoint(tmp_path, 3, model, None, None, {}, keep=2)  # prunes step 1
+    for _, path in dirs_matching(tmp_path, STEP_DIR):
+        verify_checkpoint(path)
+    assert [s for s, _ in dirs_matching(tmp_path, STEP_DIR)] == [2, 3]
+    save_checkpoint(tmp_path, 4, model, None, None, {}, keep=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000003", "step_000004"]
 
 
 # --- a full disk -----------------------------------------------------------------------------------------------
