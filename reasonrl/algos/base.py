@@ -44,16 +44,16 @@ def trim_padding(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop prompt columns that are left padding and completion columns that are right padding in all rows."""
     if "input_ids" not in t or "attention_mask" not in t or "completion_mask" not in t:
         return t
-    mask, comp = t["attention_mask"], t["completion_mask"]
-    num_completion = comp.shape[1]
-    prompt_mask = mask[:, : mask.shape[1] - num_completion]
+    mask, num_completion = t["attention_mask"], t["completion_mask"].shape[1]
+    prompt_width = mask.shape[1] - num_completion
+    prompt_mask = mask[:, :prompt_width]
     first = int(prompt_mask.any(0).float().argmax()) if prompt_mask.any() else 0
-    real = mask[:, mask.shape[1] - num_completion :].any(0)
+    real = mask[:, prompt_width:].any(0)
     keep_c = int(real.nonzero().max()) + 1 if real.any() else 1
     out = {}
     for k, v in t.items():
         if v.dim() >= 2 and v.shape[1] == mask.shape[1]:
-            out[k] = torch.cat([v[:, first : mask.shape[1] - num_completion], v[:, mask.shape[1] - num_completion :][:, :keep_c]], 1)
+            out[k] = v[:, first : prompt_width + keep_c]  # prompt and completion parts are adjacent columns
         elif v.dim() >= 2 and v.shape[1] == num_completion:
             out[k] = v[:, :keep_c]
         else:
