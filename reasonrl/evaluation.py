@@ -8,6 +8,7 @@ from reasonrl.data import Example
 from reasonrl.models import decode_completion, encode_prompt
 from reasonrl.rewards import RewardManager
 from reasonrl.rollout.base import RolloutEngine, SamplingParams
+from reasonrl.rollout.collect import example_fields
 
 
 def evaluate(
@@ -27,8 +28,7 @@ def evaluate(
     texts = [decode_completion(tokenizer, ids) for ids in rollouts.completion_ids]
     verifier = verifier or RewardManager([("accuracy", 1.0)])
     result = verifier.score(
-        [str(ex.prompt) for ex in examples], texts,
-        {"answer": [ex.answer for ex in examples], "meta": [ex.meta for ex in examples], "level": [ex.level for ex in examples]},
+        [str(ex.prompt) for ex in examples], texts, example_fields(examples, 1),
     )
     correct = [1.0 if r == 1.0 else 0.0 for r in result.components["accuracy"]]
     by_level: dict[int, list[float]] = defaultdict(list)
