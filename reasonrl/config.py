@@ -42,7 +42,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "hf"  # hf | replay
+    engine: str = "auto"  # auto (lean decoder for Llama/Qwen/Mistral, else HF generate) | hf | replay
     replay_dir: str | None = None
     num_generations: int = 8
     max_completion_length: int = 64

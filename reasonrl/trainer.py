@@ -27,6 +27,7 @@ from reasonrl.evaluation import evaluate
 from reasonrl.models import encode_prompt, load_model
 from reasonrl.rewards import RewardError, RewardManager
 from reasonrl.rollout.base import RolloutEngine
+from reasonrl.timing import StepTimer
 from reasonrl.tracking import Tracker
 
 logger = logging.getLogger("reasonrl")
@@ -50,6 +51,7 @@ class Context:
     run_dir: Path | None = None
     step: int = 0
     state: dict[str, Any] = field(default_factory=dict)  # algorithm state that must survive a resume
+    timer: StepTimer = field(default_factory=StepTimer)  # algorithms time their own phases (generate, reward)
 
     def encode_prompts(self, examples: list[Example]) -> list[list[int]]:
         """Prompt token ids; a prompt that leaves no room for the completion in the model's context is an error."""
@@ -155,13 +157,17 @@ class Trainer:
             self.algo.prepare_update(self.ctx, batch, update)
             self.optimizer.zero_grad(set_to_none=True)
             loss_total = 0.0
+            timer = self.ctx.timer
             for micro in batch.micro_batches(self.config.train.micro_batch_size):
-                loss, metrics = self.algo.loss(self.ctx, micro)
-                loss.backward()
+                with timer.section("forward"):
+                    loss, metrics = self.algo.loss(self.ctx, micro)
+                with timer.section("backward"):
+                    loss.backward()
                 loss_total += float(loss.detach())
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.max_grad_norm))
+            with timer.section("optimizer"):
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.max_grad_norm))
             if not (math.isfinite(loss_total) and math.isfinite(grad_norm)):
                 self.optimizer.zero_grad(set_to_none=True)
                 self.nonfinite_in_row += 1
@@ -175,7 +181,8 @@ class Trainer:
                     )
                 continue
             self.nonfinite_in_row = 0
-            self.optimizer.step()
+            with timer.section("optimizer"):
+                self.optimizer.step()
             sums["loss"] = sums.get("loss", 0.0) + loss_total
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
         self.scheduler.step()
@@ -221,6 +228,7 @@ class Trainer:
                     metrics["train/skipped_empty_batch"] = 1.0
                 metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
                 metrics["step_time"] = time.perf_counter() - started
+                metrics.update(self.ctx.timer.pop(metrics["step_time"]))
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                     metrics.update(self._eval())
                 tracker.log(step, metrics)
@@ -252,16 +260,17 @@ def default_run_dir(cfg: Config) -> Path:
 
 def make_engine(cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path) -> RolloutEngine:
     """The configured engine; with rollout.save_rollouts every sampling call is recorded under RUN_DIR/rollouts."""
+    from reasonrl.rollout.fast import FastEngine
     from reasonrl.rollout.hf import HFEngine
     from reasonrl.rollout.replay import RecordingEngine, ReplayEngine
 
-    engine: RolloutEngine = HFEngine(model, tokenizer)
+    if cfg.rollout.engine not in ("auto", "hf", "replay"):
+        raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; choose auto, hf or replay")
+    engine: RolloutEngine = HFEngine(model, tokenizer) if cfg.rollout.engine == "hf" else FastEngine(model, tokenizer)
     if cfg.rollout.engine == "replay":
         if not cfg.rollout.replay_dir:
             raise ValueError("rollout.engine=replay needs rollout.replay_dir (the rollouts/ folder of a recorded run)")
         engine = ReplayEngine(cfg.rollout.replay_dir, live=engine)
-    elif cfg.rollout.engine != "hf":
-        raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; choose hf or replay")
     if cfg.rollout.save_rollouts:
         engine = RecordingEngine(engine, run_dir / "rollouts")
     return engine

@@ -28,15 +28,23 @@ class TrainBatch:
     totals: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # anything else (e.g. rollouts) kept for logging
+    # Rows are independent terms of the loss, so micro-batches may group them by length to cut padding.
+    sort_by_length: bool = False
 
     def __len__(self) -> int:
         return next(iter(self.tensors.values())).shape[0] if self.tensors else 0
 
     def micro_batches(self, size: int) -> Iterator[TrainBatch]:
-        """Consecutive slices of at most `size` rows, trimmed of columns that are padding in every row."""
-        n = len(self)
-        for start in range(0, n, max(1, size)):
-            rows = {k: v[start : start + size] for k, v in self.tensors.items()}
+        """Slices of at most `size` rows (of similar length when `sort_by_length`), trimmed of all-padding columns."""
+        n, size = len(self), max(1, size)
+        order = None
+        if self.sort_by_length and size < n and "attention_mask" in self.tensors:
+            order = self.tensors["attention_mask"].sum(1).argsort(stable=True)
+        for start in range(0, n, size):
+            if order is None:
+                rows = {k: v[start : start + size] for k, v in self.tensors.items()}
+            else:
+                rows = {k: v[order[start : start + size]] for k, v in self.tensors.items()}
             yield TrainBatch(trim_padding(rows), self.totals, {}, {})
 
 

@@ -148,12 +148,12 @@ class GRPO:
         }
         if self.needs_reference:
             tensors["ref_logprobs"] = self._score(ctx.ref_model, tensors, ctx)
-        return TrainBatch(tensors, totals, metrics, extra={"rollouts": rollouts})
+        return TrainBatch(tensors, totals, metrics, extra={"rollouts": rollouts}, sort_by_length=True)
 
     def _score(self, model, tensors: dict[str, torch.Tensor], ctx) -> torch.Tensor:
         """Log-probs of the batch's completions under `model`, without gradients, micro-batch by micro-batch."""
         out = []
-        with torch.no_grad():
+        with torch.no_grad(), ctx.timer.section("score"):
             for micro in TrainBatch(tensors).micro_batches(ctx.config.train.micro_batch_size):
                 logp, _ = completion_logprobs(model, micro.tensors, self.temperature)
                 out.append(torch.nn.functional.pad(logp.cpu(), (0, tensors["completion_mask"].shape[1] - logp.shape[1])))

@@ -50,7 +50,8 @@ class SFT:
         completions = [encode_completion(ctx.tokenizer, demonstration(ex, self.cfg, rng)) for ex in examples]
         tensors = build_sequences(ctx.encode_prompts(examples), completions, ctx.tokenizer.pad_token_id)
         num_tokens = float(tensors["completion_mask"].sum())
-        return TrainBatch(tensors, totals={"num_tokens": num_tokens}, metrics={"num_tokens": num_tokens})
+        return TrainBatch(tensors, totals={"num_tokens": num_tokens}, metrics={"num_tokens": num_tokens},
+                          sort_by_length=True)
 
     def num_updates(self, batch: TrainBatch) -> int:
         return 1

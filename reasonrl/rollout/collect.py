@@ -24,18 +24,20 @@ def collect_rollouts(
 ):
     """Generate n completions per example and score them with the run's rewards (+ algorithm-specific extras,
     e.g. DAPO's overlong punishment). Returns the Rollouts (rewards filled in) and the RewardResult."""
-    rollouts = ctx.engine.generate(ctx.encode_prompts(examples), n, params)
+    with ctx.timer.section("generate"):
+        rollouts = ctx.engine.generate(ctx.encode_prompts(examples), n, params)
     rollouts.texts = [decode_completion(ctx.tokenizer, ids) for ids in rollouts.completion_ids]
     fields = example_fields(examples, n)
     rollouts.meta = [{"answer": a, "level": lv} for a, lv in zip(fields["answer"], fields["level"])]
     prompts = [str(ex.prompt) for ex in examples for _ in range(n)]
     fields.update(completion_ids=rollouts.completion_ids, finished=rollouts.finished)
-    result = ctx.rewards.score(prompts, rollouts.texts, fields)
-    total, components = list(result.total), dict(result.components)
-    for name, weight, fn in extra_rewards:
-        values = fn(prompts, rollouts.texts, **fields)
-        components[name] = values
-        total = [t + weight * v for t, v in zip(total, values)]
+    with ctx.timer.section("reward"):
+        result = ctx.rewards.score(prompts, rollouts.texts, fields)
+        total, components = list(result.total), dict(result.components)
+        for name, weight, fn in extra_rewards:
+            values = fn(prompts, rollouts.texts, **fields)
+            components[name] = values
+            total = [t + weight * v for t, v in zip(total, values)]
     rollouts.rewards, rollouts.reward_components = total, components
     return rollouts, result
 

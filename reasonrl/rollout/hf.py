@@ -40,7 +40,8 @@ class HFEngine:
         for i, p in enumerate(prompts):  # left padding: every completion starts at column `width`
             ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
-        sampling = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+        # top_k=0 must be passed explicitly: left unset, generate() falls back to its default of top-k 50.
+        sampling = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
             return_dict_in_generate=True, output_logits=not params.greedy,

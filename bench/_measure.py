@@ -1,0 +1,65 @@
+"""Measuring helpers shared by the benchmarks: resident memory over a run, the CPU's matmul peak, FLOPs of a step."""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+
+import torch
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+class RSSSampler:
+    """Peak resident memory of this process: the kernel's high-water mark, and the growth during the `with` block
+    (sampled every 5 ms, so a spike shorter than that can be missed; the high-water mark never misses)."""
+
+    def __enter__(self):
+        self.baseline = self.peak = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def result(self) -> dict[str, float]:
+        high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        return {"peak_mb": max(high_water, self.peak), "baseline_mb": self.baseline,
+                "growth_mb": self.peak - self.baseline}
+
+
+def matmul_peak_flops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """Best FLOP/s of a large float32 matmul: the practical ceiling for this CPU at this thread count."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best
+
+
+def step_flops(gather, update) -> dict[str, float]:
+    """FLOPs of one step's data gathering (generation) and update (forward + backward), counted by PyTorch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        batch = gather()
+    generate = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        update(batch)
+    return {"generate": float(generate), "train": float(counter.get_total_flops()),
+            "train_tokens": float(batch.tensors["attention_mask"].sum()) if len(batch) else 0.0}
