@@ -1,4 +1,4 @@
-"""Command line: `reasonrl train | sft | eval | plot`. Thin: parse arguments, then call the library."""
+"""Command line: `reasonrl train | sft | eval | plot | spectrum`. Thin: parse arguments, then call the library."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ USAGE_EXAMPLES = """examples:
   reasonrl sft --config configs/student.yaml --export reasonrl/assets/student
   reasonrl eval --model runs/grpo-.../final --data world:arith --levels 1,2,3,4,5
   reasonrl plot runs/grpo-...
+  reasonrl spectrum student --modules mlp.down_proj   alpha of every weight matrix; ESD plots of chosen ones
 """
 
 
@@ -90,6 +91,18 @@ def _run_plot(args) -> int:
     return 0
 
 
+def _run_spectrum(args) -> int:
+    from reasonrl.spectral import analyze_path
+    from reasonrl.spectral.report import print_table, write_report
+
+    rows = analyze_path(args.model, device=args.device, min_eigs=args.min_eigs, xmin_pos=args.xmin_pos)
+    print_table(rows, title=args.model)
+    out = args.out or Path("runs") / f"spectrum-{Path(args.model).name}"
+    for path in write_report(rows, out, args.modules, title=args.model):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reasonrl", description=__doc__, epilog=USAGE_EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="PNG learning curves of a run")
     p.add_argument("run_dir")
     p.add_argument("--out", help="output folder (default: RUN_DIR/plots)")
+    p = sub.add_parser("spectrum", help="HT-SR alpha of every weight matrix: a table, spectrum.json and PNGs")
+    p.add_argument("model", help="model directory or shipped name (student, teacher)")
+    p.add_argument("--out", help="output folder (default: runs/spectrum-NAME)")
+    p.add_argument("--modules", nargs="*", default=[], metavar="SUBSTRING",
+                   help="ESD plots for modules whose name contains one of these (default: lowest and highest alpha)")
+    p.add_argument("--min-eigs", type=int, default=50, help="modules with fewer eigenvalues are reported, not fitted")
+    p.add_argument("--xmin-pos", type=float, default=2, help="median Hill: x_min at eigenvalue index N/xmin_pos")
+    p.add_argument("--device", default="auto")
     return parser
 
 
@@ -136,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_training(args, "sft" if args.command == "sft" else None)
         if args.command == "eval":
             return _run_eval(args)
+        if args.command == "spectrum":
+            return _run_spectrum(args)
         return _run_plot(args)
     except (ValueError, OSError, RuntimeError) as e:
         # Bad input, a missing file or a full disk gets one clear line, not a traceback to decode.
