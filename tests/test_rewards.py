@@ -286,3 +286,22 @@ def test_a_hanging_verification_is_a_timeout_and_the_pool_recovers():
         assert again.total == [1.0, 0.0] and again.timeout == 0
     finally:
         pool.close()
+
+
+def test_a_script_without_a_main_guard_is_not_rerun_by_verifier_workers(tmp_path):
+    """Spawned workers must not re-import the user's script: that silently re-ran whole training scripts."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "train_script.py"
+    script.write_text(
+        "from reasonrl.rewards.math import math_verifier, verify_answer\n"
+        "print('SCRIPT BODY RAN', flush=True)\n"
+        "pool = math_verifier(timeout=30)\n"
+        "print('VERIFIED', pool.run([('1/2', '0.5')])[0].status, flush=True)\n"
+        "pool.close()\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("SCRIPT BODY RAN") == 1
+    assert "VERIFIED ok" in out.stdout

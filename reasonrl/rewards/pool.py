@@ -4,18 +4,22 @@ math-verify's own timeouts use `signal.alarm`, which works only in a process's m
 other thread it raises, and trainers that catch the error score the row 0, so rewards silently vanish (see the
 math-verify timeout issues of huggingface/trl and volcengine/verl). Here a check runs in a spawned worker
 process; a worker that overruns its item's deadline is killed and replaced, and the item is reported as a
-timeout. Spawned (not forked) workers are safe to start from any thread and never inherit CUDA state; as with
-any spawn-based pool, a script that uses one must keep its entry code under `if __name__ == "__main__":`.
+timeout. Spawned (not forked) workers are safe to start from any thread and never inherit CUDA state. A spawned
+child normally re-imports the parent's `__main__`, which re-runs a user's whole training script when it has no
+`if __name__ == "__main__":` guard; workers whose function lives in a library module are started with
+`__main__` hidden, so user scripts need no guard.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import sys
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, NamedTuple
@@ -45,6 +49,23 @@ def _worker_main(conn: Connection, fn: Callable[..., Any], warmup: tuple | None)
             conn.send(Outcome("ok", fn(*args)))
         except Exception as e:
             conn.send(Outcome("failed", None, f"{type(e).__name__}: {e}"))
+
+
+@contextmanager
+def _main_hidden(hide: bool):
+    """While a spawn child is started, make `__main__` look like an interactive session: the child then skips
+    re-importing the parent's script (multiprocessing reads `__spec__` and `__file__` at `start()`)."""
+    main = sys.modules.get("__main__")
+    if not hide or main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
+    main.__spec__ = None
+    main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
 
 
 @dataclass
@@ -151,7 +172,8 @@ class VerifierPool:
             proc = ctx.Process(
                 target=_worker_main, args=(child, self.fn, self.warmup), name="reasonrl-verifier", daemon=True
             )
-            proc.start()
+            with _main_hidden(getattr(self.fn, "__module__", "__main__") != "__main__"):
+                proc.start()
             child.close()
             workers.append(_Worker(proc, parent))
         deadline = time.monotonic() + self.start_timeout
