@@ -41,8 +41,12 @@ def load_jsonl(
     answer_field: str = "answer",
     solution_field: str = "solution",
     require_answer: bool = True,
+    string_fields: tuple[str, ...] = (),
 ) -> list[Example]:
-    """One Example per non-blank line of a JSON-lines file; errors name the file and the 1-based line."""
+    """One Example per non-blank line of a JSON-lines file; errors name the file and the 1-based line.
+
+    `string_fields` must be non-empty strings in every row (a pairs file's `chosen`, `rejected`); they land in `meta`.
+    """
     path = str(path)
     if not os.path.isfile(path):
         raise DataError(f"data file not found: {path}")
@@ -61,6 +65,11 @@ def load_jsonl(
             except (ValueError, RecursionError) as e:  # JSONDecodeError, and ints too long to convert
                 raise DataError(f"{where}: malformed JSON: {e}") from e
             examples.append(_to_example(row, where, prompt_field, answer_field, solution_field, require_answer))
+            for name in string_fields:
+                if name not in row:
+                    raise DataError(f"{where}: missing field {name!r} (row has keys {sorted(map(str, row))})")
+                if not isinstance(row[name], str) or not row[name].strip():
+                    raise DataError(f"{where}: field {name!r} must be a non-empty string, got {row[name]!r}")
     if not examples:
         raise DataError(f"{path}: no examples (the file is empty or has only blank lines)")
     return examples

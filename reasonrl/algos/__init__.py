@@ -29,4 +29,4 @@ def make_algorithm(config: "Config") -> "Algorithm":
     return ALGORITHMS[name](config)
 
 
-from reasonrl.algos import grpo, sft, srft  # noqa: E402,F401  (registration)
+from reasonrl.algos import dpo, grpo, sft, srft  # noqa: E402,F401  (registration)

@@ -70,7 +70,11 @@ def trim_padding(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class Algorithm(Protocol):
-    """What every algorithm file provides. See algos/grpo.py and algos/sft.py for the two basic shapes."""
+    """What every algorithm file provides. See algos/grpo.py and algos/sft.py for the two basic shapes.
+
+    An algorithm whose own schedule fixes the step count (DPO-VP: rounds x steps per round) sets
+    `config.train.steps` in its constructor, which runs before the trainer sizes its LR schedule.
+    """
 
     name: str
     needs_reference: bool  # load a frozen reference model (e.g. KL with beta > 0)

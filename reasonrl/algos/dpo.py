@@ -1,0 +1,320 @@
+"""DPO on (prompt, chosen, rejected) pairs: offline from a pairs file (`algo=dpo`), and DPO-VP (`algo=dpo_vp`).
+
+DPO (Rafailov et al. 2023, arXiv:2305.18290, eq. 7) with conservative label smoothing eps (cDPO, Mitchell 2023):
+    z = [log pi(y_w|x) - log pi_ref(y_w|x)] - [log pi(y_l|x) - log pi_ref(y_l|x)]
+    L = -(1 - eps) log sigma(beta z) - eps log sigma(-beta z)
+IPO (Azar et al. 2023, arXiv:2310.12036, eq. 17), `loss_type=ipo`:  L = (z - 1 / (2 beta))^2
+log pi(y|x) sums the completion's token log-probs, as OpenRLHF's DPOLoss (which DPO-VP trains with) does.
+beta (log pi - log pi_ref) is each completion's implicit reward; its chosen/rejected means, margin and accuracy
+are logged under TRL's names. Reference log-probs never change while a pair is in use, so each pair's are computed
+once (offline: for the whole file at the first step; DPO-VP: for the whole round before its first update) and cached.
+
+DPO-VP (Tu et al. 2025, arXiv:2503.12854): rounds of sample K per prompt -> verify -> one pair per prompt
+(algos/dpo_pairs.py) -> one DPO epoch, each round's reference being the round's starting model. The trainer counts
+optimizer steps, not rounds, so a round is `steps_per_round` steps: the first samples, pairs and scores the
+references, and every step takes the next slice of the round's pairs. train.steps is set to rounds * steps_per_round.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from reasonrl.algos import register_algorithm
+from reasonrl.algos.base import TrainBatch, trim_padding
+from reasonrl.algos.common import build_sequences, completion_logprobs
+from reasonrl.algos.dpo_pairs import (
+    WRONG_PAIRS, Pair, load_pairs_file, load_round_pairs, save_round_pairs, select_pair, vr_score,
+)
+from reasonrl.config import AlgoConfig, register_algo_config
+from reasonrl.models import encode_completion
+from reasonrl.rollout.base import SamplingParams
+from reasonrl.rollout.collect import collect_rollouts, rollout_metrics
+
+logger = logging.getLogger("reasonrl")
+
+LOSS_TYPES = ("sigmoid", "ipo")
+SCORE_NAMES = {1: "correct", 0: "wrong", -1: "unboxed"}  # DPO-VP's verifiable scores, for metric names
+
+
+@dataclass
+class PreferenceConfig(AlgoConfig):
+    """The DPO loss options both algorithms share (defaults: DPO-VP's, specs/llm-methods.md section 2)."""
+
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # cDPO's eps: the assumed probability that a pair's labels are flipped
+    loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"algo.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if not self.beta > 0:
+            raise ValueError(f"algo.beta must be > 0, got {self.beta!r}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"algo.label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
+
+
+@register_algo_config("dpo")
+@dataclass
+class DPOConfig(PreferenceConfig):
+    name: str = "dpo"
+    pairs: str = ""  # JSONL with `prompt` (text or chat messages), `chosen` and `rejected` per line
+
+
+@register_algo_config("dpo_vp")
+@dataclass
+class DPOVPConfig(PreferenceConfig):
+    name: str = "dpo_vp"
+    rounds: int = 6
+    steps_per_round: int = 4  # optimizer steps per round: one epoch over its pairs; a round samples this many
+    # times train.prompts_per_step prompts (rollout.num_generations each)
+    temperatures: list[float] = field(default_factory=lambda: [0.7, 0.7, 0.7, 1.0, 1.0, 1.2])  # per round; the
+    # last one repeats for later rounds
+    wrong_pairs: str = "all"  # all (official) | unboxed | none: pairs whose chosen is wrong (algos/dpo_pairs.py)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rounds < 1 or self.steps_per_round < 1:
+            raise ValueError(f"algo.rounds and algo.steps_per_round must be >= 1, got {self.rounds}, "
+                             f"{self.steps_per_round}")
+        if not self.temperatures or any(not t > 0 for t in self.temperatures):
+            raise ValueError(f"algo.temperatures must be a non-empty list of positive numbers, got {self.temperatures}")
+        if self.wrong_pairs not in WRONG_PAIRS:
+            raise ValueError(f"algo.wrong_pairs must be one of {WRONG_PAIRS}, got {self.wrong_pairs!r}")
+
+
+# ---- the loss, on plain tensors: one value per pair [N] -------------------------------------------------------
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+    beta: float, label_smoothing: float = 0.0, loss_type: str = "sigmoid",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair losses [N] and the implicit rewards beta (log pi - log pi_ref) of chosen and rejected (detached)."""
+    chosen, rejected = policy_chosen - ref_chosen, policy_rejected - ref_rejected
+    z = chosen - rejected
+    if loss_type == "ipo":
+        losses = (z - 1 / (2 * beta)) ** 2
+    elif loss_type == "sigmoid":
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * z) - label_smoothing * F.logsigmoid(-beta * z)
+    else:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
+    return losses, beta * chosen.detach(), beta * rejected.detach()
+
+
+def pair_tensors(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
+    """`pair_*` tensors [N, 2, ...]: pair i's chosen (index 0) and rejected (index 1) sequences in one row, so the
+    trainer's micro-batches never split a pair (the loss needs both)."""
+    prompts = [p.prompt_ids for p in pairs for _ in range(2)]
+    completions = [c for p in pairs for c in (p.chosen_ids, p.rejected_ids)]
+    tensors = build_sequences(prompts, completions, pad_id)
+    return {f"pair_{k}": v.view(len(pairs), 2, *v.shape[1:]) for k, v in tensors.items()}
+
+
+def sequence_logprobs(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log pi(y|x) [N, 2] of each pair's chosen and rejected: summed completion token log-probs, one forward pass."""
+    flat = trim_padding({k.removeprefix("pair_"): v.flatten(0, 1) for k, v in tensors.items() if k.startswith("pair_")})
+    logp, _ = completion_logprobs(model, flat)
+    mask = flat["completion_mask"].to(logp.device)
+    return torch.where(mask > 0, logp, 0.0).sum(-1).view(-1, 2)
+
+
+# ---- the algorithms: where the pairs come from differs, the loss does not --------------------------------------
+
+
+class PairwiseDPO:
+    """The DPO update on a batch of pairs with cached reference log-probs; subclasses provide `gather`."""
+
+    needs_rollouts = False
+
+    def __init__(self, config):
+        self.cfg: PreferenceConfig = config.algo
+        self.name = self.cfg.name
+        self.micro_batch_size = config.train.micro_batch_size
+
+    def reference_logps(self, model: torch.nn.Module, pairs: list[Pair], pad_id: int) -> None:
+        """Fill `ref_logps` of `pairs` under `model`, without gradients, micro-batch by micro-batch."""
+        with torch.no_grad():
+            for start in range(0, len(pairs), self.micro_batch_size):
+                chunk = pairs[start : start + self.micro_batch_size]
+                for pair, logps in zip(chunk, sequence_logprobs(model, pair_tensors(chunk, pad_id)).tolist()):
+                    pair.ref_logps = (logps[0], logps[1])
+
+    def batch(self, pairs: list[Pair], pad_id: int, metrics: dict[str, float]) -> TrainBatch:
+        """A step's TrainBatch; the loss is divided by the step's pair count, so micro-batch losses sum exactly."""
+        if not pairs:
+            return TrainBatch({}, metrics=metrics)
+        tensors = pair_tensors(pairs, pad_id)
+        tensors["ref_logps"] = torch.tensor([p.ref_logps for p in pairs], dtype=torch.float32)
+        metrics["num_pairs"] = float(len(pairs))
+        return TrainBatch(tensors, totals={"num_pairs": float(len(pairs))}, metrics=metrics)
+
+    def num_updates(self, batch: TrainBatch) -> int:
+        return 1
+
+    def prepare_update(self, ctx, batch: TrainBatch, update: int) -> None:
+        pass
+
+    def loss(self, ctx, micro: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        logps = sequence_logprobs(ctx.model, micro.tensors)
+        ref = micro.tensors["ref_logps"].to(logps.device)
+        losses, chosen, rejected = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], self.cfg.beta,
+                                            self.cfg.label_smoothing, self.cfg.loss_type)
+        n = micro.totals["num_pairs"]
+        metrics = {
+            "rewards/chosen": chosen.sum() / n, "rewards/rejected": rejected.sum() / n,
+            "rewards/margins": (chosen - rejected).sum() / n, "rewards/accuracies": (chosen > rejected).sum() / n,
+            "logps/chosen": logps[:, 0].detach().sum() / n, "logps/rejected": logps[:, 1].detach().sum() / n,
+        }
+        return losses.sum() / n, {k: float(v) for k, v in metrics.items()}
+
+
+@register_algorithm("dpo")
+class DPO(PairwiseDPO):
+    """Offline DPO: `train.prompts_per_step` pairs per step, epoch after epoch in an order shuffled by (seed, epoch).
+    The reference is model.ref_path (default: the starting model), scored on every pair once, at the first step;
+    the read position lives in ctx.state."""
+
+    needs_reference = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        if not self.cfg.pairs:
+            raise ValueError("algo=dpo needs a pairs file: algo.pairs=FILE.jsonl (fields prompt, chosen, rejected)")
+        self.rows = load_pairs_file(self.cfg.pairs)  # a malformed file fails before the run starts
+        self.pairs_per_step, self.seed = config.train.prompts_per_step, config.train.seed
+        self.pairs: list[Pair] | None = None  # tokenized on the first step (the tokenizer comes with the context)
+        self._order: tuple[int, list[int]] = (-1, [])
+
+    def _index(self, k: int) -> int:
+        epoch, offset = divmod(k, len(self.rows))
+        if self._order[0] != epoch:
+            order = list(range(len(self.rows)))
+            random.Random(f"dpo-pairs/{self.seed}/{epoch}").shuffle(order)
+            self._order = (epoch, order)
+        return self._order[1][offset]
+
+    def _encode(self, ctx) -> list[Pair]:
+        """Token ids of every pair; a pair longer than the model's context is an error naming its prompt."""
+        tok, context = ctx.tokenizer, getattr(ctx.model.config, "max_position_embeddings", None)
+        pairs = []
+        for prompt, (example, chosen, rejected) in zip(ctx.encode_prompts([ex for ex, _, _ in self.rows]), self.rows):
+            pair = Pair(prompt, encode_completion(tok, chosen), encode_completion(tok, rejected))
+            longest = len(prompt) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+            if context and longest > context:
+                raise ValueError(f"{self.cfg.pairs}: a pair of {longest} tokens exceeds the model's context of "
+                                 f"{context} (prompt starts {str(example.prompt)[:60]!r})")
+            pairs.append(pair)
+        return pairs
+
+    def gather(self, ctx) -> TrainBatch:
+        pad_id = ctx.tokenizer.pad_token_id
+        metrics = {}
+        if self.pairs is None:
+            # One reference pass over the whole file, in fixed chunks: a resumed run recomputes the same values.
+            self.pairs = self._encode(ctx)
+            self.reference_logps(ctx.ref_model, self.pairs, pad_id)
+            metrics["dpo/reference_pairs"] = float(len(self.pairs))
+        state = ctx.state.setdefault("dpo", {"position": 0})
+        picked = [self.pairs[self._index(state["position"] + i)] for i in range(self.pairs_per_step)]
+        state["position"] += self.pairs_per_step
+        return self.batch(picked, pad_id, metrics)
+
+
+@register_algorithm("dpo_vp")
+class DPOVP(PairwiseDPO):
+    """DPO-VP. ctx.state["dpo_vp"] = {round, step_in_round, pairs_file}: resuming mid-round re-reads the round's
+    pairs (token ids and reference log-probs) from RUN_DIR/pairs/round_NNN.jsonl instead of sampling again."""
+
+    needs_rollouts = True
+    # The reference is the round's starting model, which is the policy itself when the round's pairs are scored
+    # (before the round's first update): no second model is loaded, and "resetting" it costs nothing.
+    needs_reference = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.cfg: DPOVPConfig = config.algo
+        r = config.rollout
+        if r.num_generations < 2:
+            raise ValueError("rollout.num_generations must be >= 2: a DPO-VP pair needs two samples of a prompt")
+        steps = self.cfg.rounds * self.cfg.steps_per_round
+        if config.train.steps != steps:
+            logger.info("dpo_vp: train.steps set to algo.rounds * algo.steps_per_round = %d", steps)
+            config.train.steps = steps  # before the trainer sizes its LR schedule and progress bar with it
+        self.prompts_per_round = config.train.prompts_per_step * self.cfg.steps_per_round
+        self.num_generations, self.seed = r.num_generations, config.train.seed
+        self.round: tuple[int, list[Pair]] = (-1, [])  # (round index, its pairs) held in memory
+
+    def gather(self, ctx) -> TrainBatch:
+        state, metrics = ctx.state.get("dpo_vp"), {}
+        if state is None or state["step_in_round"] >= self.cfg.steps_per_round:
+            k = 0 if state is None else state["round"] + 1
+            pairs, metrics = self._new_round(ctx, k)
+            state = ctx.state["dpo_vp"] = {"round": k, "step_in_round": 0, "pairs_file": _round_file(k)}
+            self.round = (k, pairs)
+        elif self.round[0] != state["round"]:  # resumed mid-round
+            self.round = (state["round"], load_round_pairs(ctx.run_dir / state["pairs_file"]))
+        pairs, j, steps = self.round[1], state["step_in_round"], self.cfg.steps_per_round
+        state["step_in_round"] = j + 1
+        metrics["dpo_vp/round"] = float(state["round"] + 1)
+        # Step j of the round takes the j-th of `steps` near-equal slices: one epoch in exactly `steps` updates.
+        part = pairs[j * len(pairs) // steps : (j + 1) * len(pairs) // steps]
+        return self.batch(part, ctx.tokenizer.pad_token_id, metrics)
+
+    def _new_round(self, ctx, k: int) -> tuple[list[Pair], dict[str, float]]:
+        """Sample, verify and pair; score the references with the current policy; save the round's pairs."""
+        r = ctx.config.rollout
+        temperature = self.cfg.temperatures[min(k, len(self.cfg.temperatures) - 1)]
+        params = SamplingParams(r.max_completion_length, temperature, r.top_p, r.top_k)
+        examples = ctx.stream.next(self.prompts_per_round)
+        rollouts, result = collect_rollouts(ctx, examples, self.num_generations, params)
+        scores = [vr_score(t, reward) for t, reward in zip(rollouts.texts, rollouts.rewards)]
+        # Response length without the closing EOS, as the official code counts the decoded response's tokens.
+        lengths = [len(ids) - int(done) for ids, done in zip(rollouts.completion_ids, rollouts.finished)]
+        groups: dict[int, list[int]] = {}
+        for i, g in enumerate(rollouts.group):
+            groups.setdefault(g, []).append(i)
+        rng = random.Random(f"dpo_vp/{self.seed}/{k}")
+        pairs, rows = [], []
+        for g, example in enumerate(examples):
+            idx = groups.get(g, [])
+            pick = select_pair([scores[i] for i in idx], [lengths[i] for i in idx], rng, params.max_new_tokens,
+                               self.cfg.wrong_pairs)
+            if pick is None:
+                continue
+            c, rej = idx[pick[0]], idx[pick[1]]
+            pairs.append(Pair(rollouts.prompt_ids[c], rollouts.completion_ids[c], rollouts.completion_ids[rej]))
+            rows.append({"round": k + 1, "prompt": example.prompt, "chosen": rollouts.texts[c],
+                         "rejected": rollouts.texts[rej], "answer": example.answer, "chosen_score": scores[c],
+                         "rejected_score": scores[rej]})
+        order = list(range(len(pairs)))
+        rng.shuffle(order)  # the epoch's order (OpenRLHF shuffles its dataset)
+        pairs, rows = [pairs[i] for i in order], [rows[i] for i in order]
+        self.reference_logps(ctx.model, pairs, ctx.tokenizer.pad_token_id)
+        for row, pair in zip(rows, pairs):
+            row.update(prompt_ids=pair.prompt_ids, chosen_ids=pair.chosen_ids, rejected_ids=pair.rejected_ids,
+                       ref_chosen_logp=pair.ref_logps[0], ref_rejected_logp=pair.ref_logps[1])
+        save_round_pairs(ctx.run_dir / _round_file(k), rows)
+        metrics = rollout_metrics(rollouts, result, params.max_new_tokens)
+        metrics.update(round_metrics(scores, rows), **{"dpo_vp/temperature": temperature})
+        return pairs, metrics
+
+
+def round_metrics(scores: list[int | None], rows: list[dict]) -> dict[str, float]:
+    """Shares of each verifiable score among the round's samples, and pair counts by (chosen, rejected) kind."""
+    valid = [s for s in scores if s is not None]
+    metrics = {f"dpo_vp/frac_{name}": valid.count(v) / max(1, len(valid)) for v, name in SCORE_NAMES.items()}
+    metrics["dpo_vp/round_pairs"] = float(len(rows))
+    for row in rows:
+        key = f"dpo_vp/pairs/{SCORE_NAMES[row['chosen_score']]}_vs_{SCORE_NAMES[row['rejected_score']]}"
+        metrics[key] = metrics.get(key, 0.0) + 1.0
+    return metrics
+
+
+def _round_file(k: int) -> str:
+    """Where round k's pairs go, relative to the run directory (1-based in the name, as rounds are counted)."""
+    return f"pairs/round_{k + 1:03d}.jsonl"
