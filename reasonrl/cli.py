@@ -1,4 +1,4 @@
-"""Command line: `reasonrl train | sft | eval | plot | spectrum`. Thin: parse arguments, then call the library."""
+"""Command line: `reasonrl train | sft | eval | plot | spectrum | pretrain`. Thin: parse arguments, then call the library."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ USAGE_EXAMPLES = """examples:
   reasonrl eval --model runs/grpo-.../final --data world:arith --levels 1,2,3,4,5
   reasonrl plot runs/grpo-...
   reasonrl spectrum student --modules mlp.down_proj   alpha of every weight matrix; ESD plots of chosen ones
+  reasonrl pretrain --size tiny optim.weight_decay_schedule=alphadecay   tiny LM on the World English Bible
 """
 
 
@@ -71,14 +72,14 @@ def _run_eval(args) -> int:
     from reasonrl.data import load_source
     from reasonrl.evaluation import evaluate
     from reasonrl.models import load_model
-    from reasonrl.rollout.hf import HFEngine
+    from reasonrl.rollout.fast import FastEngine
 
     levels = [int(x) for x in args.levels.split(",")] if args.levels else [1, 2, 3]
     data_cfg = DataConfig(levels=levels, eval_levels=levels, eval_n=args.n, seed=args.seed,
                           prompt_field=args.prompt_field, answer_field=args.answer_field)
     examples = load_source(args.data, data_cfg, "eval", args.n)  # bad data fails before the model loads
     model, tokenizer = load_model(args.model, args.dtype, args.device)
-    metrics = evaluate(HFEngine(model, tokenizer), tokenizer, examples, args.max_new_tokens)
+    metrics = evaluate(FastEngine(model, tokenizer), tokenizer, examples, args.max_new_tokens)
     print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     return 0
 
@@ -100,6 +101,22 @@ def _run_spectrum(args) -> int:
     out = args.out or Path("runs") / f"spectrum-{Path(args.model).name}"
     for path in write_report(rows, out, args.modules, title=args.model):
         print(path)
+    return 0
+
+
+def _run_pretrain(args) -> int:
+    from reasonrl.config import load_config
+    from reasonrl.pretrain import PretrainOptions, pretrain, pretrain_config
+
+    opts = PretrainOptions(size=args.size, vocab_size=args.vocab_size, seq_len=args.seq_len,
+                           batch_size=args.batch_size, corpus_chars=args.corpus_chars)
+    config = load_config(args.config, args.overrides, base=pretrain_config())
+    if args.quiet:
+        config.train.progress = False
+    summary = pretrain(config, opts, args.output_dir)
+    print(f"held-out perplexity: {summary['perplexity_before']:.1f} before, {summary['perplexity_after']:.1f} after "
+          f"(run directory: {summary['run_dir']})")
+    print(json.dumps(summary))
     return 0
 
 
@@ -139,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-eigs", type=int, default=50, help="modules with fewer eigenvalues are reported, not fitted")
     p.add_argument("--xmin-pos", type=float, default=2, help="median Hill: x_min at eigenvalue index N/xmin_pos")
     p.add_argument("--device", default="auto")
+    p = sub.add_parser("pretrain", help="pretrain a tiny Llama on the World English Bible; held-out perplexity")
+    p.add_argument("--config", help="YAML config file (optim and train sections; pretraining defaults otherwise)")
+    p.add_argument("--output-dir", help="run directory (default: runs/pretrain-TIME)")
+    p.add_argument("--size", default="tiny", help="tiny model size: nano, tiny or small")
+    p.add_argument("--vocab-size", type=int, default=2048, help="byte-level BPE trained on the training split")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step")
+    p.add_argument("--corpus-chars", type=int, default=0, help="use only the first N characters (0: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.steps=2000 optim.lr_schedule=llr")
     return parser
 
 
@@ -146,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come before or after options (`train --quiet a=1 --config f b=2`), so collect them from both.
     args, extra = parser.parse_known_args(argv)
-    stray = [x for x in extra if x.startswith("-") or "=" not in x or args.command not in ("train", "sft")]
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or args.command not in ("train", "sft", "pretrain")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
@@ -159,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_eval(args)
         if args.command == "spectrum":
             return _run_spectrum(args)
+        if args.command == "pretrain":
+            return _run_pretrain(args)
         return _run_plot(args)
     except (ValueError, OSError, RuntimeError) as e:
         # Bad input, a missing file or a full disk gets one clear line, not a traceback to decode.

@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable, Literal, Union, get_args, get_origin
 
 import yaml
 
+from reasonrl.spectral.schedule import MAPPINGS
+
 
 @dataclass
 class ModelConfig:
@@ -76,6 +78,41 @@ class OptimConfig:
     warmup_steps: int = 5
     min_lr_ratio: float = 0.0
     max_grad_norm: float = 1.0
+    # HT-SR schedules (docs/spectral.md): per-module weight decay / lr multipliers from each weight matrix's
+    # power-law exponent α. Their `every` counts trainer steps (one scheduler step per step).
+    weight_decay_schedule: str = "uniform"  # uniform | alphadecay (scales weight_decay per module)
+    alphadecay_every: int = 500  # re-measure α every N steps
+    alphadecay_min_ratio: float = 0.6666  # wd multiplier of the smallest α (the paper's s1)
+    alphadecay_max_ratio: float = 3.0  # wd multiplier of the largest α (s2; the AdamW scripts use 5)
+    alphadecay_mapping: str = "linear"  # linear | sqrt | log2 | sigmoid | layer_linear | layer_sigmoid
+    lr_schedule: str = "uniform"  # uniform | llr (per-module multipliers on top of `schedule`)
+    llr_every: int = 40  # re-measure α every N steps
+    llr_ramp: int = 20  # steps over which a new multiplier is eased in
+    llr_until: float = 0.2  # fraction of train.steps after which multipliers are frozen
+    llr_min_ratio: float = 1.0  # lr multiplier of the smallest α
+    llr_max_ratio: float = 3.0  # lr multiplier of the largest α (and of embedding/head)
+    llr_mapping: str = "linear"
+
+    def __post_init__(self) -> None:
+        choices = {"weight_decay_schedule": ("uniform", "alphadecay"), "lr_schedule": ("uniform", "llr"),
+                   "alphadecay_mapping": MAPPINGS, "llr_mapping": MAPPINGS}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"optim.{key}={getattr(self, key)!r}; choose one of {', '.join(allowed)}")
+        for prefix in ("alphadecay", "llr"):
+            every, lo, hi = (getattr(self, f"{prefix}_{k}") for k in ("every", "min_ratio", "max_ratio"))
+            if every < 1:
+                raise ValueError(f"optim.{prefix}_every must be >= 1 (steps between α measurements), got {every}")
+            if not 0 < lo <= hi:
+                raise ValueError(f"optim.{prefix}_min_ratio and _max_ratio need 0 < min_ratio <= max_ratio, "
+                                 f"got {lo} and {hi}")
+        if self.llr_ramp < 0 or not 0 <= self.llr_until <= 1:
+            raise ValueError(f"optim.llr_ramp must be >= 0 and optim.llr_until in [0, 1], "
+                             f"got {self.llr_ramp} and {self.llr_until}")
+        if self.weight_decay_schedule == "alphadecay" and self.weight_decay <= 0:
+            # AlphaDecay multiplies the base decay: with none there is nothing to redistribute.
+            raise ValueError("optim.weight_decay_schedule=alphadecay scales optim.weight_decay per module, "
+                             f"which is {self.weight_decay}; set optim.weight_decay > 0 (e.g. 0.1)")
 
 
 @dataclass
@@ -92,6 +129,11 @@ class TrainConfig:
     max_nan_steps: int = 3  # steps in a row with NaN/inf loss or gradients, or NaN rewards on every row, before a stop
     progress: bool = True
     report_to: list[str] = field(default_factory=list)  # tensorboard | wandb | trackio
+    spectral_every: int = 0  # log Hill α of every weight matrix every N steps (0: off); see docs/spectral.md
+
+    def __post_init__(self) -> None:
+        if self.spectral_every < 0:
+            raise ValueError(f"train.spectral_every must be >= 0 (0 turns monitoring off), got {self.spectral_every}")
 
 
 @dataclass

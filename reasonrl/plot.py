@@ -27,6 +27,9 @@ _GROUPS = (
     ("length", "Completion length", "tokens", r"completions/mean_length"),
     ("kl", "KL to reference", "kl", r"kl"),
     ("entropy", "Entropy", "entropy", r"entropy"),
+    ("perplexity", "Held-out perplexity", "perplexity", r"eval/perplexity"),  # reasonrl pretrain
+    # train.spectral_every: mean Hill α over all weight matrices and per module type (spectral/monitor.py)
+    ("alpha", "Weight spectra: Hill α", "α (lower: heavier tail)", r"spectral/alpha_mean(/.+)?"),
 )
 
 

@@ -27,6 +27,8 @@ from reasonrl.evaluation import evaluate
 from reasonrl.models import encode_prompt, load_model
 from reasonrl.rewards import RewardError, RewardManager
 from reasonrl.rollout.base import RolloutEngine
+from reasonrl.spectral import LLR, AlphaDecay, build_param_groups
+from reasonrl.spectral.monitor import alpha_metrics
 from reasonrl.timing import StepTimer
 from reasonrl.tracking import Tracker
 
@@ -86,6 +88,45 @@ def lr_lambda(optim_cfg, total_steps: int):
     return factor
 
 
+def build_optimizer(model: torch.nn.Module, optim_cfg, total_steps: int):
+    """AdamW, its lr schedule (LLR on top of it with optim.lr_schedule=llr) and AlphaDecay (or None).
+
+    With an HT-SR schedule on, every weight matrix gets its own param group (`build_param_groups`) so the
+    schedulers can write its lr / weight_decay; otherwise one group, as before.
+    """
+    spectral = optim_cfg.weight_decay_schedule != "uniform" or optim_cfg.lr_schedule != "uniform"
+    params = build_param_groups(model) if spectral else [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
+                                  weight_decay=optim_cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim_cfg, total_steps))
+    if optim_cfg.lr_schedule == "llr":  # a drop-in scheduler: steps the LambdaLR itself, checkpoints both
+        scheduler = LLR(optimizer, model, total_steps=total_steps, base_scheduler=scheduler, every=optim_cfg.llr_every,
+                        ramp=optim_cfg.llr_ramp, until=optim_cfg.llr_until, min_ratio=optim_cfg.llr_min_ratio,
+                        max_ratio=optim_cfg.llr_max_ratio, mapping=optim_cfg.llr_mapping)
+    alphadecay = None
+    if optim_cfg.weight_decay_schedule == "alphadecay":
+        alphadecay = AlphaDecay(optimizer, model, every=optim_cfg.alphadecay_every,
+                                min_ratio=optim_cfg.alphadecay_min_ratio, max_ratio=optim_cfg.alphadecay_max_ratio,
+                                mapping=optim_cfg.alphadecay_mapping)
+    return optimizer, scheduler, alphadecay
+
+
+def step_schedules(scheduler, alphadecay: AlphaDecay | None) -> dict[str, float]:
+    """Advance the lr schedule and AlphaDecay by one step; return α and ratios of those that re-measured α."""
+    spectral = [s for s in (scheduler, alphadecay) if isinstance(s, (LLR, AlphaDecay))]
+    before = [s.alphas for s in spectral]
+    scheduler.step()
+    if alphadecay is not None:
+        alphadecay.step()
+    # A re-measurement assigns a new `alphas` dict, so a changed identity marks the steps worth logging.
+    return {k: v for s, old in zip(spectral, before) if s.alphas is not old for k, v in s.metrics().items()}
+
+
+def initial_schedule_metrics(scheduler, alphadecay: AlphaDecay | None) -> dict[str, float]:
+    """α and ratios the HT-SR schedulers assigned at construction, for the step-0 record."""
+    return {k: v for s in (scheduler, alphadecay) if isinstance(s, (LLR, AlphaDecay)) for k, v in s.metrics().items()}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -113,11 +154,8 @@ class Trainer:
         if self.algo.needs_reference:
             ref_model, _ = load_model(cfg.model.ref_path or cfg.model.path, cfg.model.dtype, cfg.model.device)
             ref_model.eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-            eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay,
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim, cfg.train.steps))
+        self.optimizer, self.scheduler, self.alphadecay = build_optimizer(self.model, cfg.optim, cfg.train.steps)
+        self.schedule_metrics = initial_schedule_metrics(self.scheduler, self.alphadecay)  # logged with the next record
         self.ctx = Context(cfg, self.model, self.tokenizer, self.stream, engine, rewards, ref_model, self.run_dir)
         self.start_step, self.nonfinite_in_row = 0, 0
         self.stop_requested = False
@@ -135,9 +173,27 @@ class Trainer:
         self.start_step = int(state["step"])
         self.stream.load_state_dict(state["stream"])
         self.ctx.state = state.get("algo", {})
+        if self.alphadecay is not None:  # after the optimizer: AlphaDecay writes into its restored param groups
+            if "alphadecay" not in state:
+                raise ValueError(f"{checkpoint} was saved without optim.weight_decay_schedule=alphadecay; "
+                                 f"resume with the run's own config")
+            self.alphadecay.load_state_dict(state["alphadecay"])
+        self.schedule_metrics = {}  # the restored α were logged by the run that measured them
 
     def _state(self, step: int) -> dict[str, Any]:
-        return {"step": step, "stream": self.stream.state_dict(), "algo": self.ctx.state}
+        state = {"step": step, "stream": self.stream.state_dict(), "algo": self.ctx.state}
+        return state | ({"alphadecay": self.alphadecay.state_dict()} if self.alphadecay is not None else {})
+
+    def _step_schedules(self) -> None:
+        self.schedule_metrics |= step_schedules(self.scheduler, self.alphadecay)
+
+    def _spectral_metrics(self, step: int) -> dict[str, float]:
+        """HT-SR records for `step`: α of every matrix every train.spectral_every steps, and new schedule values."""
+        every = self.config.train.spectral_every
+        metrics = alpha_metrics(self.model) if every and step % every == 0 else {}
+        metrics |= self.schedule_metrics
+        self.schedule_metrics = {}
+        return metrics
 
     def _eval(self) -> dict[str, float]:
         if not self.eval_examples:
@@ -185,7 +241,7 @@ class Trainer:
                 self.optimizer.step()
             sums["loss"] = sums.get("loss", 0.0) + loss_total
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
-        self.scheduler.step()
+        self._step_schedules()
         updates = max(1, self.algo.num_updates(batch))
         return {k: (v if k == "train/nonfinite_steps" else v / updates) for k, v in sums.items()}
 
@@ -211,7 +267,7 @@ class Trainer:
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             if self.start_step == 0:
-                tracker.log(0, self._eval())
+                tracker.log(0, self._eval() | self._spectral_metrics(0))
             step = saved = self.start_step
             for step in range(self.start_step + 1, cfg.steps + 1):
                 self.ctx.step = step
@@ -224,11 +280,12 @@ class Trainer:
                 if len(batch):
                     metrics.update(self._update(batch))
                 else:
-                    self.scheduler.step()
+                    self._step_schedules()
                     metrics["train/skipped_empty_batch"] = 1.0
                 metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
                 metrics["step_time"] = time.perf_counter() - started
                 metrics.update(self.ctx.timer.pop(metrics["step_time"]))
+                metrics.update(self._spectral_metrics(step))  # after step_time: monitoring is not training time
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                     metrics.update(self._eval())
                 tracker.log(step, metrics)

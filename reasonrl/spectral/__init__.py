@@ -4,6 +4,7 @@
   stable rank, spectral norm, eigenvalue count, and a status for modules too small to fit.
 - `AlphaDecay`: per-module weight decay from α.  `LLR`: per-module learning-rate multipliers from α.
   Both steer the param groups of any optimizer built on `build_param_groups(model)`; see docs/spectral.md.
+- `alpha_metrics(model)`: Hill α of every matrix as flat metrics, for monitoring during training.
 """
 
 from reasonrl.spectral.alphadecay import AlphaDecay
@@ -16,6 +17,7 @@ from reasonrl.spectral.esd import (
     weight_modules,
 )
 from reasonrl.spectral.llr import LLR
+from reasonrl.spectral.monitor import alpha_metrics
 from reasonrl.spectral.powerlaw import PowerLawFit, hill_fit, ks_fit
 from reasonrl.spectral.schedule import alpha_ratios, build_param_groups, split_for_muon
 
@@ -24,6 +26,7 @@ __all__ = [
     "AlphaDecay",
     "ModuleSpectrum",
     "PowerLawFit",
+    "alpha_metrics",
     "alpha_ratios",
     "analyze",
     "analyze_path",
