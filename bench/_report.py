@@ -113,7 +113,8 @@ def write_report(results: dict, args, peak: float, scaling: dict | None = None, 
         "",
         "Both libraries train the shipped `student` (827k-parameter Llama) on arithmetic levels 1-3 with temperature "
         "1.0, lr 5e-5 constant, `loss_type=dapo`, beta 0, one optimizer step per generation round, one micro-batch, "
-        "and the same `accuracy` reward function. Each library/setting/repetition is a fresh process; the two "
+        f"float32 (TRL's default bf16 autocast off), gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} "
+        "in both, and the same `accuracy` reward function. Each library/setting/repetition is a fresh process; the two "
         f"libraries alternate. {args.warmup} warm-up steps per process are excluded; {args.steps} measured steps "
         f"x {args.reps} processes per cell. Seconds per step are medians; tokens/s are generated completion tokens "
         "over measured time; peak RSS is the process's high-water mark (imports included), RSS growth is the "

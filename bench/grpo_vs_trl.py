@@ -46,7 +46,7 @@ def arith_examples(n: int, seed: int):
 # ----------------------------------------------------------------------------------------------- workers
 
 
-def run_reasonrl(prompts: int, gens: int, length: int, steps: int, seed: int, out_dir: str) -> dict:
+def run_reasonrl(prompts: int, gens: int, length: int, steps: int, seed: int, out_dir: str, gc: bool) -> dict:
     from reasonrl import trainer as trainer_mod
     from reasonrl.config import load_config
 
@@ -68,7 +68,7 @@ def run_reasonrl(prompts: int, gens: int, length: int, steps: int, seed: int, ou
         f"rollout.max_completion_length={length}", "rollout.temperature=1.0", f"optim.lr={LR}",
         "optim.warmup_steps=0", "optim.schedule=constant", "algo.loss_type=dapo", "algo.beta=0.0",
         "algo.num_iterations=1", f"train.micro_batch_size={prompts * gens}", "data.eval_n=0",
-        f"train.steps={steps}", "train.progress=false", f"train.seed={seed}",
+        f"train.steps={steps}", "train.progress=false", f"train.seed={seed}", f"model.gradient_checkpointing={gc}",
     ])
     trainer = trainer_mod.Trainer(cfg, run_dir=out_dir)
     sampler = RSSSampler()
@@ -87,7 +87,7 @@ def run_reasonrl(prompts: int, gens: int, length: int, steps: int, seed: int, ou
     }
 
 
-def run_trl(prompts: int, gens: int, length: int, steps: int, seed: int, out_dir: str) -> dict:
+def run_trl(prompts: int, gens: int, length: int, steps: int, seed: int, out_dir: str, gc: bool) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -122,6 +122,9 @@ def run_trl(prompts: int, gens: int, length: int, steps: int, seed: int, out_dir
         lr_scheduler_type="constant", warmup_steps=0, loss_type="dapo", beta=0.0, num_iterations=1, epsilon=0.2,
         scale_rewards="group", max_steps=steps, logging_steps=1, report_to="none", save_strategy="no",
         use_cpu=True, seed=seed, max_grad_norm=1.0, weight_decay=0.0, disable_tqdm=True, dataloader_num_workers=0,
+        # GRPOConfig defaults to bf16 autocast and gradient checkpointing; reasonrl trains in float32 without
+        # checkpointing unless asked, so both are set explicitly to match.
+        bf16=False, gradient_checkpointing=gc,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tokenizer,
                            callbacks=[Timing()])
@@ -147,7 +150,7 @@ def worker(args) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = fn(*parse_setting(args.settings[0]), args.warmup + args.steps, args.seed, tmp)
+        result = fn(*parse_setting(args.settings[0]), args.warmup + args.steps, args.seed, tmp, args.gradient_checkpointing)
     print("RESULT " + json.dumps(result))
 
 
@@ -157,6 +160,7 @@ def worker(args) -> None:
 def spawn(lib: str, setting: str, args, seed: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", lib, "--settings", setting, "--warmup", str(args.warmup),
            "--steps", str(args.steps), "--seed", str(seed), "--threads", str(args.threads)]
+    cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
@@ -194,6 +198,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="measured steps per process")
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gradient-checkpointing", action="store_true", help="both libraries recompute activations")
     p.add_argument("--scaling", action="store_true", help="also time reasonrl over completion lengths and group sizes")
     p.add_argument("--learning-steps", type=int, default=0, help="also compare reward curves over this many steps")
     p.add_argument("--learning-seeds", type=int, default=2)

@@ -142,6 +142,8 @@ class Trainer:
         # Everything that can fail on bad input happens before the run directory exists.
         self.model, self.tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device)
         self.model.train()
+        if cfg.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.stream = PromptStream(cfg.data.train, cfg.data)
         eval_spec = cfg.data.eval or cfg.data.train
         self.eval_examples = load_source(eval_spec, cfg.data, "eval", cfg.data.eval_n)

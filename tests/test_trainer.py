@@ -42,6 +42,22 @@ def test_gradient_accumulation_4x2_equals_1x8(quick_config, tmp_path, loss_type)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(quick_config, tmp_path):
+    """model.gradient_checkpointing trades compute for memory and must not change the gradients."""
+    cfg = quick_config("rewards.funcs=test_digits:1.0", "train.prompts_per_step=2")
+    trainer = Trainer(cfg, run_dir=tmp_path / "plain")
+    batch = trainer.algo.gather(trainer.ctx)
+    plain = grads_with_micro_batches(trainer, batch, 8)
+    trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert trainer.model.is_gradient_checkpointing
+    checkpointed = grads_with_micro_batches(trainer, batch, 8)
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    configured = Trainer(quick_config("rewards.funcs=test_digits:1.0", "model.gradient_checkpointing=true"),
+                         run_dir=tmp_path / "gc")
+    assert configured.model.is_gradient_checkpointing
+
+
 def test_dynamic_sampling_never_emits_a_zero_variance_group(quick_config, tmp_path):
     # Reward 1 for completions longer than 6 tokens: some groups are all-0 or all-1 and must be dropped.
     @register_reward("test_long")
