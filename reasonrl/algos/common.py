@@ -35,13 +35,8 @@ def pad_values(rows: list[list[float]], width: int, value: float = 0.0) -> torch
     return out
 
 
-def completion_logprobs(
-    model: torch.nn.Module, micro: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False,
-    entropy_grad: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs [N, C] of the completion tokens (and their entropies) in one forward pass.
-
-    Entropies are detached unless `entropy_grad` (an entropy bonus in the loss needs their gradient).
+def completion_logits(model: torch.nn.Module, micro: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Float32 logits [N, C, V] that predict the C completion tokens, in one forward pass.
 
     Position ids come from the attention mask so left padding does not shift positions; the LM head runs only
     on the completion positions (`logits_to_keep`), which saves most of its cost for long prompts.
@@ -52,8 +47,19 @@ def completion_logprobs(
     num_completion = micro["completion_mask"].shape[1]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=num_completion + 1).logits
-    logits = logits[:, :-1].float()
-    targets = ids[:, -num_completion:]
+    return logits[:, :-1].float()
+
+
+def completion_logprobs(
+    model: torch.nn.Module, micro: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [N, C] of the completion tokens (and their entropies) in one forward pass.
+
+    Entropies are detached unless `entropy_grad` (an entropy bonus in the loss needs their gradient).
+    """
+    logits = completion_logits(model, micro)
+    targets = micro["input_ids"][:, -logits.shape[1]:].to(logits.device)
     logp = token_logprobs(logits, targets, temperature)
     entropy = None
     if with_entropy:
