@@ -2,7 +2,7 @@
 
 import torch
 
-from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.base import TrainBatch, length_buckets
 from reasonrl.algos.common import build_sequences
 
 
@@ -27,7 +27,35 @@ def test_sorted_micro_batches_cover_every_row_once_with_less_padding():
             assert int((ids == 10 + int(row)).sum()) == lengths[int(row)]
 
 
-def test_one_micro_batch_keeps_the_original_order():
+def test_rows_of_one_bucket_are_all_there():
     batch = batch_of([5, 1, 3], True)
     (micro,) = list(batch.micro_batches(8))
-    assert micro.tensors["row"].tolist() == [0, 1, 2]
+    assert sorted(micro.tensors["row"].tolist()) == [0, 1, 2]
+
+
+def test_length_buckets_split_only_when_padding_costs_more_than_a_pass():
+    assert length_buckets([5, 5, 5, 100], 4, overhead=10) == [(0, 3), (3, 4)]  # 3*5 + 100 + 20 < 4*100 + 10
+    assert length_buckets([5, 5, 5, 100], 4, overhead=1000) == [(0, 4)]
+    assert all(e - s <= 3 for s, e in length_buckets([1] * 10, 3, overhead=0))  # the row cap is a memory bound
+
+
+def test_length_buckets_are_optimal_against_brute_force():
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        n, max_rows, overhead = rng.randint(1, 7), rng.randint(1, 4), rng.choice([0, 3, 20])
+        lengths = sorted(rng.randint(1, 40) for _ in range(n))
+        cost = lambda cuts: sum((e - s) * lengths[e - 1] + overhead for s, e in cuts)  # noqa: E731
+        best = float("inf")
+        for k in range(n):
+            for inner in itertools.combinations(range(1, n), k):
+                edges = [0, *inner, n]
+                cuts = list(zip(edges, edges[1:]))
+                if all(e - s <= max_rows for s, e in cuts):
+                    best = min(best, cost(cuts))
+        got = length_buckets(lengths, max_rows, overhead)
+        assert got[0][0] == 0 and got[-1][1] == n and all(a[1] == b[0] for a, b in zip(got, got[1:]))
+        assert all(e - s <= max_rows for s, e in got)
+        assert cost(got) == best

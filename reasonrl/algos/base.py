@@ -35,17 +35,38 @@ class TrainBatch:
         return next(iter(self.tensors.values())).shape[0] if self.tensors else 0
 
     def micro_batches(self, size: int) -> Iterator[TrainBatch]:
-        """Slices of at most `size` rows (of similar length when `sort_by_length`), trimmed of all-padding columns."""
+        """Slices of at most `size` rows, trimmed of all-padding columns. With `sort_by_length`, rows are sorted by
+        length and cut into buckets that minimise padded positions, so short completions stop paying for long ones."""
         n, size = len(self), max(1, size)
-        order = None
-        if self.sort_by_length and size < n and "attention_mask" in self.tensors:
-            order = self.tensors["attention_mask"].sum(1).argsort(stable=True)
-        for start in range(0, n, size):
-            if order is None:
+        if not (self.sort_by_length and "attention_mask" in self.tensors):
+            for start in range(0, n, size):
                 rows = {k: v[start : start + size] for k, v in self.tensors.items()}
-            else:
-                rows = {k: v[order[start : start + size]] for k, v in self.tensors.items()}
+                yield TrainBatch(trim_padding(rows), self.totals, {}, {})
+            return
+        lengths = self.tensors["attention_mask"].sum(1)
+        order = lengths.argsort(stable=True)
+        for start, end in length_buckets(lengths[order].tolist(), size):
+            rows = {k: v[order[start:end]] for k, v in self.tensors.items()}
             yield TrainBatch(trim_padding(rows), self.totals, {}, {})
+
+
+def length_buckets(sorted_lengths: list[int], max_rows: int, overhead: int = 256) -> list[tuple[int, int]]:
+    """Cut ascending lengths into consecutive buckets of at most `max_rows`, minimising padded positions
+    (rows x longest row per bucket) plus `overhead` positions per bucket, the fixed cost of one more forward and
+    backward pass. Dynamic programming over cut points; O(n * max_rows)."""
+    n = len(sorted_lengths)
+    best, cut = [0] + [float("inf")] * n, [0] * (n + 1)
+    for end in range(1, n + 1):
+        longest = sorted_lengths[end - 1]
+        for start in range(max(0, end - max_rows), end):
+            cost = best[start] + (end - start) * longest + overhead
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    buckets, end = [], n
+    while end > 0:
+        buckets.append((cut[end], end))
+        end = cut[end]
+    return buckets[::-1]
 
 
 def trim_padding(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -187,6 +187,7 @@ class FastEngine(HFEngine):
             out.logprobs.append(logprobs[i, :n].tolist() if logprobs is not None else [])
             out.finished.append(bool(finished[i]))
 
+    @torch.inference_mode()  # cheaper dispatch than no_grad: no version counters or view tracking
     def _decode(self, prompts: list[list[int]], params: SamplingParams):
         tok, device = self.tokenizer, next(self.model.parameters()).device
         decoder = Decoder(self.model)
