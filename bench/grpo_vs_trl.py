@@ -35,14 +35,6 @@ def parse_setting(s: str) -> tuple[int, int, int]:
     return prompts, gens, length
 
 
-def arith_examples(n: int, seed: int):
-    from reasonrl.config import load_config
-    from reasonrl.data import load_source
-
-    cfg = load_config(None, [f"train.seed={seed}"])
-    return load_source("world:arith", cfg.data, "train", n)
-
-
 # ----------------------------------------------------------------------------------------------- workers
 
 
@@ -92,11 +84,16 @@ def run_trl(prompts: int, gens: int, length: int, steps: int, seed: int, out_dir
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from reasonrl.config import load_config
+    from reasonrl.data import PromptStream
     from reasonrl.models import load_model
     from reasonrl.rewards.math import accuracy
 
     model, tokenizer = load_model("student")
-    examples = arith_examples(4096, seed)
+    # The exact prompt sequence reasonrl's stream yields for this seed, unshuffled: step k sees the same prompts
+    # in both libraries, so reward curves differ only by sampling noise and the update itself.
+    stream = PromptStream("world:arith", load_config(None, [f"train.seed={seed}"]).data)
+    examples = stream.next(prompts * steps)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": ex.prompt}], "answer": ex.answer} for ex in examples])
 
     def reward(prompts, completions, answer, **kwargs):
@@ -124,7 +121,7 @@ def run_trl(prompts: int, gens: int, length: int, steps: int, seed: int, out_dir
         use_cpu=True, seed=seed, max_grad_norm=1.0, weight_decay=0.0, disable_tqdm=True, dataloader_num_workers=0,
         # GRPOConfig defaults to bf16 autocast and gradient checkpointing; reasonrl trains in float32 without
         # checkpointing unless asked, so both are set explicitly to match.
-        bf16=False, gradient_checkpointing=gc,
+        bf16=False, gradient_checkpointing=gc, shuffle_dataset=False,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tokenizer,
                            callbacks=[Timing()])
@@ -215,7 +212,7 @@ def main() -> None:
     peak = matmul_peak_flops(args.threads)
     print(f"matmul peak on this CPU ({args.threads} threads): {peak / 1e9:.1f} GFLOP/s")
     results = {}
-    for setting in args.settings:
+    for setting in args.settings if args.reps else []:  # --reps 0: only the scaling/learning parts
         runs = {"reasonrl": [], "trl": []}
         for rep in range(args.reps):
             for lib in ("trl", "reasonrl") if rep % 2 == 0 else ("reasonrl", "trl"):  # alternate who goes first
