@@ -16,6 +16,7 @@ SMALL = dict(vocab_size=321, hidden_size=64, intermediate_size=128, num_hidden_l
 VARIANTS = {
     "llama": lambda: LlamaConfig(**SMALL),
     "llama-mha-untied": lambda: LlamaConfig(**{**SMALL, "num_key_value_heads": 4}, tie_word_embeddings=False),
+    "llama-biases": lambda: LlamaConfig(**SMALL, attention_bias=True, mlp_bias=True),
     "llama3-rope": lambda: LlamaConfig(**SMALL, rope_parameters={
         "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64}),
@@ -30,8 +31,10 @@ def random_model(config):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():  # larger weights than the init, so greedy paths are varied and long
-        for p in model.parameters():
+        for name, p in model.named_parameters():
             p.mul_(4.0)
+            if name.endswith(".bias"):  # initialised to zero: make them matter, so a dropped bias shows
+                p.normal_(0.0, 0.5)
     return model
 
 
@@ -66,6 +69,21 @@ def test_sampled_logprobs_equal_the_training_forward(variant, tokenizer):
     sampled = pad_values(out.logprobs, train_logp.shape[1])
     mask = seq["completion_mask"]
     assert float(((train_logp - sampled).abs() * mask).max()) < 1e-4
+
+
+@pytest.mark.parametrize("variant", ["llama-biases", "qwen2-bias", "qwen3-qk-norm"])
+def test_unfused_projections_match_the_fused_ones(variant, tokenizer, monkeypatch):
+    """Large models keep q/k/v and gate/up separate (no weight copies); the tokens must not change."""
+    import reasonrl.rollout.fast as fast
+
+    model = random_model(VARIANTS[variant]())
+    params = SamplingParams(max_new_tokens=24, greedy=True)
+    fused = FastEngine(model, tokenizer).generate(prompt_ids(tokenizer), 1, params)
+    monkeypatch.setattr(fast, "FUSE_BELOW_PARAMS", 0)
+    assert len(fast.Decoder(model).layers[0].qkv) == 3
+    unfused = FastEngine(model, tokenizer).generate(prompt_ids(tokenizer), 1, params)
+    assert unfused.completion_ids == fused.completion_ids
+    assert unfused.completion_ids == HFEngine(model, tokenizer).generate(prompt_ids(tokenizer), 1, params).completion_ids
 
 
 def test_compaction_changes_nothing(tokenizer):

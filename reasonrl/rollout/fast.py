@@ -22,6 +22,7 @@ from reasonrl.rollout.hf import HFEngine
 
 ARCHITECTURES = {"llama", "qwen2", "qwen3", "mistral"}
 STATIC_ROPE = {"default", "linear", "llama3", "yarn", "longrope"}
+FUSE_BELOW_PARAMS = 100_000_000
 
 
 def unsupported_reason(model: torch.nn.Module, max_length: int) -> str | None:
@@ -43,16 +44,19 @@ def unsupported_reason(model: torch.nn.Module, max_length: int) -> str | None:
 
 @dataclass
 class _Layer:
-    """One decoder layer's weights, q/k/v and gate/up fused so each is one matmul per step."""
+    """One decoder layer's weights. For small models q/k/v and gate/up are fused (one-element lists) so each is one
+    matmul per step; for large ones they stay separate, as copying them would double their memory."""
 
     norm1: torch.Tensor
     norm2: torch.Tensor
-    qkv: torch.Tensor
-    qkv_bias: torch.Tensor | None
+    qkv: list[torch.Tensor]
+    qkv_bias: list[torch.Tensor | None]
     out: torch.Tensor
     out_bias: torch.Tensor | None
-    gate_up: torch.Tensor
+    gate_up: list[torch.Tensor]
+    gate_up_bias: list[torch.Tensor | None]
     down: torch.Tensor
+    down_bias: torch.Tensor | None
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
 
@@ -61,6 +65,18 @@ def _cat_bias(*linears) -> torch.Tensor | None:
     if all(lin.bias is None for lin in linears):
         return None
     return torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.weight.shape[0]) for lin in linears])
+
+
+def _weights(linears: list, fuse: bool) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    if fuse:
+        return [torch.cat([lin.weight for lin in linears])], [_cat_bias(*linears)]
+    return [lin.weight for lin in linears], [lin.bias for lin in linears]
+
+
+def _project(x: torch.Tensor, weights: list[torch.Tensor], biases: list, sizes: list[int]) -> list[torch.Tensor]:
+    if len(weights) == 1:
+        return list(F.linear(x, weights[0], biases[0]).split(sizes, -1))
+    return [F.linear(x, w, b) for w, b in zip(weights, biases)]
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -88,8 +104,10 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
 class Decoder:
     """The forward pass of a supported HF model, written against a preallocated KV cache."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, fuse: bool | None = None):
         cfg, base = model.config, model.model
+        if fuse is None:  # fusing pays off where per-op overhead dominates; the copies are cheap only for small models
+            fuse = sum(p.numel() for p in model.parameters()) < FUSE_BELOW_PARAMS
         self.model, self.base = model, base
         self.heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
@@ -102,18 +120,21 @@ class Decoder:
         for layer in base.layers:
             a, m = layer.self_attn, layer.mlp
             q_norm, k_norm = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
+            (qkv, qkv_bias), (gate_up, gate_up_bias) = _weights([a.q_proj, a.k_proj, a.v_proj], fuse), _weights(
+                [m.gate_proj, m.up_proj], fuse)
             self.layers.append(_Layer(
                 norm1=layer.input_layernorm.weight, norm2=layer.post_attention_layernorm.weight,
-                qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-                qkv_bias=_cat_bias(a.q_proj, a.k_proj, a.v_proj), out=a.o_proj.weight, out_bias=a.o_proj.bias,
-                gate_up=torch.cat([m.gate_proj.weight, m.up_proj.weight]), down=m.down_proj.weight,
+                qkv=qkv, qkv_bias=qkv_bias, out=a.o_proj.weight, out_bias=a.o_proj.bias,
+                gate_up=gate_up, gate_up_bias=gate_up_bias, down=m.down_proj.weight, down_bias=m.down_proj.bias,
                 q_norm=q_norm.weight if q_norm is not None else None, k_norm=k_norm.weight if k_norm is not None else None,
             ))
         self.split = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
+        self.dtype = self.layers[0].down.dtype
+        self.intermediate = base.layers[0].mlp.down_proj.weight.shape[1]
 
     def rope_table(self, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for positions 0..length-1 from the model's own rotary module (any static RoPE variant)."""
-        dummy = torch.zeros(1, 1, self.head_dim, device=device, dtype=self.layers[0].qkv.dtype)
+        dummy = torch.zeros(1, 1, self.head_dim, device=device, dtype=self.dtype)
         cos, sin = self.base.rotary_emb(dummy, torch.arange(length, device=device).unsqueeze(0))
         return cos[0], sin[0]
 
@@ -126,7 +147,7 @@ class Decoder:
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         for i, w in enumerate(self.layers):
             h = _rms_norm(x, w.norm1, self.eps)
-            q, k, v = F.linear(h, w.qkv, w.qkv_bias).split(self.split, -1)
+            q, k, v = _project(h, w.qkv, w.qkv_bias, self.split)
             q = q.view(batch, seq, self.heads, self.head_dim)
             k = k.view(batch, seq, self.kv_heads, self.head_dim)
             if w.q_norm is not None:  # Qwen3: per-head RMSNorm of queries and keys before RoPE
@@ -141,8 +162,8 @@ class Decoder:
                 o = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, scale=self.scaling,
                                                    enable_gqa=self.kv_heads != self.heads)
             x = x + F.linear(o.transpose(1, 2).reshape(batch, seq, -1), w.out, w.out_bias)
-            gate, up = F.linear(_rms_norm(x, w.norm2, self.eps), w.gate_up).chunk(2, -1)
-            x = x + F.linear(self.act(gate) * up, w.down)
+            gate, up = _project(_rms_norm(x, w.norm2, self.eps), w.gate_up, w.gate_up_bias, [self.intermediate] * 2)
+            x = x + F.linear(self.act(gate) * up, w.down, w.down_bias)
         return self.model.lm_head(_rms_norm(x[:, -1], self.base.norm.weight, self.eps)).float()
 
 
@@ -201,7 +222,7 @@ class FastEngine(HFEngine):
         ids, real = ids.to(device), real.to(device)
         positions = (real.long().cumsum(-1) - 1).clamp(min=0)
         cos_table, sin_table = decoder.rope_table(total, device)
-        dtype = decoder.layers[0].qkv.dtype
+        dtype = decoder.dtype
         shape = (len(decoder.layers), batch, decoder.kv_heads, total, decoder.head_dim)
         k_cache, v_cache = torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype)
 
