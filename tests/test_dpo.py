@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 
+import reasonrl.algos.common as common
 from reasonrl.algos.dpo import DPOVP, PairwiseDPO, dpo_loss, pair_tensors, sequence_logprobs
 from reasonrl.algos.dpo_pairs import Pair, load_pairs_file, select_pair, vr_score
 from reasonrl.checkpoint import load_checkpoint
@@ -229,7 +230,7 @@ def test_a_bad_pairs_file_fails_before_the_run_directory_exists(quick_config, tm
         Trainer(quick_config("algo=dpo"), run_dir=tmp_path / "run")
 
 
-def test_offline_dpo_widens_the_margin_and_scores_the_reference_once(quick_config, tmp_path):
+def test_offline_dpo_widens_the_margin_and_scores_the_reference_once(quick_config, tmp_path, monkeypatch):
     world = ArithWorld([1, 2])
     rows = [{"prompt": ex.prompt, "chosen": ex.solution, "rejected": f"\\boxed{{{int(ex.answer) + 1}}}"}
             for ex in map(world.example, range(4))]
@@ -238,8 +239,9 @@ def test_offline_dpo_widens_the_margin_and_scores_the_reference_once(quick_confi
                           "data.eval_n=1", "optim.warmup_steps=0", "algo.beta=0.5")
     trainer = Trainer(config, run_dir=tmp_path / "run")
     reference_rows = []
-    trainer.ctx.ref_model.register_forward_pre_hook(
-        lambda module, args, kwargs: reference_rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    original = common.completion_logits
+    monkeypatch.setattr(common, "completion_logits", lambda model, micro: (
+        model is trainer.ctx.ref_model and reference_rows.append(micro["input_ids"].shape[0])) or original(model, micro))
     trainer.train()
     assert sum(reference_rows) == 2 * len(rows)  # 4 pairs seen 4 times each, referenced once
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -145,20 +145,23 @@ def test_sampler_matches_the_distribution_and_its_filters():
     assert greedy.tolist() == [0, 0, 0] and none is None
 
 
-def test_a_grpo_step_runs_the_hf_forward_only_for_the_loss(quick_config, tmp_path, monkeypatch):
-    """Regression guard, not timed: generation never goes through HF forward; the update does once per micro-batch;
-    the decoder runs once per generated position at most."""
+def test_a_grpo_step_runs_the_model_only_for_the_loss(quick_config, tmp_path, monkeypatch):
+    """Regression guard, not timed: generation never goes through HF forward; the update runs one training forward
+    per micro-batch (the shared-prefix one for this Llama); the decoder runs once per generated position at most."""
+    import reasonrl.algos.common as common
+
     cfg = quick_config("rewards.funcs=format:1.0", "train.micro_batch_size=4", "train.prompts_per_step=2")
     trainer = Trainer(cfg, run_dir=tmp_path / "guard")
     assert isinstance(trainer.ctx.engine, FastEngine)
-    calls = []
-    original = trainer.model.forward
+    calls, shared = [], []
+    original, original_shared = trainer.model.forward, common.shared_prefix_logits
     monkeypatch.setattr(trainer.model, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(common, "shared_prefix_logits", lambda *a: shared.append(1) or original_shared(*a))
     batch = trainer.algo.gather(trainer.ctx)
-    assert calls == []
+    assert calls == [] and shared == []
     assert 1 <= trainer.ctx.engine.decode_calls <= cfg.rollout.max_completion_length
     trainer._update(batch)
-    assert len(calls) == 2  # 8 rows in micro-batches of 4
+    assert calls == [] and len(shared) == 2  # 8 rows in micro-batches of 4
 
 
 @pytest.mark.parametrize("engine", [HFEngine, FastEngine])

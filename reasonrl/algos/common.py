@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from reasonrl.algos.losses import token_entropy, token_logprobs
+from reasonrl.algos.shared_prefix import fallback_reason, shared_prefix_logits
 
 
 def build_sequences(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -38,13 +39,16 @@ def pad_values(rows: list[list[float]], width: int, value: float = 0.0) -> torch
 def completion_logits(model: torch.nn.Module, micro: dict[str, torch.Tensor]) -> torch.Tensor:
     """Float32 logits [N, C, V] that predict the C completion tokens, in one forward pass.
 
-    Position ids come from the attention mask so left padding does not shift positions; the LM head runs only
-    on the completion positions (`logits_to_keep`), which saves most of its cost for long prompts.
+    For Llama-family models the rows that share a prompt run it once (algos/shared_prefix.py). Otherwise HF's
+    forward: position ids come from the attention mask so left padding does not shift positions, and the LM head
+    runs only on the completion positions (`logits_to_keep`), which saves most of its cost for long prompts.
     """
     ids, mask = micro["input_ids"], micro["attention_mask"]
+    num_completion = micro["completion_mask"].shape[1]
+    if fallback_reason(model) is None and bool(mask[:, -num_completion - 1].all()):
+        return shared_prefix_logits(model, ids, mask, num_completion)  # each distinct prompt runs once
     device = next(model.parameters()).device
     ids, mask = ids.to(device), mask.to(device)
-    num_completion = micro["completion_mask"].shape[1]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=num_completion + 1).logits
     return logits[:, :-1].float()

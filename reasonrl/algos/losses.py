@@ -26,31 +26,40 @@ __all__ = [
 Totals = Mapping[str, float]
 
 
+# Rows per chunk are chosen so a chunk's float32 working copy of the logits stays near this many elements: small
+# vocabularies go in one chunk (few ops), a 150k vocabulary one row at a time (little memory).
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _rows_per_chunk(logits: torch.Tensor) -> int:
+    return max(1, CHUNK_ELEMENTS // max(1, logits[0].numel())) if len(logits) else 1
+
+
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log pi(target) at every position [N, C], from logits [N, C, V] sampled at `temperature`.
 
-    log_softmax(z / T)[y] = z_y / T - logsumexp(z / T), one row at a time in float32, so the working copy
-    is [C, V] rather than a whole [N, C, V] log_softmax (and bf16 logits keep float32 accuracy).
+    log_softmax(z / T)[y] = z_y / T - logsumexp(z / T), a chunk of rows at a time in float32, so the working
+    copy stays bounded rather than a whole [N, C, V] log_softmax (and bf16 logits keep float32 accuracy).
     """
-    rows = []
-    for row_logits, row_targets in zip(logits, targets):
-        z = row_logits.float() / temperature
-        rows.append(z.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, -1))
-    return torch.stack(rows)
+    rows, size = [], _rows_per_chunk(logits)
+    for chunk, chunk_targets in zip(logits.split(size), targets.split(size)):
+        z = chunk.float() / temperature
+        rows.append(z.gather(-1, chunk_targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, -1))
+    return torch.cat(rows) if rows else logits.new_zeros(targets.shape, dtype=torch.float32)
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of the sampling distribution softmax(z / T) at every position [N, C], one row at a time.
+    """Entropy of the sampling distribution softmax(z / T) at every position [N, C], a chunk of rows at a time.
 
     H = -sum_v p_v log p_v  with log p = z - logsumexp(z), z = logits / T (the shift by logsumexp first
     avoids the cancellation of logsumexp(z) - sum_v p_v z_v when logits are large).
     """
     rows = []
-    for row_logits in logits:
-        z = row_logits.float() / temperature
+    for chunk in logits.split(_rows_per_chunk(logits)):
+        z = chunk.float() / temperature
         log_p = z - torch.logsumexp(z, -1, keepdim=True)
         rows.append(-(log_p.exp() * log_p).sum(-1))
-    return torch.stack(rows)
+    return torch.cat(rows) if rows else logits.new_zeros(logits.shape[:2], dtype=torch.float32)
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

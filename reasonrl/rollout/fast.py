@@ -39,6 +39,9 @@ def unsupported_reason(model: torch.nn.Module, max_length: int) -> str | None:
     layer = model.model.layers[0]
     if not hasattr(layer.self_attn, "q_proj") or not hasattr(layer.mlp, "gate_proj"):
         return "decoder layers are not in the q/k/v_proj + gate/up/down_proj layout"
+    linears = [layer.self_attn.q_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.down_proj]
+    if any(type(lin) is not torch.nn.Linear for lin in linears):  # e.g. LoRA or quantised layers: their weight is not the whole map
+        return "projections are not plain nn.Linear layers (adapters or quantisation)"
     return None
 
 
@@ -138,33 +141,48 @@ class Decoder:
         cos, sin = self.base.rotary_emb(dummy, torch.arange(length, device=device).unsqueeze(0))
         return cos[0], sin[0]
 
+    def attention_inputs(self, w: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Queries [B, H, S, D] and rotated keys / values [B, KV, S, D] of layer `w` for hidden states x [B, S, E];
+        cos/sin are [B, 1, S, D]."""
+        batch, seq, _ = x.shape
+        q, k, v = _project(_rms_norm(x, w.norm1, self.eps), w.qkv, w.qkv_bias, self.split)
+        q = q.view(batch, seq, self.heads, self.head_dim)
+        k = k.view(batch, seq, self.kv_heads, self.head_dim)
+        if w.q_norm is not None:  # Qwen3: per-head RMSNorm of queries and keys before RoPE
+            q, k = _rms_norm(q, w.q_norm, self.eps), _rms_norm(k, w.k_norm, self.eps)
+        q, k = _rotate(torch.cat([q, k], 2).transpose(1, 2), cos, sin).split([self.heads, self.kv_heads], 1)
+        return q, k, v.view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+
+    def attention_output_and_mlp(self, w: _Layer, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """The residual stream after the output projection of attention output o [B, H, S, D] and the MLP."""
+        batch, seq, _ = x.shape
+        x = x + F.linear(o.transpose(1, 2).reshape(batch, seq, -1), w.out, w.out_bias)
+        gate, up = _project(_rms_norm(x, w.norm2, self.eps), w.gate_up, w.gate_up_bias, [self.intermediate] * 2)
+        return x + F.linear(self.act(gate) * up, w.down, w.down_bias)
+
+    def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling,
+                                              enable_gqa=self.kv_heads != self.heads)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(_rms_norm(x, self.base.norm.weight, self.eps)).float()
+
     def forward(self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, start: int, attn_mask: torch.Tensor) -> torch.Tensor:
         """Logits of the last position. ids [B, S] sit at cache columns start..start+S; cos/sin [B, S, D]."""
-        batch, seq = ids.shape
-        end = start + seq
-        x = F.embedding(ids, self.base.embed_tokens.weight)
+        end = start + ids.shape[1]
+        x = self.base.embed_tokens(ids)  # the module, so its padding_idx (no gradient) holds too
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         for i, w in enumerate(self.layers):
-            h = _rms_norm(x, w.norm1, self.eps)
-            q, k, v = _project(h, w.qkv, w.qkv_bias, self.split)
-            q = q.view(batch, seq, self.heads, self.head_dim)
-            k = k.view(batch, seq, self.kv_heads, self.head_dim)
-            if w.q_norm is not None:  # Qwen3: per-head RMSNorm of queries and keys before RoPE
-                q, k = _rms_norm(q, w.q_norm, self.eps), _rms_norm(k, w.k_norm, self.eps)
-            q, k = _rotate(torch.cat([q, k], 2).transpose(1, 2), cos, sin).split([self.heads, self.kv_heads], 1)
-            k_cache[i, :, :, start:end] = k
-            v_cache[i, :, :, start:end] = v.view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k, v = self.attention_inputs(w, x, cos, sin)
+            k_cache[i, :, :, start:end], v_cache[i, :, :, start:end] = k, v
             keys, values = k_cache[i, :, :, :end], v_cache[i, :, :, :end]
-            if seq == 1:
+            if ids.shape[1] == 1:
                 o = _decode_attention(q, keys, values, attn_mask, self.scaling)
             else:
-                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, scale=self.scaling,
-                                                   enable_gqa=self.kv_heads != self.heads)
-            x = x + F.linear(o.transpose(1, 2).reshape(batch, seq, -1), w.out, w.out_bias)
-            gate, up = _project(_rms_norm(x, w.norm2, self.eps), w.gate_up, w.gate_up_bias, [self.intermediate] * 2)
-            x = x + F.linear(self.act(gate) * up, w.down, w.down_bias)
-        return self.model.lm_head(_rms_norm(x[:, -1], self.base.norm.weight, self.eps)).float()
+                o = self.attend(q, keys, values, attn_mask)
+            x = self.attention_output_and_mlp(w, x, o)
+        return self.logits(x[:, -1])
 
 
 def sample(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor | None]:
