@@ -94,14 +94,15 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
 
-def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
     """One query per row against the cache, GQA without repeating keys: the query heads of a key head become
-    rows of one small matmul (faster than SDPA's CPU kernel for a single query)."""
+    rows of one small matmul (faster than SDPA's CPU kernel for a single query). `bias` [B * KV, 1, T] is 0 on
+    keys a row may see and -inf on its padding; baddbmm adds it and the scale in the same kernel."""
     batch, heads, _, dim = q.shape
-    kv_heads = k.shape[1]
-    scores = torch.matmul(q.view(batch, kv_heads, heads // kv_heads, dim), k.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~mask.view(batch, 1, 1, -1), float("-inf"))
-    return torch.matmul(scores.softmax(-1), v).view(batch, heads, 1, dim)
+    kv_heads, length = k.shape[1], k.shape[2]
+    q = q.reshape(batch * kv_heads, heads // kv_heads, dim)
+    scores = torch.baddbmm(bias, q, k.reshape(batch * kv_heads, length, dim).transpose(1, 2), alpha=scale)
+    return torch.bmm(scores.softmax(-1), v.reshape(batch * kv_heads, length, dim)).view(batch, heads, 1, dim)
 
 
 class Decoder:
@@ -207,6 +208,13 @@ def sample(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, 
     return tokens, logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def _compact(cache: torch.Tensor, keep: torch.Tensor, filled: int) -> torch.Tensor:
+    """The cache of rows `keep` only, at full capacity, copying just the `filled` columns written so far."""
+    out = cache.new_empty((cache.shape[0], len(keep), *cache.shape[2:]))
+    out[:, :, :, :filled] = cache[:, keep, :, :filled]
+    return out
+
+
 class FastEngine(HFEngine):
     """Rollout engine with the lean decoder; falls back to HF `generate` for models it does not support."""
 
@@ -240,42 +248,58 @@ class FastEngine(HFEngine):
         ids, real = ids.to(device), real.to(device)
         positions = (real.long().cumsum(-1) - 1).clamp(min=0)
         cos_table, sin_table = decoder.rope_table(total, device)
-        dtype = decoder.dtype
-        shape = (len(decoder.layers), batch, decoder.kv_heads, total, decoder.head_dim)
-        k_cache, v_cache = torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype)
+        # Prefill each distinct prompt once (a group's G samples share it), then copy its cache to the group's rows.
+        distinct, index = torch.unique(torch.where(real[:, :width], ids, -1), dim=0, return_inverse=True)
+        first = index.new_empty(len(distinct)).scatter_(0, index, torch.arange(batch, device=device))  # any row of each
+        shape = (len(decoder.layers), len(distinct), decoder.kv_heads, total, decoder.head_dim)
+        k_cache, v_cache = (torch.empty(shape, device=device, dtype=decoder.dtype) for _ in range(2))
 
         # Prefill: causal attention over real prompt tokens; a padding query may see itself, so no row is empty.
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-        mask = (causal & real[:, None, None, :width]) | torch.eye(width, dtype=torch.bool, device=device)
-        pos = positions[:, :width]
-        logits = decoder.forward(ids, cos_table[pos], sin_table[pos], k_cache, v_cache, 0, mask)
+        mask = (causal & real[first, None, None, :width]) | torch.eye(width, dtype=torch.bool, device=device)
+        pos = positions[first, :width]
+        logits = decoder.forward(ids[first], cos_table[pos], sin_table[pos], k_cache, v_cache, 0, mask)[index]
+        k_cache, v_cache = k_cache[:, index], v_cache[:, index]
         self.decode_calls += 1
 
-        out_tokens = torch.full((batch, new), tok.pad_token_id, dtype=torch.long, device=device)
-        out_logprobs = None if params.greedy else torch.zeros((batch, new), device=device)
-        lengths = torch.full((batch,), new, dtype=torch.long, device=device)
-        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        # State per running row. Finished rows stay in the batch (sampling on, ignored) until compaction moves them
+        # to the outputs and drops them; the new, smaller cache gets only the columns filled so far.
+        tokens_out = torch.full((batch, new), tok.pad_token_id, dtype=torch.long, device=device)
+        logprobs_out, lengths_out = torch.zeros((batch, new), device=device), torch.full((batch,), new, device=device)
+        finished_out = torch.zeros(batch, dtype=torch.bool, device=device)
         rows = torch.arange(batch, device=device)  # original row of each running row
+        tokens, logprobs = torch.full_like(tokens_out, tok.pad_token_id), torch.zeros_like(logprobs_out)
+        lengths, done = lengths_out.clone(), finished_out.clone()
+        cos_rows, sin_rows = cos_table[positions], sin_table[positions]  # [B, T, D]: per step, a view
+        bias = torch.zeros(real.shape, dtype=decoder.dtype, device=device).masked_fill_(~real, float("-inf"))
+        bias = bias.repeat_interleave(decoder.kv_heads, 0).unsqueeze(1)  # [B * KV, 1, T]: 0 or -inf per key
+
+        def flush(which: torch.Tensor) -> None:
+            original = rows[which]
+            tokens_out[original], logprobs_out[original] = tokens[which], logprobs[which]
+            lengths_out[original], finished_out[original] = lengths[which], done[which]
+
         for t in range(new):
             next_tokens, next_logprobs = sample(logits, params)
-            out_tokens[rows, t] = next_tokens
-            if out_logprobs is not None:
-                out_logprobs[rows, t] = next_logprobs
-            ended = (next_tokens == tok.eos_token_id) & ~done[rows]  # a finished, uncompacted row may sample on
-            lengths[rows[ended]] = t + 1
-            done[rows[ended]] = True
-            running = ~done[rows]
-            if t == new - 1 or not bool(running.any()):
+            tokens[:, t] = next_tokens
+            if next_logprobs is not None:
+                logprobs[:, t] = next_logprobs
+            ended = (next_tokens == tok.eos_token_id) & ~done  # a finished, uncompacted row may sample on
+            lengths = torch.where(ended, t + 1, lengths)
+            done |= ended
+            num_done, col = int(done.sum()), width + t
+            if t == new - 1 or num_done == len(rows):
                 break
-            if int(running.sum()) < self.compact_below * len(rows):
-                keep = running.nonzero().squeeze(-1)
-                rows, next_tokens = rows[keep], next_tokens[keep]
-                k_cache, v_cache = k_cache[:, keep], v_cache[:, keep]
-                real, positions = real[keep], positions[keep]
-            col = width + t
-            pos = positions[:, col : col + 1]
-            logits = decoder.forward(next_tokens.unsqueeze(-1), cos_table[pos], sin_table[pos], k_cache, v_cache,
-                                     col, real[:, None, None, : col + 1])
+            if len(rows) - num_done < self.compact_below * len(rows):
+                flush(done)
+                keep = (~done).nonzero().squeeze(-1)
+                rows, next_tokens, tokens, logprobs, lengths, done, cos_rows, sin_rows = (
+                    x[keep] for x in (rows, next_tokens, tokens, logprobs, lengths, done, cos_rows, sin_rows))
+                k_cache, v_cache = (_compact(c, keep, col) for c in (k_cache, v_cache))
+                bias = bias.view(-1, decoder.kv_heads, total)[keep].view(-1, 1, total)
+            logits = decoder.forward(next_tokens.unsqueeze(-1), cos_rows[:, col : col + 1], sin_rows[:, col : col + 1],
+                                     k_cache, v_cache, col, bias[:, :, : col + 1])
             self.decode_calls += 1
-        finished = done.cpu()
-        return out_tokens.cpu(), out_logprobs.cpu() if out_logprobs is not None else None, lengths.cpu(), finished
+        flush(torch.ones_like(done))
+        greedy = params.greedy
+        return tokens_out.cpu(), None if greedy else logprobs_out.cpu(), lengths_out.long().cpu(), finished_out.cpu()
