@@ -208,11 +208,12 @@ def sample(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, 
     return tokens, logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def _compact(cache: torch.Tensor, keep: torch.Tensor, filled: int) -> torch.Tensor:
-    """The cache of rows `keep` only, at full capacity, copying just the `filled` columns written so far."""
-    out = cache.new_empty((cache.shape[0], len(keep), *cache.shape[2:]))
-    out[:, :, :, :filled] = cache[:, keep, :, :filled]
-    return out
+def _shrink(x: torch.Tensor, holes: torch.Tensor, movers: torch.Tensor, n: int, dim: int = 0) -> torch.Tensor:
+    """The first n rows along `dim`, after running rows beyond n (`movers`) were copied into finished rows before n
+    (`holes`): compaction moves only the rows that must move, and the result is a view of the same storage."""
+    index = (slice(None),) * dim
+    x[(*index, holes)] = x[(*index, movers)]
+    return x[(*index, slice(0, n))]
 
 
 class FastEngine(HFEngine):
@@ -292,11 +293,14 @@ class FastEngine(HFEngine):
                 break
             if len(rows) - num_done < self.compact_below * len(rows):
                 flush(done)
-                keep = (~done).nonzero().squeeze(-1)
+                n = len(rows) - num_done
+                holes, movers = done[:n].nonzero().squeeze(-1), (~done[n:]).nonzero().squeeze(-1) + n
                 rows, next_tokens, tokens, logprobs, lengths, done, cos_rows, sin_rows = (
-                    x[keep] for x in (rows, next_tokens, tokens, logprobs, lengths, done, cos_rows, sin_rows))
-                k_cache, v_cache = (_compact(c, keep, col) for c in (k_cache, v_cache))
-                bias = bias.view(-1, decoder.kv_heads, total)[keep].view(-1, 1, total)
+                    _shrink(x, holes, movers, n) for x in (rows, next_tokens, tokens, logprobs, lengths, done, cos_rows, sin_rows))
+                for cache in (k_cache, v_cache):  # only the columns written so far need to move
+                    _shrink(cache[:, :, :, :col], holes, movers, n, dim=1)
+                k_cache, v_cache = k_cache[:, :n], v_cache[:, :n]
+                bias = _shrink(bias.view(-1, decoder.kv_heads * total), holes, movers, n).view(-1, 1, total)
             logits = decoder.forward(next_tokens.unsqueeze(-1), cos_rows[:, col : col + 1], sin_rows[:, col : col + 1],
                                      k_cache, v_cache, col, bias[:, :, : col + 1])
             self.decode_calls += 1
