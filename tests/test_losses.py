@@ -371,3 +371,25 @@ def test_gspo_equals_token_level_grpo_for_single_token_sequences() -> None:
     b["mask"][:, 0] = 1
     b["logp"][:, 0] = b["old"][:, 0] + torch.linspace(-0.5, 0.5, 8)  # some ratios beyond 1 +- 0.2
     assert_same(full_batch(b, "gspo", beta=0.05), full_batch(b, "grpo", beta=0.05))
+
+
+@pytest.mark.parametrize("entropy_grad", [False, True])
+def test_logprobs_and_entropy_in_one_pass_equal_the_separate_ones(entropy_grad, monkeypatch):
+    """Sharing the logsumexp changes nothing, in chunks of rows too (a tiny chunk size forces 3 chunks of 2 rows)."""
+    import reasonrl.algos.losses as losses
+
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 2 * 4 * 7)
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(5, 4, 7)).requires_grad_()
+    targets = torch.randint(0, 7, (5, 4))
+    logp, entropy = losses.token_logprobs_and_entropy(logits, targets, 0.7, entropy_grad=entropy_grad)
+    assert entropy.requires_grad == entropy_grad
+    (grad_joint,) = torch.autograd.grad((logp.sum() + entropy.sum()) if entropy_grad else logp.sum(), logits)
+    logp_ref = losses.token_logprobs(logits, targets, 0.7)
+    entropy_ref = losses.token_entropy(logits, 0.7)
+    hand = torch.log_softmax(logits / 0.7, -1)  # independent formula
+    assert torch.allclose(logp, hand.gather(-1, targets.unsqueeze(-1)).squeeze(-1), atol=1e-6)
+    assert torch.allclose(entropy, -(hand.exp() * hand).sum(-1), atol=1e-5)
+    assert torch.allclose(logp, logp_ref) and torch.allclose(entropy, entropy_ref)
+    (grad_ref,) = torch.autograd.grad((logp_ref.sum() + entropy_ref.sum()) if entropy_grad else logp_ref.sum(), logits)
+    assert torch.allclose(grad_joint, grad_ref, atol=1e-6)

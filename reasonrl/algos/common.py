@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from reasonrl.algos.losses import token_entropy, token_logprobs
+from reasonrl.algos.losses import token_logprobs, token_logprobs_and_entropy
 from reasonrl.algos.shared_prefix import fallback_reason, shared_prefix_logits
 
 
@@ -64,9 +64,6 @@ def completion_logprobs(
     """
     logits = completion_logits(model, micro)
     targets = micro["input_ids"][:, -logits.shape[1]:].to(logits.device)
-    logp = token_logprobs(logits, targets, temperature)
-    entropy = None
     if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = token_entropy(logits, temperature)
-    return logp, entropy
+        return token_logprobs_and_entropy(logits, targets, temperature, entropy_grad)
+    return token_logprobs(logits, targets, temperature), None

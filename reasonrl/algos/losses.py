@@ -20,7 +20,7 @@ from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS, register_advantage, 
 # The advantage estimators are re-exported so the whole GRPO family imports from one module.
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "LOSS_TYPES", "kl_k3", "overlong_mask", "policy_loss",
-    "register_advantage", "token_entropy", "token_logprobs", "zero_variance_groups",
+    "register_advantage", "token_entropy", "token_logprobs", "token_logprobs_and_entropy", "zero_variance_groups",
 ]
 
 Totals = Mapping[str, float]
@@ -60,6 +60,25 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
         log_p = z - torch.logsumexp(z, -1, keepdim=True)
         rows.append(-(log_p.exp() * log_p).sum(-1))
     return torch.cat(rows) if rows else logits.new_zeros(logits.shape[:2], dtype=torch.float32)
+
+
+def token_logprobs_and_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logprobs` and `token_entropy` sharing one logsumexp per chunk. The entropy is detached unless
+    `entropy_grad` (an entropy bonus needs its gradient); the log-probs keep theirs either way."""
+    logps, entropies, size = [], [], _rows_per_chunk(logits)
+    for chunk, chunk_targets in zip(logits.split(size), targets.split(size)):
+        z = chunk.float() / temperature
+        lse = torch.logsumexp(z, -1, keepdim=True)
+        logps.append(z.gather(-1, chunk_targets.unsqueeze(-1)).squeeze(-1) - lse.squeeze(-1))
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            log_p = z - lse
+            entropies.append(-(log_p.exp() * log_p).sum(-1))
+    if not logps:
+        empty = logits.new_zeros(targets.shape, dtype=torch.float32)
+        return empty, empty.clone()
+    return torch.cat(logps), torch.cat(entropies)
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
