@@ -139,7 +139,8 @@ def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{mean:.{digits}f}{spread}"
 
 
-def plot(bands: dict[str, list[dict]], key: str, xlabel: str, path: Path) -> None:
+def plot(bands: dict[str, list[dict]], key: str, xlabel: str, path: Path,
+         title: str = "Student greedy accuracy, levels 1-3 (teacher: 100%)") -> None:
     """Seed-mean accuracy against `key`, with a band of one standard deviation over seeds."""
     fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     FigureCanvasAgg(fig)
@@ -150,7 +151,7 @@ def plot(bands: dict[str, list[dict]], key: str, xlabel: str, path: Path) -> Non
         sd = [100 * p["std"] for p in band]
         ax.fill_between(x, [a - s for a, s in zip(y, sd)], [a + s for a, s in zip(y, sd)], color=line.get_color(),
                         alpha=0.15)
-    ax.set(title="Student greedy accuracy, levels 1-3 (teacher: 100%)", xlabel=xlabel, ylabel="accuracy (%)")
+    ax.set(title=title, xlabel=xlabel, ylabel="accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=110)
