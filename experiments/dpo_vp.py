@@ -286,8 +286,9 @@ def write_doc(args, rounds: int, seeds: list[int], arms: list[str], curves: dict
         "p = 0.5 everywhere). Accuracy: (p > 0.5) equals (verifier says correct). Ranking: within a prompt, the share "
         "of (correct, wrong) sample pairs where the correct one scores higher. RM pairs: the pairs the RM would "
         "build on these labelled prompts, and the share the verifier agrees with (chosen scores higher) or "
-        "contradicts (flipped). Hidden pairs: the pairs the RM actually built on the hidden prompts, checked after the "
-        "run against the gold answers the run never saw.",
+        "contradicts (flipped). Hidden pairs: the pairs the RM actually built on the hidden prompts, after "
+        "training on the round's labelled samples (a later RM than the one in the columns before it, so a round can have "
+        "hidden pairs and no pairs on labelled prompts), checked after the run against the gold answers the run never saw.",
         "",
         *rm_table,
         "",
