@@ -3,13 +3,17 @@ aside whenever it cannot stand in for HF's forward exactly."""
 
 import pytest
 import torch
+from test_fast_engine import SMALL, VARIANTS, random_model
 from transformers import GPT2Config
 
 import reasonrl.algos.common as common
-from reasonrl.algos.common import build_sequences, completion_logits, completion_logprobs
+from reasonrl.algos.common import (
+    build_sequences,
+    completion_logits,
+    completion_logprobs,
+)
 from reasonrl.algos.shared_prefix import fallback_reason, shared_prefix_logits
 from reasonrl.rollout.fast import Decoder
-from test_fast_engine import SMALL, VARIANTS, random_model
 
 
 def groups_batch(seed: int = 0, prompts: int = 3, per_prompt: int = 4, vocab: int = 321):

@@ -12,9 +12,13 @@ attention dropout, which this forward does not implement. `model.reasonrl_forwar
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from reasonrl.rollout.fast import Decoder, unsupported_reason
+from reasonrl.rollout.fast import (
+    Decoder,
+    distinct_rows,
+    prompt_attention_mask,
+    unsupported_reason,
+)
 
 
 def fallback_reason(model: torch.nn.Module) -> str | None:
@@ -36,18 +40,16 @@ def shared_prefix_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.
     device = decoder.base.embed_tokens.weight.device
     ids, real = ids.to(device), mask.to(device).bool()
     width_p, num_in = ids.shape[1] - num_completion, num_completion - 1  # completion tokens fed in: all but the last
-    # Distinct prompts: identical token ids on identical real positions (padding ids are ignored).
-    prompts, index = torch.unique(torch.where(real[:, :width_p], ids[:, :width_p], -1), dim=0, return_inverse=True)
-    prompt_real = prompts >= 0
+    first, index = distinct_rows(ids[:, :width_p], real[:, :width_p])
+    prompt_real = real[first, :width_p]
     prompt_len = prompt_real.sum(-1)
     cos_table, sin_table = decoder.rope_table(width_p + num_completion, device)
 
-    # The prompt pass: causal over real tokens; a padding query may see itself, so no softmax row is empty.
+    # The prompt pass, once per distinct prompt.
     positions = (prompt_real.long().cumsum(-1) - 1).clamp(min=0)
     cos_p, sin_p = cos_table[positions].unsqueeze(1), sin_table[positions].unsqueeze(1)
-    eye = torch.eye(width_p, dtype=torch.bool, device=device)
-    prompt_mask = (torch.ones_like(eye).tril() & prompt_real[:, None, None, :]) | eye
-    x = decoder.base.embed_tokens(prompts.clamp(min=0))
+    prompt_mask = prompt_attention_mask(prompt_real)
+    x = decoder.base.embed_tokens(ids[first, :width_p])
 
     # The completion pass: each row attends to its prompt's real keys and causally to its own earlier tokens.
     positions = prompt_len[index, None] + torch.arange(num_in, device=device)

@@ -105,6 +105,19 @@ def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
     return torch.bmm(scores.softmax(-1), v.reshape(batch * kv_heads, length, dim)).view(batch, heads, 1, dim)
 
 
+def distinct_rows(ids: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of left-padded ids [B, W] that hold the same tokens on the same real positions (padding ids ignored):
+    (one row of each distinct prompt, the distinct prompt of every row)."""
+    distinct, index = torch.unique(torch.where(real, ids, -1), dim=0, return_inverse=True)
+    return index.new_empty(len(distinct)).scatter_(0, index, torch.arange(len(ids), device=ids.device)), index
+
+
+def prompt_attention_mask(real: torch.Tensor) -> torch.Tensor:
+    """[B, 1, W, W]: causal over real tokens; a padding query may see itself, so no softmax row is empty."""
+    eye = torch.eye(real.shape[1], dtype=torch.bool, device=real.device)
+    return (torch.ones_like(eye).tril() & real[:, None, None, :]) | eye
+
+
 class Decoder:
     """The forward pass of a supported HF model, written against a preallocated KV cache."""
 
@@ -250,21 +263,16 @@ class FastEngine(HFEngine):
         positions = (real.long().cumsum(-1) - 1).clamp(min=0)
         cos_table, sin_table = decoder.rope_table(total, device)
         # Prefill each distinct prompt once (a group's G samples share it), then copy its cache to the group's rows.
-        distinct, index = torch.unique(torch.where(real[:, :width], ids, -1), dim=0, return_inverse=True)
-        first = index.new_empty(len(distinct)).scatter_(0, index, torch.arange(batch, device=device))  # any row of each
-        shape = (len(decoder.layers), len(distinct), decoder.kv_heads, total, decoder.head_dim)
+        first, index = distinct_rows(ids, real[:, :width])
+        shape = (len(decoder.layers), len(first), decoder.kv_heads, total, decoder.head_dim)
         k_cache, v_cache = (torch.empty(shape, device=device, dtype=decoder.dtype) for _ in range(2))
-
-        # Prefill: causal attention over real prompt tokens; a padding query may see itself, so no row is empty.
-        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-        mask = (causal & real[first, None, None, :width]) | torch.eye(width, dtype=torch.bool, device=device)
-        pos = positions[first, :width]
+        mask, pos = prompt_attention_mask(real[first, :width]), positions[first, :width]
         logits = decoder.forward(ids[first], cos_table[pos], sin_table[pos], k_cache, v_cache, 0, mask)[index]
         k_cache, v_cache = k_cache[:, index], v_cache[:, index]
         self.decode_calls += 1
 
         # State per running row. Finished rows stay in the batch (sampling on, ignored) until compaction moves them
-        # to the outputs and drops them; the new, smaller cache gets only the columns filled so far.
+        # to the outputs and fills their slots with running rows from past the cut (only the columns filled so far).
         tokens_out = torch.full((batch, new), tok.pad_token_id, dtype=torch.long, device=device)
         logprobs_out, lengths_out = torch.zeros((batch, new), device=device), torch.full((batch,), new, device=device)
         finished_out = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -305,5 +313,5 @@ class FastEngine(HFEngine):
                                      k_cache, v_cache, col, bias[:, :, : col + 1])
             self.decode_calls += 1
         flush(torch.ones_like(done))
-        greedy = params.greedy
-        return tokens_out.cpu(), None if greedy else logprobs_out.cpu(), lengths_out.long().cpu(), finished_out.cpu()
+        logprobs = None if params.greedy else logprobs_out.cpu()
+        return tokens_out.cpu(), logprobs, lengths_out.cpu(), finished_out.cpu()
