@@ -39,7 +39,14 @@ def _run_training(args, algo: str | None) -> int:
     if args.quiet:
         config.train.progress = False
     trainer = Trainer(config, run_dir=args.resume or args.output_dir, resume=bool(args.resume))
-    final = trainer.train()
+    try:
+        final = trainer.train()
+    finally:
+        from reasonrl.distributed import shutdown
+
+        shutdown()
+    if not trainer.is_main:  # under torchrun, rank 0 reports
+        return 0
     from reasonrl.tracking import read_metrics
 
     records = [r for r in read_metrics(trainer.run_dir) if "eval/accuracy" in r]

@@ -21,6 +21,7 @@ import torch
 from reasonrl.algos import make_algorithm
 from reasonrl.algos.base import Algorithm, TrainBatch
 from reasonrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained_atomic
+from reasonrl import distributed
 from reasonrl.config import Config, config_to_dict, save_config
 from reasonrl.data import Example, PromptStream, load_source
 from reasonrl.evaluation import evaluate
@@ -137,17 +138,28 @@ class Trainer:
 
     def __init__(self, config: Config, run_dir: str | Path | None = None, resume: bool = False):
         self.config = cfg = config
-        seed_everything(cfg.train.seed)
+        distributed.init_from_env()  # under torchrun: join the process group (docs/scaling.md)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        seed_everything(cfg.train.seed + self.rank)  # ranks sample independently; rank 0 is the one-process run
         self.algo: Algorithm = make_algorithm(cfg)
+        if self.world > 1 and not getattr(self.algo, "data_parallel", True):
+            raise ValueError(f"algo={cfg.algo.name} runs in one process only; launch it without torchrun")
         # Everything that can fail on bad input happens before the run directory exists.
         self.model, self.tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device)
         self.model.train()
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.stream = PromptStream(cfg.data.train, cfg.data)
+        if self.world > 1:
+            if cfg.rollout.save_rollouts:
+                raise ValueError("rollout.save_rollouts records one process's calls; record a one-process run and "
+                                 "replay it on several ranks instead (docs/scaling.md)")
+            self.stream = distributed.ShardedStream(self.stream, self.rank, self.world)
         eval_spec = cfg.data.eval or cfg.data.train
         self.eval_examples = load_source(eval_spec, cfg.data, "eval", cfg.data.eval_n)
-        self.run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+        # Rank 0 names the run directory: the timestamp may differ by a second between ranks.
+        self.run_dir = Path(run_dir) if run_dir else Path(distributed.broadcast_json(str(default_run_dir(cfg))))
         engine = make_engine(cfg, self.model, self.tokenizer, self.run_dir)
         rewards = RewardManager.from_config(cfg.rewards) if self.algo.needs_rollouts else None
         # One verifier for every evaluation, so a math-verify worker pool is started at most once per run.
@@ -162,10 +174,12 @@ class Trainer:
         self.start_step, self.nonfinite_in_row = 0, 0
         self.stop_requested = False
         self.stopped_at: int | None = None  # the step after which a SIGTERM/SIGINT stopped the run
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
-        save_config(cfg, self.run_dir / "config.yaml")
+        if self.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
 
     def _resume(self) -> None:
         checkpoint = latest_checkpoint(self.run_dir)
@@ -181,6 +195,8 @@ class Trainer:
                                  f"resume with the run's own config")
             self.alphadecay.load_state_dict(state["alphadecay"])
         self.schedule_metrics = {}  # the restored α were logged by the run that measured them
+        if self.world > 1:  # the checkpoint holds rank 0's RNG; the other ranks must not sample the same numbers
+            seed_everything(self.config.train.seed + self.rank + self.world * self.start_step)
 
     def _state(self, step: int) -> dict[str, Any]:
         state = {"step": step, "stream": self.stream.state_dict(), "algo": self.ctx.state}
@@ -192,13 +208,13 @@ class Trainer:
     def _spectral_metrics(self, step: int) -> dict[str, float]:
         """HT-SR records for `step`: α of every matrix every train.spectral_every steps, and new schedule values."""
         every = self.config.train.spectral_every
-        metrics = alpha_metrics(self.model) if every and step % every == 0 else {}
+        metrics = alpha_metrics(self.model) if every and step % every == 0 and self.is_main else {}
         metrics |= self.schedule_metrics
         self.schedule_metrics = {}
         return metrics
 
     def _eval(self) -> dict[str, float]:
-        if not self.eval_examples:
+        if not self.eval_examples or not self.is_main:  # every rank holds the same weights: rank 0 evaluates
             return {}
         rcfg = self.config.rollout
         metrics = evaluate(
@@ -209,30 +225,37 @@ class Trainer:
         return {f"eval/{k}": v for k, v in metrics.items()}
 
     def _update(self, batch: TrainBatch) -> dict[str, float]:
-        """One optimizer step per algorithm update; non-finite losses or gradients skip the step."""
+        """One optimizer step per algorithm update; non-finite losses or gradients skip the step. With several
+        ranks, gradients and loss metrics are summed over them before clipping (distributed.py)."""
         sums: dict[str, float] = {}
+        params = [p for p in self.model.parameters() if p.requires_grad]
         for update in range(self.algo.num_updates(batch)):
-            self.algo.prepare_update(self.ctx, batch, update)
+            if len(batch):  # a rank may have no rows this step; it still joins the gradient sum
+                self.algo.prepare_update(self.ctx, batch, update)
             self.optimizer.zero_grad(set_to_none=True)
-            loss_total = 0.0
+            update_sums = {"loss": 0.0}
             timer = self.ctx.timer
             for micro in batch.micro_batches(self.config.train.micro_batch_size):
                 with timer.section("forward"):
                     loss, metrics = self.algo.loss(self.ctx, micro)
                 with timer.section("backward"):
                     loss.backward()
-                loss_total += float(loss.detach())
+                update_sums["loss"] += float(loss.detach())
                 for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                    update_sums[k] = update_sums.get(k, 0.0) + float(v)
             with timer.section("optimizer"):
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.max_grad_norm))
+                distributed.all_reduce_gradients(params)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm))
+            update_sums = distributed.sum_across_ranks(update_sums)  # each rank's share of the global values
+            loss_total = update_sums.pop("loss")
+            for k, v in update_sums.items():
+                sums[k] = sums.get(k, 0.0) + v
             if not (math.isfinite(loss_total) and math.isfinite(grad_norm)):
                 self.optimizer.zero_grad(set_to_none=True)
                 self.nonfinite_in_row += 1
                 sums["train/nonfinite_steps"] = sums.get("train/nonfinite_steps", 0.0) + 1
                 if self.nonfinite_in_row >= self.config.train.max_nan_steps:
-                    path = save_checkpoint(self.run_dir, self.ctx.step, self.model, self.optimizer, self.scheduler,
-                                           self._state(self.ctx.step), self.config.train.keep_checkpoints)
+                    path = self._save(self.ctx.step)
                     raise TrainingError(
                         f"loss or gradients were NaN/inf in {self.nonfinite_in_row} updates in a row "
                         f"(train.max_nan_steps={self.config.train.max_nan_steps}); last good state saved in {path}"
@@ -247,17 +270,44 @@ class Trainer:
         updates = max(1, self.algo.num_updates(batch))
         return {k: (v if k == "train/nonfinite_steps" else v / updates) for k, v in sums.items()}
 
-    def _skip_failed_rewards(self, error: RewardError) -> TrainBatch:
-        """A step where every reward is NaN is skipped like a non-finite update; max_nan_steps in a row stop the run."""
+    def _save(self, step: int) -> Path | None:
+        """Rank 0 writes the checkpoint of `step`; every rank first checks the replicas still hold the same weights."""
+        if not distributed.replicas_agree(self.model):
+            raise TrainingError(f"step {step}: the data-parallel replicas hold different weights (a rank diverged)")
+        if not self.is_main:
+            return None
+        return save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self._state(step),
+                               self.config.train.keep_checkpoints)
+
+    def _count_failed_rewards(self, error: RewardError | None) -> None:
+        """A step where every reward is NaN (on every rank) is skipped like a non-finite update; max_nan_steps such
+        steps in a row stop the run."""
         self.nonfinite_in_row += 1
         limit = self.config.train.max_nan_steps
         if self.nonfinite_in_row >= limit:
+            if error is None:  # the failures were on other ranks
+                raise TrainingError(f"every reward was NaN in {self.nonfinite_in_row} steps in a row "
+                                    f"(train.max_nan_steps={limit}) on another rank")
             raise RewardError(f"every reward was NaN in {self.nonfinite_in_row} steps in a row "
                               f"(train.max_nan_steps={limit}); last: {error}", error.result) from error
-        logger.warning("step %d skipped: %s", self.ctx.step, error)
-        metrics = {"rewards/failed": float(error.result.failed), "rewards/timeout": float(error.result.timeout),
-                   "train/skipped_reward_failure": 1.0}
-        return TrainBatch({}, metrics=metrics)
+        logger.warning("step %d skipped: %s", self.ctx.step, error or "every reward failed on another rank")
+
+    def _gather(self) -> tuple[TrainBatch, dict[str, float], bool]:
+        """This rank's batch with the step's global totals, the step's metrics, and whether any rank has data."""
+        failure = None
+        try:
+            batch = self.algo.gather(self.ctx)
+        except RewardError as e:
+            failure, batch = e, TrainBatch({}, metrics={
+                "rewards/failed": float(e.result.failed), "rewards/timeout": float(e.result.timeout),
+                "train/skipped_reward_failure": 1.0})
+        batch.totals = distributed.reduce_totals(batch.totals)
+        metrics = distributed.mean_across_ranks({k: v for k, v in batch.metrics.items() if k not in COUNTS})
+        metrics |= distributed.sum_across_ranks({k: v for k, v in batch.metrics.items() if k in COUNTS})
+        has_data = distributed.any_rank(len(batch) > 0)
+        if not has_data and distributed.any_rank(failure is not None):
+            self._count_failed_rewards(failure)
+        return batch, metrics, has_data
 
     def _request_stop(self, signum, frame) -> None:
         self.stop_requested = True
@@ -265,7 +315,7 @@ class Trainer:
     def train(self) -> dict[str, float]:
         cfg = self.config.train
         tracker = Tracker(self.run_dir, cfg.report_to, config_to_dict(self.config), cfg.steps, cfg.progress,
-                          resume_step=self.start_step)
+                          resume_step=self.start_step) if self.is_main else NullTracker()
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             if self.start_step == 0:
@@ -274,12 +324,8 @@ class Trainer:
             for step in range(self.start_step + 1, cfg.steps + 1):
                 self.ctx.step = step
                 started = time.perf_counter()
-                try:
-                    batch = self.algo.gather(self.ctx)
-                except RewardError as e:
-                    batch = self._skip_failed_rewards(e)
-                metrics = dict(batch.metrics)
-                if len(batch):
+                batch, metrics, has_data = self._gather()
+                if has_data:
                     metrics.update(self._update(batch))
                 else:
                     self._step_schedules()
@@ -291,9 +337,9 @@ class Trainer:
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                     metrics.update(self._eval())
                 tracker.log(step, metrics)
+                self.stop_requested = distributed.any_rank(self.stop_requested)  # torchrun signals every rank
                 if (cfg.save_every and step % cfg.save_every == 0) or self.stop_requested:
-                    save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self._state(step),
-                                    cfg.keep_checkpoints)
+                    self._save(step)
                     saved = step
                 if self.stop_requested:
                     self.stopped_at = step
@@ -302,14 +348,29 @@ class Trainer:
             if final:
                 tracker.log(step, final)
             if saved != step or not step:  # never rewrite a saved checkpoint: a crash mid-rewrite could lose it
-                save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self._state(step),
-                                cfg.keep_checkpoints)
-            save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "final")
+                self._save(step)
+            if self.is_main:
+                save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "final", self.config.model.path,
+                                       self.config.model.dtype)
             return final
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             tracker.close()
+
+
+# Gather metrics that count things are summed over ranks; the others (means, rates) are averaged.
+COUNTS = {"num_tokens", "rewards/failed", "rewards/timeout"}
+
+
+class NullTracker:
+    """What ranks other than 0 log to: nothing."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -329,7 +390,7 @@ def make_engine(cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path) -
     if cfg.rollout.engine == "replay":
         if not cfg.rollout.replay_dir:
             raise ValueError("rollout.engine=replay needs rollout.replay_dir (the rollouts/ folder of a recorded run)")
-        engine = ReplayEngine(cfg.rollout.replay_dir, live=engine)
+        engine = ReplayEngine(cfg.rollout.replay_dir, live=engine, rank=distributed.rank(), world=distributed.world_size())
     if cfg.rollout.save_rollouts:
         engine = RecordingEngine(engine, run_dir / "rollouts")
     return engine

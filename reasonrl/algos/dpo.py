@@ -157,6 +157,8 @@ class PairwiseDPO:
     """The DPO update on a batch of pairs with cached reference log-probs; subclasses provide `gather`."""
 
     needs_rollouts = False
+    # Pairs are drawn outside the sharded prompt stream, and DPO-VP's reward model trains per process: one rank only.
+    data_parallel = False
 
     def __init__(self, config):
         self.cfg: PreferenceConfig = config.algo

@@ -16,8 +16,14 @@ import torch
 from reasonrl.algos import register_algorithm
 from reasonrl.algos.base import TrainBatch
 from reasonrl.algos.common import build_sequences, completion_logprobs, pad_values
-from reasonrl.algos.losses import ADVANTAGE_ESTIMATORS, overlong_mask, policy_loss, zero_variance_groups
+from reasonrl.algos.losses import (
+    ADVANTAGE_ESTIMATORS,
+    overlong_mask,
+    policy_loss,
+    zero_variance_groups,
+)
 from reasonrl.config import AlgoConfig, register_algo_config
+from reasonrl.distributed import across_ranks
 from reasonrl.rewards import soft_overlong_punishment
 from reasonrl.rollout.base import Rollouts, SamplingParams
 from reasonrl.rollout.collect import collect_rollouts, rollout_metrics
@@ -113,26 +119,27 @@ class GRPO:
         metrics = rollout_metrics(rollouts, result, self.params.max_new_tokens)
         if not self.cfg.dynamic_sampling:
             return rollouts, metrics
-        kept, rounds = [], 0
+        kept, rounds, wanted = [], 0, len(set(rollouts.group))  # this rank's share of prompts_per_step
         while True:
             informative = ~zero_variance_groups(torch.tensor(rollouts.rewards), torch.tensor(rollouts.group))
             groups = sorted({g for g, ok in zip(rollouts.group, informative.tolist()) if ok})
             kept += [rollouts.select([i for i, g in enumerate(rollouts.group) if g == k]) for k in groups]
-            if len(kept) >= self.prompts_per_step or rounds >= self.cfg.max_resample_rounds:
+            if len(kept) >= wanted or rounds >= self.cfg.max_resample_rounds:
                 break
             rounds += 1
             rollouts, result = collect_rollouts(ctx, ctx.stream.next(self.prompts_per_step), self.num_generations,
                                                 self.params, self.extra_rewards)
         metrics["dynamic_sampling/rounds"] = float(rounds)
-        metrics["dynamic_sampling/kept_groups"] = float(min(len(kept), self.prompts_per_step))
-        return Rollouts.concat(kept[: self.prompts_per_step]), metrics
+        metrics["dynamic_sampling/kept_groups"] = float(min(len(kept), wanted))
+        return Rollouts.concat(kept[:wanted]), metrics
 
     def gather(self, ctx) -> TrainBatch:
         rollouts, metrics = self._sample(ctx)
         if len(rollouts) == 0:
             return TrainBatch({}, metrics=metrics)
         rewards, groups = torch.tensor(rollouts.rewards), torch.tensor(rollouts.group)
-        advantages = ADVANTAGE_ESTIMATORS[self.cfg.advantage](rewards, groups, self.cfg.scale_rewards)
+        # Over every rank's rows: batch statistics (scale_rewards=batch, REINFORCE++) are the whole step's.
+        advantages = across_ranks(ADVANTAGE_ESTIMATORS[self.cfg.advantage], rewards, groups, self.cfg.scale_rewards)
         tensors = build_sequences(rollouts.prompt_ids, rollouts.completion_ids, ctx.tokenizer.pad_token_id)
         mask = tensors["completion_mask"]
         mask = mask * torch.isfinite(rewards).float().unsqueeze(1)  # failed verifications teach nothing

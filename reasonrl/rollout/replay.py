@@ -32,10 +32,14 @@ class RecordingEngine:
 
 
 class ReplayEngine:
-    """Serves recorded sampling calls in order; refuses when the prompts asked for differ from the recording."""
+    """Serves recorded sampling calls in order; refuses when the prompts asked for differ from the recording.
 
-    def __init__(self, directory: str | Path, live: RolloutEngine):
+    A one-process recording replays on `world` data-parallel ranks too: rank r gets the groups r, r + world, ...
+    of each call, the prompts distributed.ShardedStream gives it."""
+
+    def __init__(self, directory: str | Path, live: RolloutEngine, rank: int = 0, world: int = 1):
         self.directory, self.live, self.calls = Path(directory), live, 0
+        self.rank, self.world = rank, world
         if not any(self.directory.glob("call_*.jsonl")):
             raise FileNotFoundError(f"no recorded rollouts (call_*.jsonl) in {self.directory}")
 
@@ -50,6 +54,10 @@ class ReplayEngine:
         if not path.exists():
             raise FileNotFoundError(f"replay ran out of recorded rollouts: {path} does not exist")
         rollouts = Rollouts.load(path)
+        if self.world > 1:
+            groups = sorted(set(rollouts.group))
+            mine = set(groups[self.rank :: self.world])
+            rollouts = rollouts.select([i for i, g in enumerate(rollouts.group) if g in mine])
         expected = [list(p) for p in prompt_ids for _ in range(n)]
         if rollouts.prompt_ids != expected:
             raise ValueError(f"{path} was recorded for other prompts than the replayed run asks for")

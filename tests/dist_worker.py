@@ -1,0 +1,69 @@
+"""Run under torchrun by tests/test_distributed.py (not a test module itself).
+
+    torchrun --nproc_per_node 2 tests/dist_worker.py train RUN_DIR [resume] override ...
+        trains through the real Trainer, then every rank writes its own weights to RUN_DIR/rank<R>.safetensors
+    torchrun --nproc_per_node 2 tests/dist_worker.py helpers OUT_DIR
+        runs the distributed helpers on crafted inputs; every rank writes what it got to OUT_DIR/rank<R>.json
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from reasonrl import distributed
+from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS
+
+
+def train(run_dir: str, args: list[str]) -> None:
+    from reasonrl.config import load_config
+    from reasonrl.trainer import Trainer
+
+    resume = bool(args) and args[0] == "resume"
+    overrides = args[1:] if resume else args
+    config = load_config(str(Path(run_dir) / "config.yaml") if resume else None, overrides)
+    trainer = Trainer(config, run_dir=run_dir, resume=resume)
+    trainer.train()
+    state = {k: v.contiguous() for k, v in trainer.model.state_dict().items() if k != "lm_head.weight"}
+    safetensors.torch.save_file(state, str(Path(run_dir) / f"rank{trainer.rank}.safetensors"))
+
+
+def helpers(out_dir: str) -> None:
+    distributed.init_from_env()
+    r, world = distributed.rank(), distributed.world_size()
+
+    class Stream:  # a global stream of integers
+        def __init__(self):
+            self.position = 0
+
+        def next(self, n):
+            self.position += n
+            return list(range(self.position - n, self.position))
+
+    stream = distributed.ShardedStream(Stream(), r, world)
+    draws = [stream.next(4), stream.next(6)]
+    totals = distributed.reduce_totals({"num_tokens": 10.0 * (r + 1), "max_completion_length": 16.0 + r})
+    # Rank r holds groups of different sizes and rewards; REINFORCE++ normalises over the whole batch.
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0][: 2 + 2 * r]) + r
+    groups = torch.tensor([0, 0, 1, 1][: 2 + 2 * r])
+    advantages = distributed.across_ranks(ADVANTAGE_ESTIMATORS["reinforce_pp"], rewards, groups, "group")
+    summed = distributed.sum_across_ranks({"x": float(r + 1)})
+    mean = distributed.mean_across_ranks({"y": float(r + 1), f"only{r}": 1.0})
+    grads = torch.nn.Linear(2, 1, bias=False)
+    grads.weight.grad = torch.full_like(grads.weight, float(r + 1))
+    distributed.all_reduce_gradients([grads.weight])
+    model = torch.nn.Linear(2, 2)
+    torch.nn.init.constant_(model.bias, 0.0)
+    torch.nn.init.constant_(model.weight, 1.0 + (0.5 if r == 1 and "diverge" in out_dir else 0.0))
+    result = {"draws": draws, "totals": totals, "rewards": rewards.tolist(), "groups": groups.tolist(),
+              "advantages": advantages.tolist(), "summed": summed, "mean": mean,
+              "grad": grads.weight.grad.tolist(), "agree": distributed.replicas_agree(model)}
+    Path(out_dir, f"rank{r}.json").write_text(json.dumps(result))
+    distributed.shutdown()
+
+
+if __name__ == "__main__":
+    mode, path, *rest = sys.argv[1:]
+    train(path, rest) if mode == "train" else helpers(path)

@@ -1,0 +1,130 @@
+"""Data parallel with torchrun (2 CPU processes, gloo): the ranks stay identical and equal one process with the same
+global batch; a checkpoint resumes on a different number of ranks; the helpers reduce as documented."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS
+from reasonrl.config import load_config
+from reasonrl.trainer import Trainer
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+COMMON = ["model.path=student", "data.levels=[1,2]", "data.eval_n=0", "train.progress=false", "train.eval_every=0",
+          "train.prompts_per_step=4", "optim.lr=1e-3", "optim.warmup_steps=0"]
+
+
+def torchrun(*args: str, timeout: int = 300) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(path))
+
+
+def model_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items() if k != "lm_head.weight"}
+
+
+def assert_same_training(ours: dict, theirs: dict, start: dict, tolerance: float = 1e-2) -> None:
+    """Per tensor, the two runs differ by under 1% of how far training moved the weights. (Adam divides by the
+    root of the squared gradients, so float-rounding differences in near-zero gradients become weight differences
+    of ~1e-5 at lr 1e-3: an absolute tolerance would be either loose or flaky.)"""
+    assert ours.keys() == theirs.keys()
+    for k, mine in ours.items():
+        moved = float((theirs[k] - start[k]).norm())
+        assert moved > 0, k
+        assert float((mine - theirs[k]).norm()) < tolerance * moved, (k, float((mine - theirs[k]).norm()) / moved)
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process_with_the_same_global_batch(tmp_path):
+    """GRPO with batch-normalised advantages (REINFORCE++ whitens over the whole step): one process records its
+    rollouts, two ranks replay them (each gets its half of every step's groups) and must end where it ended."""
+    grpo = COMMON + ["algo=reinforce_pp", "rollout.num_generations=4", "rollout.max_completion_length=24",
+                     "train.steps=3", "train.micro_batch_size=6"]
+    one = Trainer(load_config(None, grpo + ["rollout.save_rollouts=true"]), run_dir=tmp_path / "one")
+    start = model_weights(one)
+    one.train()
+    single = model_weights(one)
+
+    two = tmp_path / "two"
+    torchrun("train", str(two), *grpo, "rollout.engine=replay", f"rollout.replay_dir={tmp_path / 'one' / 'rollouts'}")
+    rank0, rank1 = weights(two / "rank0.safetensors"), weights(two / "rank1.safetensors")
+    for k in rank0:
+        assert torch.equal(rank0[k], rank1[k]), k  # the replicas are bit-identical
+    assert_same_training(rank0, single, start)
+    # Rank 0 alone wrote the records, with the whole step's counts and losses.
+    one_log = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two_log = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in two_log] == [r["step"] for r in one_log]
+    for a, b in zip(one_log[1:], two_log[1:]):
+        assert a["num_tokens"] == b["num_tokens"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_two_rank_checkpoint_resumes_in_one_process(tmp_path):
+    """SFT is deterministic, so an interrupted 2-rank run resumed on 1 rank must end where the 2-rank run ended."""
+    sft = COMMON + ["algo=sft", "train.steps=4", "train.save_every=2", "train.keep_checkpoints=3"]
+    two = tmp_path / "two"
+    torchrun("train", str(two), *sft)
+    assert (two / "checkpoints" / "step_000004").is_dir() and not (two / "rank1").exists()
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_000004")
+    shutil.rmtree(resumed / "final")
+
+    trainer = Trainer(load_config(str(resumed / "config.yaml"), []), run_dir=resumed, resume=True)
+    assert trainer.start_step == 2
+    at_step_2 = model_weights(trainer)
+    trainer.train()
+    assert_same_training(model_weights(trainer), weights(two / "rank0.safetensors"), at_step_2)
+
+
+def test_helpers_reduce_as_documented(tmp_path):
+    torchrun("helpers", str(tmp_path))
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    # The stream advances globally and each rank keeps every second prompt.
+    assert r0["draws"] == [[0, 2], [4, 6, 8]] and r1["draws"] == [[1, 3], [5, 7, 9]]
+    # Counts add up; max_* limits take the largest.
+    assert r0["totals"] == r1["totals"] == {"num_tokens": 30.0, "max_completion_length": 17.0}
+    # Advantages over the whole step: the one-process estimator on the concatenated rows, group ids kept apart.
+    rewards = torch.tensor(r0["rewards"] + r1["rewards"])
+    groups = torch.tensor(r0["groups"] + [g + 1 for g in r1["groups"]])
+    expected = ADVANTAGE_ESTIMATORS["reinforce_pp"](rewards, groups, "group")
+    assert torch.allclose(torch.tensor(r0["advantages"] + r1["advantages"]), expected)
+    local_only = ADVANTAGE_ESTIMATORS["reinforce_pp"](torch.tensor(r1["rewards"]), torch.tensor(r1["groups"]), "group")
+    assert not torch.allclose(torch.tensor(r1["advantages"]), local_only)  # batch statistics really are global
+    assert r0["summed"] == {"x": 3.0} and r0["mean"] == {"y": 1.5, "only0": 1.0, "only1": 1.0}
+    assert r0["grad"] == r1["grad"] == [[3.0, 3.0]]  # gradients are summed, not averaged
+    assert r0["agree"] and r1["agree"]
+
+
+def test_diverged_replicas_are_detected(tmp_path):
+    out = tmp_path / "diverge"
+    out.mkdir()
+    torchrun("helpers", str(out))
+    assert not json.loads((out / "rank0.json").read_text())["agree"]
+
+
+def test_one_process_algorithms_refuse_several_ranks(monkeypatch):
+    from reasonrl import distributed
+
+    monkeypatch.setattr(distributed, "init_from_env", lambda: None)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match="one process only"):
+        Trainer(load_config(None, COMMON + ["algo=dpo_vp"]))
+    with pytest.raises(ValueError, match="save_rollouts"):
+        Trainer(load_config(None, COMMON + ["algo=grpo", "rollout.save_rollouts=true"]))
