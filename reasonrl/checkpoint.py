@@ -2,6 +2,7 @@
 
 A checkpoint is `RUN_DIR/checkpoints/step_000123/` holding `model.safetensors`, `optimizer.pt`, `scheduler.pt`,
 `trainer_state.json` (counters and RNG states) and `manifest.json` (sha256 and size of every file, written last).
+With LoRA (reasonrl/lora.py) `model.safetensors` holds the adapter weights only: the frozen base comes from model.path.
 A crash at any moment (mid-write or mid-prune) leaves the earlier checkpoints intact, plus at worst a `*.tmp-*`
 directory that loaders ignore and the next save removes; a checkpoint whose manifest does not verify is never
 loaded. A write that fails (a full disk) removes its partial files and raises CheckpointError; earlier checkpoints
@@ -25,6 +26,8 @@ import numpy as np
 import safetensors
 import safetensors.torch
 import torch
+
+from reasonrl.lora import ADAPTER_DIR, adapter_state_dict, is_lora, load_adapter_state_dict, merged_model
 
 logger = logging.getLogger("reasonrl")
 
@@ -64,7 +67,7 @@ def save_checkpoint(
     tmp = ckpt_root / f"{final.name}.tmp-{os.getpid()}"
     try:
         tmp.mkdir()
-        safetensors.torch.save_file(_unique_state_dict(model), tmp / MODEL_FILE, metadata={"format": "pt"})
+        safetensors.torch.save_file(_model_state(model), tmp / MODEL_FILE, metadata={"format": "pt"})
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         if scheduler is not None:
@@ -140,14 +143,21 @@ def load_checkpoint(
     """
     path = Path(path)
     verify_checkpoint(path)
-    expected = {name: tuple(t.shape) for name, t in _unique_state_dict(model).items()}
+    expected = {name: tuple(t.shape) for name, t in _model_state(model).items()}
     with safetensors.safe_open(path / MODEL_FILE, framework="pt") as f:
         stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    adapter_only = any(".lora_" in name for name in stored)
+    if adapter_only != is_lora(model):
+        raise CheckpointError(f"{path}: holds {'LoRA adapter weights only' if adapter_only else 'full model weights'} "
+                              f"but the model {'has' if is_lora(model) else 'has no'} LoRA adapters; resume with the "
+                              f"run's own model.lora settings")
     _check_same_tensors(path, expected, stored)
 
     weights = safetensors.torch.load_file(path / MODEL_FILE)
-    # strict=False because tied aliases (lm_head.weight) are not stored; the check above covered the rest.
-    model.load_state_dict(weights, strict=False)
+    if adapter_only:
+        load_adapter_state_dict(model, weights)
+    else:  # strict=False because tied aliases (lm_head.weight) are not stored; the check above covered the rest
+        model.load_state_dict(weights, strict=False)
     for obj, name in ((optimizer, OPTIMIZER_FILE), (scheduler, SCHEDULER_FILE)):
         if obj is None:
             continue
@@ -159,13 +169,23 @@ def load_checkpoint(
     return state
 
 
-def save_pretrained_atomic(model: Any, tokenizer: Any | None, out_dir: str | Path) -> Path:
-    """Write an HF-format model directory so that `out_dir` is never seen half-written."""
+def save_pretrained_atomic(model: Any, tokenizer: Any | None, out_dir: str | Path, base_path: str | None = None,
+                           dtype: str = "float32") -> Path:
+    """Write an HF-format model directory so that `out_dir` is never seen half-written.
+
+    A LoRA model is written merged (its adapter merged into a fresh CPU copy of `base_path`, in `dtype`), so that
+    `out_dir` loads like any other model folder, with the adapter itself, in PEFT's format, in `out_dir/adapter`.
+    """
     out_dir = Path(out_dir)
+    if is_lora(model) and base_path is None:
+        raise ValueError("saving a LoRA model needs base_path, the model its adapter is merged into")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_tmp_dirs(out_dir.parent, f"{out_dir.name}.tmp-*")
     tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
     try:
+        if is_lora(model):
+            model.save_pretrained(tmp / ADAPTER_DIR, safe_serialization=True)
+            model = merged_model(tmp / ADAPTER_DIR, base_path, dtype)
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -175,6 +195,11 @@ def save_pretrained_atomic(model: Any, tokenizer: Any | None, out_dir: str | Pat
         raise CheckpointError(f"model folder {out_dir} not saved: {e}; its partial files were removed") from e
     _replace_dir(tmp, out_dir)
     return out_dir
+
+
+def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores of the model: the adapter alone for LoRA, else every weight once."""
+    return adapter_state_dict(model) if is_lora(model) else _unique_state_dict(model)
 
 
 def _unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

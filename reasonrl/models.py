@@ -103,19 +103,31 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def load_model(path: str, dtype: str = "float32", device: str = "auto") -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+def load_model(path: str, dtype: str = "float32", device: str = "auto",
+               quantize: str = "none") -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     """Load any HF causal LM and its tokenizer from a local directory (or a shipped name); no hub access.
 
     `scratch:SIZE` builds a randomly initialised tiny model with the arith tokenizer (how shipped models start).
+    `quantize` (4bit | 8bit) loads the weights quantised by bitsandbytes, as QLoRA's frozen base (reasonrl/lora.py).
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    target = resolve_device(device)
     if path.startswith("scratch:"):
+        if quantize != "none":
+            raise ValueError(f"model.lora.quantize={quantize} needs a saved model directory, not {path!r}")
         tokenizer = arith_tokenizer()
-        return tiny_model(tokenizer, path.split(":", 1)[1]).to(DTYPES[dtype]).to(resolve_device(device)), tokenizer
+        return tiny_model(tokenizer, path.split(":", 1)[1]).to(DTYPES[dtype]).to(target), tokenizer
     folder = resolve_model_path(path)
+    if quantize != "none":  # bitsandbytes places quantised weights itself; they cannot be moved with .to()
+        from reasonrl.lora import quantization_config
+
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=DTYPES[dtype], local_files_only=True, device_map={"": target},
+            quantization_config=quantization_config(quantize, DTYPES[dtype], target))
+        return model, load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
-    return model.to(resolve_device(device)), load_tokenizer(path)
+    return model.to(target), load_tokenizer(path)
 
 
 def encode_prompt(tokenizer, prompt: str | list[dict[str, str]], system_prompt: str | None = None) -> list[int]:

@@ -5,14 +5,17 @@ the rows that share a prompt are found, each distinct prompt runs once (its keys
 the completions attend to those keys. The logits are the ones a single HF forward over [prompt; completion] gives
 (tests/test_shared_prefix.py checks logits and gradients against HF), but the prompt's share of the compute is
 1/G of HF's. The layer math is the rollout decoder's (rollout/fast.py), so the same architectures are covered
-(Llama, Qwen2, Qwen3, Mistral); anything else falls back to the HF forward, as do gradient checkpointing and
-attention dropout, which this forward does not implement. `model.reasonrl_forward = "hf"` forces the fallback.
+(Llama, Qwen2, Qwen3, Mistral), plain or with LoRA adapters, which it applies as differentiable merged weights
+W + scaling B A (reasonrl/lora.py). Anything else falls back to the HF forward, as do gradient checkpointing,
+attention dropout and LoRA dropout, which this forward does not implement. `model.reasonrl_forward = "hf"` forces
+the fallback.
 """
 
 from __future__ import annotations
 
 import torch
 
+from reasonrl.lora import merged_training_reason
 from reasonrl.rollout.fast import (
     Decoder,
     distinct_rows,
@@ -30,7 +33,7 @@ def fallback_reason(model: torch.nn.Module) -> str | None:
         return "gradient checkpointing is on"
     if model.training and getattr(getattr(model, "config", None), "attention_dropout", 0.0):
         return "attention dropout is on"
-    return unsupported_reason(model, 0)
+    return unsupported_reason(model, 0) or merged_training_reason(model)
 
 
 def shared_prefix_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, num_completion: int) -> torch.Tensor:

@@ -7,7 +7,8 @@ samples from the weights being trained), a preallocated KV cache, and batch comp
 dropped from the batch so the long tail of a group does not pay for the short answers.
 
 Supported: Llama, Qwen2, Qwen3 and Mistral-style decoders (RMSNorm, RoPE, GQA, SwiGLU; q/k norms; biases) with
-a static RoPE and no active sliding window. Anything else falls back to HF `generate` (`HFEngine`).
+a static RoPE and no active sliding window, plain or with PEFT LoRA adapters (read as merged weights W + scaling B A,
+reasonrl/lora.py). Anything else (quantised layers, DoRA) falls back to HF `generate` (`HFEngine`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from reasonrl.lora import effective_weight, unsupported_projection, unwrap
 from reasonrl.rollout.base import Rollouts, SamplingParams
 from reasonrl.rollout.hf import HFEngine
 
@@ -27,6 +29,7 @@ FUSE_BELOW_PARAMS = 100_000_000
 
 def unsupported_reason(model: torch.nn.Module, max_length: int) -> str | None:
     """Why this engine cannot run `model` exactly (None when it can)."""
+    model = unwrap(model)
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "model_type", None) not in ARCHITECTURES:
         return f"model_type {getattr(cfg, 'model_type', None)!r} is not one of {sorted(ARCHITECTURES)}"
@@ -36,13 +39,19 @@ def unsupported_reason(model: torch.nn.Module, max_length: int) -> str | None:
     window = getattr(cfg, "sliding_window", None)
     if window and getattr(cfg, "use_sliding_window", True) and max_length > window:
         return f"sliding window of {window} tokens is shorter than {max_length}"
-    layer = model.model.layers[0]
-    if not hasattr(layer.self_attn, "q_proj") or not hasattr(layer.mlp, "gate_proj"):
+    layers = model.model.layers
+    if not hasattr(layers[0].self_attn, "q_proj") or not hasattr(layers[0].mlp, "gate_proj"):
         return "decoder layers are not in the q/k/v_proj + gate/up/down_proj layout"
-    linears = [layer.self_attn.q_proj, layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.down_proj]
-    if any(type(lin) is not torch.nn.Linear for lin in linears):  # e.g. LoRA or quantised layers: their weight is not the whole map
-        return "projections are not plain nn.Linear layers (adapters or quantisation)"
+    for layer in layers:  # adapters may sit on some layers only
+        for lin in _projections(layer):
+            if reason := unsupported_projection(lin):
+                return reason
     return None
+
+
+def _projections(layer: torch.nn.Module) -> list[torch.nn.Module]:
+    a, m = layer.self_attn, layer.mlp
+    return [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
 
 
 @dataclass
@@ -71,9 +80,10 @@ def _cat_bias(*linears) -> torch.Tensor | None:
 
 
 def _weights(linears: list, fuse: bool) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    weights = [effective_weight(lin) for lin in linears]
     if fuse:
-        return [torch.cat([lin.weight for lin in linears])], [_cat_bias(*linears)]
-    return [lin.weight for lin in linears], [lin.bias for lin in linears]
+        return [torch.cat(weights)], [_cat_bias(*linears)]
+    return weights, [lin.bias for lin in linears]
 
 
 def _project(x: torch.Tensor, weights: list[torch.Tensor], biases: list, sizes: list[int]) -> list[torch.Tensor]:
@@ -122,6 +132,7 @@ class Decoder:
     """The forward pass of a supported HF model, written against a preallocated KV cache."""
 
     def __init__(self, model: torch.nn.Module, fuse: bool | None = None):
+        model = unwrap(model)  # a PEFT model's adapters sit in the HF model's projections, read as merged weights
         cfg, base = model.config, model.model
         if fuse is None:  # fusing pays off where per-op overhead dominates; the copies are cheap only for small models
             fuse = sum(p.numel() for p in model.parameters()) < FUSE_BELOW_PARAMS
@@ -141,13 +152,14 @@ class Decoder:
                 [m.gate_proj, m.up_proj], fuse)
             self.layers.append(_Layer(
                 norm1=layer.input_layernorm.weight, norm2=layer.post_attention_layernorm.weight,
-                qkv=qkv, qkv_bias=qkv_bias, out=a.o_proj.weight, out_bias=a.o_proj.bias,
-                gate_up=gate_up, gate_up_bias=gate_up_bias, down=m.down_proj.weight, down_bias=m.down_proj.bias,
+                qkv=qkv, qkv_bias=qkv_bias, out=effective_weight(a.o_proj), out_bias=a.o_proj.bias,
+                gate_up=gate_up, gate_up_bias=gate_up_bias,
+                down=effective_weight(m.down_proj), down_bias=m.down_proj.bias,
                 q_norm=q_norm.weight if q_norm is not None else None, k_norm=k_norm.weight if k_norm is not None else None,
             ))
         self.split = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
         self.dtype = self.layers[0].down.dtype
-        self.intermediate = base.layers[0].mlp.down_proj.weight.shape[1]
+        self.intermediate = self.layers[0].down.shape[1]
 
     def rope_table(self, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for positions 0..length-1 from the model's own rotary module (any static RoPE variant)."""
