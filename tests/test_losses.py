@@ -19,8 +19,10 @@ from reasonrl.algos.losses import (
     kl_k3,
     overlong_mask,
     policy_loss,
+    sampler_mismatch,
     token_entropy,
     token_logprobs,
+    truncated_is_weights,
 )
 
 EPS = 1e-4
@@ -266,6 +268,34 @@ def test_kl_penalty_value_gradient_and_metric() -> None:
                           totals=totals, ref_logp=ref)
     close(loss, 0.0)  # beta 0: KL is reported, not optimised
     close(m["kl"], k3)
+
+
+def test_truncated_importance_weights_and_mismatch_by_hand() -> None:
+    # Trainer vs sampler log-probs on 3 tokens (the third is padding): ratios e^0.5 = 1.6487, e^-1 = 0.3679.
+    train = torch.tensor([[-1.0, -2.0, 5.0]])
+    sampler = torch.tensor([[-1.5, -1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    close(truncated_is_weights(train, sampler, cap=2.0)[:, :2], [[math.exp(0.5), math.exp(-1.0)]])
+    close(truncated_is_weights(train, sampler, cap=1.5)[:, :2], [[1.5, math.exp(-1.0)]])  # the cap binds
+    m = sampler_mismatch(train, sampler, mask, num_tokens=2.0)
+    close(m["rollout/logprob_abs_diff"], (0.5 + 1.0) / 2)
+    # k3 = e^d - d - 1 for d = 0.5 and -1: 0.1487213 + 0.3678794, averaged over the 2 real tokens.
+    close(m["rollout/mismatch_kl"], ((math.exp(0.5) - 1.5) + (math.exp(-1.0) + 1 - 1)) / 2)
+
+
+def test_importance_weights_scale_each_tokens_surrogate() -> None:
+    # At ratio 1 the dapo loss is -sum_t w_t A / num_tokens: with A = 2, w = [1.5, 0.25]: -(3 + 0.5) / 2 = -1.75,
+    # and d loss / d logp_t = -w_t A / 2 = [-1.5, -0.25].
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    totals = {"num_seqs": 1, "num_tokens": 2, "max_completion_length": 2}
+    loss, _ = policy_loss(logp, logp.detach(), torch.tensor([2.0]), torch.ones(1, 2), loss_type="dapo",
+                          totals=totals, is_weights=torch.tensor([[1.5, 0.25]]))
+    loss.backward()
+    close(loss, -1.75)
+    close(logp.grad, [[-1.5, -0.25]])
+    plain, _ = policy_loss(logp, logp.detach(), torch.tensor([2.0]), torch.ones(1, 2), loss_type="dapo",
+                           totals=totals, is_weights=torch.ones(1, 2))
+    close(plain, -2.0)  # weights of 1 are the uncorrected loss
 
 
 def test_invalid_arguments_are_errors() -> None:

@@ -1,6 +1,7 @@
 """The algorithm-blind trainer: exact gradient accumulation, dynamic sampling, resume, replay, bad input."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -106,6 +107,31 @@ def test_replayed_rollouts_reproduce_the_recorded_losses(quick_config, tmp_path)
     for step in (1, 2, 3):
         assert a[step]["loss"] == pytest.approx(b[step]["loss"], rel=1e-6)
         assert a[step]["reward"] == pytest.approx(b[step]["reward"], rel=1e-9)
+
+
+def test_sampler_mismatch_is_logged_and_corrected_by_truncated_importance_sampling(quick_config, tmp_path):
+    recorded = quick_config("rewards.funcs=test_digits:1.0", "rollout.save_rollouts=true", "train.steps=1")
+    Trainer(recorded, run_dir=tmp_path / "rec").train()
+    assert run_metrics(tmp_path / "rec")[1]["rollout/logprob_abs_diff"] < 1e-4  # our engine samples the trainer's
+    # A sampler whose log-probs are 0.3 lower on every token, as a mismatched engine (vLLM, bf16) would report.
+    call = tmp_path / "rec" / "rollouts" / "call_000001.jsonl"
+    rows = [json.loads(line) for line in call.read_text().splitlines()]
+    call.write_text("".join(json.dumps({**r, "logprobs": [x - 0.3 for x in r["logprobs"]]}) + "\n" for r in rows))
+    grad_norms = {}
+    for cap in (0.0, 2.0, 1.2):
+        replay = quick_config("rewards.funcs=test_digits:1.0", "train.steps=1", "rollout.engine=replay",
+                              f"rollout.replay_dir={call.parent}", f"algo.tis_cap={cap}")
+        Trainer(replay, run_dir=tmp_path / f"cap{cap}").train()
+        m = run_metrics(tmp_path / f"cap{cap}")[1]
+        assert m["rollout/logprob_abs_diff"] == pytest.approx(0.3, abs=1e-4)
+        assert m["rollout/mismatch_kl"] == pytest.approx(math.exp(0.3) - 1.3, abs=1e-4)
+        grad_norms[cap] = m["grad_norm"]
+        if cap:  # every token's weight is min(e^0.3, cap): 1.3499 below the cap of 2, the cap of 1.2 above it
+            assert m["rollout/tis_weight_mean"] == pytest.approx(min(math.exp(0.3), cap), abs=1e-4)
+    # At ratio 1 the surrogate is linear in the weights: a constant weight w scales the gradient by w.
+    assert grad_norms[0.0] > 0
+    assert grad_norms[2.0] == pytest.approx(math.exp(0.3) * grad_norms[0.0], rel=1e-4)
+    assert grad_norms[1.2] == pytest.approx(1.2 * grad_norms[0.0], rel=1e-4)
 
 
 def test_one_update_per_round_needs_no_extra_forward_pass(quick_config, tmp_path, monkeypatch):

@@ -20,6 +20,8 @@ from reasonrl.algos.losses import (
     ADVANTAGE_ESTIMATORS,
     overlong_mask,
     policy_loss,
+    sampler_mismatch,
+    truncated_is_weights,
     zero_variance_groups,
 )
 from reasonrl.config import AlgoConfig, register_algo_config
@@ -45,6 +47,9 @@ class GRPOConfig(AlgoConfig):
     mask_truncated_completions: bool = False  # DAPO overlong filtering
     overlong_buffer: int = 0  # DAPO soft overlong punishment over the last N tokens; 0 = off
     overlong_penalty: float = 1.0
+    # Truncated importance sampling against the rollout engine's own log-probs (TIS cap C; 0 = off, 2 in the
+    # paper). Needed when the engine's numerics differ from the trainer's (vLLM, bf16); the mismatch is logged.
+    tis_cap: float = 0.0
 
 
 @register_algo_config("dr_grpo")
@@ -181,11 +186,18 @@ class GRPO:
         device = logp.device
         mask = t["completion_mask"].to(device)
         old = t["old_logprobs"].to(device) if "old_logprobs" in t else logp.detach()
+        sampling = t["sampling_logprobs"].to(device)
+        is_weights = truncated_is_weights(old, sampling, self.cfg.tis_cap) if self.cfg.tis_cap > 0 else None
         loss, metrics = policy_loss(
             logp, old, t["advantages"].to(device), mask, loss_type=self.cfg.loss_type, epsilon=self.cfg.epsilon,
             epsilon_high=self.cfg.epsilon_high, beta=self.cfg.beta,
             ref_logp=t["ref_logprobs"].to(device) if "ref_logprobs" in t else None, totals=micro.totals,
+            is_weights=is_weights,
         )
+        if not self.params.greedy:  # greedy rollouts carry no sampling log-probs
+            metrics |= sampler_mismatch(old, sampling, mask, micro.totals["num_tokens"])
+            if is_weights is not None:
+                metrics["rollout/tis_weight_mean"] = (is_weights * mask).sum() / micro.totals["num_tokens"]
         out = {k: float(v) for k, v in metrics.items()}
         out["entropy"] = float((entropy * mask).sum()) / micro.totals["num_tokens"]
         return loss, out

@@ -20,7 +20,8 @@ from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS, register_advantage, 
 # The advantage estimators are re-exported so the whole GRPO family imports from one module.
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "LOSS_TYPES", "kl_k3", "overlong_mask", "policy_loss",
-    "register_advantage", "token_entropy", "token_logprobs", "token_logprobs_and_entropy", "zero_variance_groups",
+    "register_advantage", "sampler_mismatch", "token_entropy", "token_logprobs", "token_logprobs_and_entropy",
+    "truncated_is_weights", "zero_variance_groups",
 ]
 
 Totals = Mapping[str, float]
@@ -94,6 +95,24 @@ def overlong_mask(finished: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return mask * finished.unsqueeze(-1).to(mask.dtype)
 
 
+def truncated_is_weights(train_logp: torch.Tensor, sampling_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling (TIS; Yao et al. 2025, "Your efficient RL framework secretly brings you
+    off-policy RL training"): min(pi_train / pi_sampler, C) per token, without gradient. A rollout engine whose
+    probabilities differ from the trainer's (vLLM kernels, bf16) samples from pi_sampler, not from the policy the
+    loss assumes; weighting by the ratio removes that bias, and the cap C bounds its variance."""
+    return (train_logp - sampling_logp).exp().clamp(max=cap).detach()
+
+
+def sampler_mismatch(train_logp: torch.Tensor, sampling_logp: torch.Tensor, mask: torch.Tensor,
+                     num_tokens: float) -> dict[str, torch.Tensor]:
+    """How far the rollout engine's log-probs are from the trainer's on the sampled tokens, summed over masked
+    tokens and divided by the batch's `num_tokens`: mean |difference| and the k3 estimate of KL(sampler || train)."""
+    on = mask > 0
+    diff = torch.where(on, train_logp.detach() - sampling_logp, 0.0)
+    return {"rollout/logprob_abs_diff": diff.abs().sum() / num_tokens,
+            "rollout/mismatch_kl": torch.where(on, diff.exp() - diff - 1, 0.0).sum() / num_tokens}
+
+
 # ---- aggregation: (masked per-token loss [N, C], mask, totals) -> scalar ------------------------------
 Aggregation = Callable[[torch.Tensor, torch.Tensor, Totals], torch.Tensor]
 
@@ -151,6 +170,7 @@ def policy_loss(
     epsilon_high: float | None = None,
     beta: float = 0.0,
     ref_logp: torch.Tensor | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate loss of one micro-batch, normalised by batch-global `totals`, and its metrics.
 
@@ -161,6 +181,7 @@ def policy_loss(
     `advantages` is one value per completion [N] or per token [N, C] (e.g. SRFT's entropy-weighted advantages).
     Metrics are sums over masked tokens divided by totals["num_tokens"]: micro-batch values sum to the
     batch value. `kl` is reported whenever `ref_logp` is given; it enters the loss only when beta > 0.
+    `is_weights` [N, C] (detached, e.g. `truncated_is_weights`) multiply each token's surrogate term.
     """
     if loss_type not in AGGREGATIONS:
         raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
@@ -176,6 +197,8 @@ def policy_loss(
     ratio = log_ratio.exp()
     adv = (advantages if advantages.dim() == 2 else advantages.unsqueeze(-1)).to(ratio.dtype)
     per_token = -torch.min(ratio * adv, ratio.clamp(1 - epsilon, 1 + eps_high) * adv)
+    if is_weights is not None:
+        per_token = per_token * torch.where(on, is_weights, 0.0)
     metrics: dict[str, torch.Tensor] = {}
     if ref_logp is not None:
         kl = kl_k3(logp, torch.where(on, ref_logp, 0.0))
