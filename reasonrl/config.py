@@ -20,6 +20,32 @@ import yaml
 from reasonrl.spectral.schedule import MAPPINGS
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA / QLoRA adapters through PEFT (docs/lora.md): with r > 0 only the adapters train."""
+
+    r: int = 0  # adapter rank; 0: off (full fine-tuning)
+    alpha: float = 32.0  # the update is scaled by alpha / r
+    dropout: float = 0.0  # on the adapters' input; > 0 sends training forwards through PEFT's (slower) forward
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))  # or [all-linear]
+    quantize: str = "none"  # none | 4bit | 8bit: QLoRA, the frozen base quantised by bitsandbytes (CUDA only)
+
+    def __post_init__(self) -> None:
+        if self.r < 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"model.lora needs r >= 0, alpha > 0 and 0 <= dropout < 1, "
+                             f"got r={self.r}, alpha={self.alpha}, dropout={self.dropout}")
+        if not self.target_modules:
+            raise ValueError("model.lora.target_modules is empty; name the projections to adapt (or all-linear)")
+        if self.quantize not in ("none", "4bit", "8bit"):
+            raise ValueError(f"model.lora.quantize={self.quantize!r}; choose one of none, 4bit, 8bit")
+        if self.quantize != "none" and self.r == 0:
+            raise ValueError(f"model.lora.quantize={self.quantize} freezes a quantised base, so only adapters can "
+                             f"train: set model.lora.r (e.g. 16)")
+
+
 @dataclass
 class ModelConfig:
     path: str = "student"  # a shipped checkpoint name (student, teacher) or a local HF model directory
@@ -27,6 +53,7 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     ref_path: str | None = None  # reference model for KL; defaults to `path`
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass

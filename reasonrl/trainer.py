@@ -25,6 +25,7 @@ from reasonrl import distributed
 from reasonrl.config import Config, config_to_dict, save_config
 from reasonrl.data import Example, PromptStream, load_source
 from reasonrl.evaluation import evaluate
+from reasonrl.lora import apply_lora
 from reasonrl.models import encode_prompt, load_model
 from reasonrl.rewards import RewardError, RewardManager
 from reasonrl.rollout.base import RolloutEngine
@@ -146,7 +147,9 @@ class Trainer:
         if self.world > 1 and not getattr(self.algo, "data_parallel", True):
             raise ValueError(f"algo={cfg.algo.name} runs in one process only; launch it without torchrun")
         # Everything that can fail on bad input happens before the run directory exists.
-        self.model, self.tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device)
+        self.model, self.tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device, cfg.model.lora.quantize)
+        if cfg.model.lora.r:  # only the adapters train (reasonrl/lora.py)
+            self.model = apply_lora(self.model, cfg.model.lora)
         self.model.train()
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
