@@ -72,8 +72,10 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "auto"  # auto (lean decoder for Llama/Qwen/Mistral, else HF generate) | hf | replay
+    engine: str = "auto"  # auto (lean decoder for Llama/Qwen/Mistral, else HF generate) | hf | replay | vllm
     replay_dir: str | None = None
+    vllm_gpu_memory_utilization: float = 0.3  # share of the GPU vLLM may take (colocated with training)
+    vllm_sleep: bool = True  # free vLLM's KV cache and offload its weights while training
     num_generations: int = 8
     max_completion_length: int = 64
     temperature: float = 1.0

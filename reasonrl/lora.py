@@ -149,3 +149,18 @@ def merged_model(adapter_dir: Path, base_path: str, dtype: str) -> nn.Module:
     base, _ = load_model(base_path, dtype, "cpu")
     with _quiet_peft():
         return peft.PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every weight of the merged model under the base model's own (HF) names, without copying the base: what an
+    engine that loads HF checkpoints (vLLM's `load_weights`) needs after each update."""
+    base, out = unwrap(model), {}
+    for name, module in base.named_modules():
+        if hasattr(module, "lora_A"):
+            out[f"{name}.weight"] = effective_weight(module).detach()
+            if module.get_base_layer().bias is not None:
+                out[f"{name}.bias"] = module.get_base_layer().bias.detach()
+    for name, value in base.state_dict().items():  # state_dict, not parameters: tied weights keep both names
+        if ".lora_" not in name and ".base_layer." not in name:
+            out.setdefault(name, value)
+    return out

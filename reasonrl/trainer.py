@@ -26,7 +26,7 @@ from reasonrl.config import Config, config_to_dict, save_config
 from reasonrl.data import Example, PromptStream, load_source
 from reasonrl.evaluation import evaluate
 from reasonrl.lora import apply_lora
-from reasonrl.models import encode_prompt, load_model
+from reasonrl.models import encode_prompt, load_model, resolve_model_path
 from reasonrl.rewards import RewardError, RewardManager
 from reasonrl.rollout.base import RolloutEngine
 from reasonrl.spectral import LLR, AlphaDecay, build_param_groups
@@ -330,6 +330,8 @@ class Trainer:
                 batch, metrics, has_data = self._gather()
                 if has_data:
                     metrics.update(self._update(batch))
+                    if self.ctx.engine is not None:  # an engine with its own copy of the weights (vLLM) takes them
+                        self.ctx.engine.sync_weights(self.model)
                 else:
                     self._step_schedules()
                     metrics["train/skipped_empty_batch"] = 1.0
@@ -387,8 +389,13 @@ def make_engine(cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path) -
     from reasonrl.rollout.hf import HFEngine
     from reasonrl.rollout.replay import RecordingEngine, ReplayEngine
 
-    if cfg.rollout.engine not in ("auto", "hf", "replay"):
-        raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; choose auto, hf or replay")
+    if cfg.rollout.engine not in ("auto", "hf", "replay", "vllm"):
+        raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; choose auto, hf, replay or vllm")
+    if cfg.rollout.engine == "vllm":
+        from reasonrl.rollout.vllm import VLLMEngine
+
+        return VLLMEngine(model, tokenizer, str(resolve_model_path(cfg.model.path)),
+                          cfg.rollout.vllm_gpu_memory_utilization, cfg.rollout.vllm_sleep, cfg.train.seed)
     engine: RolloutEngine = HFEngine(model, tokenizer) if cfg.rollout.engine == "hf" else FastEngine(model, tokenizer)
     if cfg.rollout.engine == "replay":
         if not cfg.rollout.replay_dir:

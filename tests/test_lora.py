@@ -195,3 +195,18 @@ def test_qlora_without_cuda_or_bitsandbytes_is_one_clear_error(tmp_path):
     except ImportError:
         with pytest.raises(RuntimeError, match="pip install bitsandbytes"):
             quantization_config("4bit", torch.bfloat16, torch.device("cuda"))
+
+
+def test_merged_state_dict_is_peft_merge_under_the_base_names():
+    """What a weight-loading engine (vLLM) receives: the base model's names, the merged values, nothing of PEFT."""
+    from reasonrl.lora import merged_state_dict
+
+    model, _ = adapted_student()
+    state = merged_state_dict(model)
+    plain, _ = load_model("student", device="cpu")
+    assert set(state) == set(plain.state_dict())  # lm_head tied to the embedding: one tensor, both names
+    merged = model.merge_and_unload()
+    for name, value in merged.state_dict().items():
+        torch.testing.assert_close(state[name], value, rtol=0, atol=1e-6)
+    assert float((state["model.layers.0.self_attn.q_proj.weight"]
+                  - plain.state_dict()["model.layers.0.self_attn.q_proj.weight"]).abs().max()) > 1e-3
