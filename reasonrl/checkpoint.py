@@ -20,7 +20,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import safetensors
@@ -51,12 +51,15 @@ def save_checkpoint(
     scheduler: Any | None,
     trainer_state: dict,
     keep: int,
+    model_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
     """Atomically write the checkpoint of `step` and prune all but the newest `keep` checkpoints.
 
     `trainer_state` must be JSON-serialisable (step, data position, counters); RNG states are added here.
     Checkpoints of steps after `step` are removed too: they belong to a timeline abandoned by a resume
-    from an earlier step and would otherwise shadow this one in `latest_checkpoint`.
+    from an earlier step and would otherwise shadow this one in `latest_checkpoint`. `model_state` and
+    `optimizer_state` stand in for the objects' own state dicts (full states gathered from a sharded model).
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
@@ -67,9 +70,10 @@ def save_checkpoint(
     tmp = ckpt_root / f"{final.name}.tmp-{os.getpid()}"
     try:
         tmp.mkdir()
-        safetensors.torch.save_file(_model_state(model), tmp / MODEL_FILE, metadata={"format": "pt"})
+        weights = _unique_tensors(model_state) if model_state is not None else _model_state(model)
+        safetensors.torch.save_file(weights, tmp / MODEL_FILE, metadata={"format": "pt"})
         if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+            torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
         state = {**trainer_state, "step": step, "rng": _rng_state()}
@@ -135,14 +139,24 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     scheduler: Any | None,
+    restore: Callable[[dict, dict | None], None] | None = None,
 ) -> dict:
     """Restore model, optimizer, scheduler and RNG states from `path`; return the trainer state.
 
     Verifies the manifest first and checks tensor names and shapes before touching the model, so a
-    refused checkpoint leaves the model unchanged.
+    refused checkpoint leaves the model unchanged. `restore(weights, optimizer_state)`, when given, loads the
+    model and optimizer instead (a sharded model restores from full state dicts itself, fsdp.py).
     """
     path = Path(path)
     verify_checkpoint(path)
+    if restore is not None:
+        optimizer_state = None
+        if optimizer is not None:
+            if not (path / OPTIMIZER_FILE).is_file():
+                raise CheckpointError(f"{path}: has no {OPTIMIZER_FILE} to restore")
+            optimizer_state = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        restore(safetensors.torch.load_file(path / MODEL_FILE), optimizer_state)
+        return _finish_load(path, None, scheduler)
     expected = {name: tuple(t.shape) for name, t in _model_state(model).items()}
     with safetensors.safe_open(path / MODEL_FILE, framework="pt") as f:
         stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
@@ -158,6 +172,10 @@ def load_checkpoint(
         load_adapter_state_dict(model, weights)
     else:  # strict=False because tied aliases (lm_head.weight) are not stored; the check above covered the rest
         model.load_state_dict(weights, strict=False)
+    return _finish_load(path, optimizer, scheduler)
+
+
+def _finish_load(path: Path, optimizer: torch.optim.Optimizer | None, scheduler: Any | None) -> dict:
     for obj, name in ((optimizer, OPTIMIZER_FILE), (scheduler, SCHEDULER_FILE)):
         if obj is None:
             continue
@@ -207,9 +225,13 @@ def _unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
     safetensors refuses shared storage; the model's own tying restores the aliases on load.
     """
+    return _unique_tensors(model.state_dict())
+
+
+def _unique_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     seen: set[tuple] = set()
     out = {}
-    for name, t in model.state_dict().items():
+    for name, t in tensors.items():
         # Empty tensors all report data_ptr 0, so only non-empty ones can be aliases.
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
         if t.numel() > 0 and key in seen:

@@ -160,6 +160,7 @@ class TrainConfig:
     progress: bool = True
     report_to: list[str] = field(default_factory=list)  # tensorboard | wandb | trackio
     spectral_every: int = 0  # log Hill α of every weight matrix every N steps (0: off); see docs/spectral.md
+    fsdp: bool = False  # shard weights, gradients and optimizer states over torchrun ranks (FSDP2); docs/scaling.md
 
     def __post_init__(self) -> None:
         if self.spectral_every < 0:

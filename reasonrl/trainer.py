@@ -21,7 +21,7 @@ import torch
 from reasonrl.algos import make_algorithm
 from reasonrl.algos.base import Algorithm, TrainBatch
 from reasonrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained_atomic
-from reasonrl import distributed
+from reasonrl import distributed, fsdp
 from reasonrl.config import Config, config_to_dict, save_config
 from reasonrl.data import Example, PromptStream, load_source
 from reasonrl.evaluation import evaluate
@@ -150,6 +150,10 @@ class Trainer:
         self.model, self.tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device, cfg.model.lora.quantize)
         if cfg.model.lora.r:  # only the adapters train (reasonrl/lora.py)
             self.model = apply_lora(self.model, cfg.model.lora)
+        if cfg.train.fsdp:
+            if cfg.model.lora.r or cfg.optim.weight_decay_schedule != "uniform" or cfg.optim.lr_schedule != "uniform":
+                raise ValueError("train.fsdp does not combine with model.lora or HT-SR schedules yet")
+            fsdp.shard(self.model)  # before the optimizer, which must hold the sharded parameters
         self.model.train()
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -188,7 +192,10 @@ class Trainer:
         checkpoint = latest_checkpoint(self.run_dir)
         if checkpoint is None:
             raise FileNotFoundError(f"--resume: no valid checkpoint under {self.run_dir / 'checkpoints'}")
-        state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
+        restore = None
+        if fsdp.is_sharded(self.model):
+            restore = lambda weights, optim: fsdp.load_full_state(self.model, self.optimizer, weights, optim)  # noqa: E731
+        state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler, restore)
         self.start_step = int(state["step"])
         self.stream.load_state_dict(state["stream"])
         self.ctx.state = state.get("algo", {})
@@ -217,28 +224,34 @@ class Trainer:
         return metrics
 
     def _eval(self) -> dict[str, float]:
-        if not self.eval_examples or not self.is_main:  # every rank holds the same weights: rank 0 evaluates
+        sharded = fsdp.is_sharded(self.model)  # every rank must join the weight gathering; rank 0 reports
+        if not self.eval_examples or not (self.is_main or sharded):  # replicas hold the same weights: rank 0 evaluates
             return {}
         rcfg = self.config.rollout
-        metrics = evaluate(
-            self.ctx.engine, self.tokenizer, self.eval_examples,
-            rcfg.eval_max_completion_length or rcfg.max_completion_length, self.config.data.system_prompt,
-            self.eval_verifier,
-        )
-        return {f"eval/{k}": v for k, v in metrics.items()}
+        with fsdp.gathered(self.model):
+            metrics = evaluate(
+                self.ctx.engine, self.tokenizer, self.eval_examples,
+                rcfg.eval_max_completion_length or rcfg.max_completion_length, self.config.data.system_prompt,
+                self.eval_verifier,
+            )
+        return {f"eval/{k}": v for k, v in metrics.items()} if self.is_main else {}
 
     def _update(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step per algorithm update; non-finite losses or gradients skip the step. With several
         ranks, gradients and loss metrics are summed over them before clipping (distributed.py)."""
         sums: dict[str, float] = {}
         params = [p for p in self.model.parameters() if p.requires_grad]
+        sharded = fsdp.is_sharded(self.model)
         for update in range(self.algo.num_updates(batch)):
-            if len(batch):  # a rank may have no rows this step; it still joins the gradient sum
-                self.algo.prepare_update(self.ctx, batch, update)
+            with fsdp.gathered(self.model):
+                if len(batch):  # a rank may have no rows this step; it still joins the gradient sum
+                    self.algo.prepare_update(self.ctx, batch, update)
             self.optimizer.zero_grad(set_to_none=True)
-            update_sums = {"loss": 0.0}
-            timer = self.ctx.timer
-            for micro in batch.micro_batches(self.config.train.micro_batch_size):
+            update_sums, timer = {"loss": 0.0}, self.ctx.timer
+            micros = list(batch.micro_batches(self.config.train.micro_batch_size))
+            # Under FSDP each backward is a collective: count every rank's passes before the first of them.
+            passes = max(distributed.all_gather_json(len(micros))) if sharded else len(micros)
+            for micro in micros:
                 with timer.section("forward"):
                     loss, metrics = self.algo.loss(self.ctx, micro)
                 with timer.section("backward"):
@@ -247,8 +260,11 @@ class Trainer:
                 for k, v in metrics.items():
                     update_sums[k] = update_sums.get(k, 0.0) + float(v)
             with timer.section("optimizer"):
-                distributed.all_reduce_gradients(params)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm))
+                if sharded:  # FSDP summed the gradients in each backward; every rank must run as many
+                    fsdp.pad_backward_passes(self.model, passes - len(micros))
+                else:
+                    distributed.all_reduce_gradients(params)
+                grad_norm = fsdp.grad_norm(torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm))
             update_sums = distributed.sum_across_ranks(update_sums)  # each rank's share of the global values
             loss_total = update_sums.pop("loss")
             for k, v in update_sums.items():
@@ -275,12 +291,25 @@ class Trainer:
 
     def _save(self, step: int) -> Path | None:
         """Rank 0 writes the checkpoint of `step`; every rank first checks the replicas still hold the same weights."""
-        if not distributed.replicas_agree(self.model):
+        full = {}
+        if fsdp.is_sharded(self.model):  # rank 0 writes the full states, the files a one-process run writes
+            full["model_state"], full["optimizer_state"] = fsdp.full_state(self.model, self.optimizer)
+        elif not distributed.replicas_agree(self.model):
             raise TrainingError(f"step {step}: the data-parallel replicas hold different weights (a rank diverged)")
         if not self.is_main:
             return None
         return save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self._state(step),
-                               self.config.train.keep_checkpoints)
+                               self.config.train.keep_checkpoints, **full)
+
+    def _export(self) -> None:
+        """RUN_DIR/final, an HF model folder (from the full weights when the model is sharded)."""
+        model = self.model
+        if fsdp.is_sharded(model):
+            state, _ = fsdp.full_state(model, self.optimizer)
+            model = fsdp.unsharded_copy(model, state) if self.is_main else None
+        if self.is_main:
+            save_pretrained_atomic(model, self.tokenizer, self.run_dir / "final", self.config.model.path,
+                                   self.config.model.dtype)
 
     def _count_failed_rewards(self, error: RewardError | None) -> None:
         """A step where every reward is NaN (on every rank) is skipped like a non-finite update; max_nan_steps such
@@ -327,7 +356,8 @@ class Trainer:
             for step in range(self.start_step + 1, cfg.steps + 1):
                 self.ctx.step = step
                 started = time.perf_counter()
-                batch, metrics, has_data = self._gather()
+                with fsdp.gathered(self.model):  # generation and scoring: no collectives inside
+                    batch, metrics, has_data = self._gather()
                 if has_data:
                     metrics.update(self._update(batch))
                     if self.ctx.engine is not None:  # an engine with its own copy of the weights (vLLM) takes them
@@ -354,9 +384,7 @@ class Trainer:
                 tracker.log(step, final)
             if saved != step or not step:  # never rewrite a saved checkpoint: a crash mid-rewrite could lose it
                 self._save(step)
-            if self.is_main:
-                save_pretrained_atomic(self.model, self.tokenizer, self.run_dir / "final", self.config.model.path,
-                                       self.config.model.dtype)
+            self._export()
             return final
         finally:
             for s, handler in previous.items():

@@ -13,7 +13,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from reasonrl import distributed
+from reasonrl import distributed, fsdp
 from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS
 
 
@@ -26,7 +26,12 @@ def train(run_dir: str, args: list[str]) -> None:
     config = load_config(str(Path(run_dir) / "config.yaml") if resume else None, overrides)
     trainer = Trainer(config, run_dir=run_dir, resume=resume)
     trainer.train()
-    state = {k: v.contiguous() for k, v in trainer.model.state_dict().items() if k != "lm_head.weight"}
+    state = trainer.model.state_dict()
+    if fsdp.is_sharded(trainer.model):  # the full weights, gathered on rank 0
+        state, _ = fsdp.full_state(trainer.model, trainer.optimizer)
+        if trainer.rank:
+            return
+    state = {k: v.contiguous() for k, v in state.items() if k != "lm_head.weight"}
     safetensors.torch.save_file(state, str(Path(run_dir) / f"rank{trainer.rank}.safetensors"))
 
 

@@ -14,6 +14,7 @@ import torch
 
 from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS
 from reasonrl.config import load_config
+from reasonrl.models import load_model
 from reasonrl.trainer import Trainer
 
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -91,6 +92,34 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(tmp_path):
     at_step_2 = model_weights(trainer)
     trainer.train()
     assert_same_training(model_weights(trainer), weights(two / "rank0.safetensors"), at_step_2)
+
+
+@pytest.mark.slow
+def test_fsdp_two_ranks_equal_one_process_and_checkpoints_are_one_process_files(tmp_path):
+    """FSDP2 shards weights and optimizer states over 2 ranks; replaying a one-process recording must end where that
+    run ended, and its checkpoint (written from full states) must resume in a plain, unsharded process."""
+    grpo = COMMON + ["algo=reinforce_pp", "rollout.num_generations=4", "rollout.max_completion_length=24",
+                     "train.steps=3", "train.micro_batch_size=3", "train.save_every=2"]
+    one = Trainer(load_config(None, grpo + ["rollout.save_rollouts=true"]), run_dir=tmp_path / "one")
+    start = model_weights(one)
+    one.train()
+    single = model_weights(one)
+    sharded = tmp_path / "fsdp"
+    torchrun("train", str(sharded), *grpo, "train.fsdp=true", "rollout.engine=replay",
+             f"rollout.replay_dir={tmp_path / 'one' / 'rollouts'}")
+    assert_same_training(weights(sharded / "rank0.safetensors"), single, start)
+    final, _ = load_model(str(sharded / "final"), device="cpu")  # the export is a plain HF folder
+    assert_same_training({k: v for k, v in final.state_dict().items() if k != "lm_head.weight"}, single, start)
+    # The step-2 checkpoint resumes in one unsharded process (optimizer state included) and ends where both ended.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(sharded, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_000003")
+    config = load_config(str(resumed / "config.yaml"), ["train.fsdp=false", "rollout.engine=replay",
+                                                        f"rollout.replay_dir={tmp_path / 'one' / 'rollouts'}"])
+    trainer = Trainer(config, run_dir=resumed, resume=True)
+    trainer.ctx.engine.calls = 2  # the replay continues at the third recorded call
+    trainer.train()
+    assert_same_training(model_weights(trainer), single, start)
 
 
 def test_helpers_reduce_as_documented(tmp_path):

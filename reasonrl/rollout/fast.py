@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
 
 from reasonrl.lora import effective_weight, unsupported_projection, unwrap
 from reasonrl.rollout.base import Rollouts, SamplingParams
@@ -39,6 +40,8 @@ def unsupported_reason(model: torch.nn.Module, max_length: int) -> str | None:
     window = getattr(cfg, "sliding_window", None)
     if window and getattr(cfg, "use_sliding_window", True) and max_length > window:
         return f"sliding window of {window} tokens is shorter than {max_length}"
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        return "parameters are sharded (FSDP): HF's forward gathers them"
     layers = model.model.layers
     if not hasattr(layers[0].self_attn, "q_proj") or not hasattr(layers[0].mlp, "gate_proj"):
         return "decoder layers are not in the q/k/v_proj + gate/up/down_proj layout"
