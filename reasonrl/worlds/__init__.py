@@ -1,8 +1,9 @@
 """Embedded verifiable worlds: procedurally generated tasks with gold answers and demonstrations."""
 
 from reasonrl.worlds.arith import ArithWorld
+from reasonrl.worlds.carry import CarryWorld
 
-WORLDS = {"arith": ArithWorld}
+WORLDS = {"arith": ArithWorld, "carry": CarryWorld}
 
 
 def get_world(name: str, **kwargs) -> ArithWorld:

@@ -110,15 +110,18 @@ def in_eval_split(expression: str) -> bool:
 
 
 class ArithWorld:
-    """Deterministic arithmetic tasks: `example(i)` is the same on every machine for a given seed."""
+    """Deterministic arithmetic tasks: `example(i)` is the same on every machine for a given seed.
+
+    A world with other problems subclasses this one and sets `name`, `levels` and `make_problem`."""
 
     name = "arith"
     levels = tuple(LEVELS)
+    make_problem = staticmethod(make_problem)
 
     def __init__(self, levels: list[int] | tuple[int, ...] = (1, 2, 3), seed: int = 0):
-        unknown = [lv for lv in levels if lv not in LEVELS]
+        unknown = [lv for lv in levels if lv not in self.levels]
         if unknown or not levels:
-            raise ValueError(f"arith levels must be a non-empty subset of {sorted(LEVELS)}, got {list(levels)}")
+            raise ValueError(f"{self.name} levels must be a non-empty subset of {list(self.levels)}, got {list(levels)}")
         self.train_levels = tuple(levels)
         self.seed = seed
 
@@ -134,15 +137,15 @@ class ArithWorld:
             solution=f"<think>\n{thinking}\n</think>\n\\boxed{{{problem.answer}}}",
             direct=f"\\boxed{{{problem.answer}}}",
             level=problem.level,
-            meta={"world": "arith", "expression": problem.expression},
+            meta={"world": self.name, "expression": problem.expression},
         )
 
     def _draw(self, split: str, index: int, level: int | None) -> Problem:
         want_eval = split == "eval"
         for attempt in range(10_000):
-            rng = random.Random(f"arith/{self.seed}/{split}/{level}/{index}/{attempt}")
+            rng = random.Random(f"{self.name}/{self.seed}/{split}/{level}/{index}/{attempt}")
             lv = level if level is not None else rng.choice(self.train_levels)
-            problem = make_problem(lv, rng)
+            problem = self.make_problem(lv, rng)
             if in_eval_split(problem.expression) == want_eval:
                 return problem
         raise RuntimeError(f"could not draw a {split} problem at level {level}")
