@@ -191,3 +191,16 @@ def test_spectrum_command_on_a_missing_directory_is_one_clear_error(tmp_path, ca
     assert main(["spectrum", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "model directory not found" in err and "Traceback" not in err
+
+
+def test_wide_and_tall_matrices_give_the_nonzero_eigenvalues_of_wtw():
+    """A wide W is decomposed as Wᵀ (same singular values, faster LAPACK path): both orientations must agree."""
+    from reasonrl.spectral.esd import eigenvalues
+
+    torch.manual_seed(0)
+    wide = torch.randn(16, 40)
+    got_wide, got_tall = eigenvalues([wide, wide.T.contiguous()])
+    reference = torch.linalg.eigvalsh(wide.double() @ wide.double().T).float()  # the 16 nonzero eigenvalues of WᵀW
+    assert got_wide.shape == got_tall.shape == (16,)
+    torch.testing.assert_close(got_wide, reference, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got_tall, reference, rtol=1e-5, atol=1e-4)

@@ -7,7 +7,7 @@ positions are separate (out x in) matrices whose eigenvalues are pooled, as in T
 
 A module with fewer than `min_eigs` eigenvalues is reported with status `too_few_eigs` and no α: a tail fit on a
 handful of points is noise, and the schedules built on α skip such modules (threshold 50 in TempBalance,
-AlphaDecay and LLR; weightwatcher uses 10).
+AlphaDecay and LLR; weightwatcher 0.7.7 uses 8).
 """
 
 from __future__ import annotations
@@ -112,7 +112,10 @@ def eigenvalues(weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             size += math.prod(weights[i].shape[2:])
         for chunk in chunks:
             stacks = [_matrices(weights[j]) for j in chunk]
-            svals = torch.linalg.svdvals(torch.cat(stacks))
+            batch = torch.cat(stacks)
+            if batch.shape[-2] < batch.shape[-1]:  # W and Wᵀ share singular values; LAPACK is 2-3x faster on tall
+                batch = batch.transpose(-1, -2)
+            svals = torch.linalg.svdvals(batch)
             for j, sv in zip(chunk, svals.split([st.shape[0] for st in stacks])):
                 out[j] = torch.sort(sv.flatten().square()).values
     return out  # type: ignore[return-value]
