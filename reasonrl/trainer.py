@@ -159,6 +159,9 @@ class Trainer:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.stream = PromptStream(cfg.data.train, cfg.data)
         if self.world > 1:
+            if cfg.train.prompts_per_step < self.world:
+                raise ValueError(f"train.prompts_per_step={cfg.train.prompts_per_step} is fewer than the {self.world} "
+                                 f"ranks: every rank needs at least one prompt per step")
             if cfg.rollout.save_rollouts:
                 raise ValueError("rollout.save_rollouts records one process's calls; record a one-process run and "
                                  "replay it on several ranks instead (docs/scaling.md)")

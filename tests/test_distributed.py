@@ -157,3 +157,5 @@ def test_one_process_algorithms_refuse_several_ranks(monkeypatch):
         Trainer(load_config(None, COMMON + ["algo=dpo_vp"]))
     with pytest.raises(ValueError, match="save_rollouts"):
         Trainer(load_config(None, COMMON + ["algo=grpo", "rollout.save_rollouts=true"]))
+    with pytest.raises(ValueError, match="fewer than the 2 ranks"):
+        Trainer(load_config(None, COMMON + ["algo=grpo", "train.prompts_per_step=1"]))
