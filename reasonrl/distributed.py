@@ -134,6 +134,16 @@ def any_rank(flag: bool) -> bool:
     return any(all_gather_json(bool(flag)))
 
 
+def broadcast_parameters(model: torch.nn.Module) -> None:
+    """Rank 0's weights on every rank, as DDP does at construction: anything initialised randomly after loading
+    (LoRA's A matrices, a new head) would otherwise start different on each rank, and the replicas would never agree."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(tensor.data, src=0)
+
+
 def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
     """Sum gradients over ranks in one flat buffer per dtype. Sum, not mean: each rank's loss is already its share
     of the global loss. A parameter a rank never touched counts as a zero gradient."""

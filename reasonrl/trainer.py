@@ -144,12 +144,20 @@ class Trainer:
         self.is_main = self.rank == 0
         seed_everything(cfg.train.seed + self.rank)  # ranks sample independently; rank 0 is the one-process run
         self.algo: Algorithm = make_algorithm(cfg)
-        if self.world > 1 and not getattr(self.algo, "data_parallel", True):
-            raise ValueError(f"algo={cfg.algo.name} runs in one process only; launch it without torchrun")
+        if self.world > 1:
+            if not getattr(self.algo, "data_parallel", True):
+                raise ValueError(f"algo={cfg.algo.name} runs in one process only; launch it without torchrun")
+            if cfg.train.prompts_per_step < self.world:
+                raise ValueError(f"train.prompts_per_step={cfg.train.prompts_per_step} is fewer than the {self.world} "
+                                 f"ranks: every rank needs at least one prompt per step")
+            if cfg.rollout.save_rollouts:
+                raise ValueError("rollout.save_rollouts records one process's calls; record a one-process run and "
+                                 "replay it on several ranks instead (docs/scaling.md)")
         # Everything that can fail on bad input happens before the run directory exists.
         self.model, self.tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device, cfg.model.lora.quantize)
         if cfg.model.lora.r:  # only the adapters train (reasonrl/lora.py)
             self.model = apply_lora(self.model, cfg.model.lora)
+        distributed.broadcast_parameters(self.model)  # identical replicas from step 0 (e.g. LoRA's random A)
         if cfg.train.fsdp:
             if cfg.model.lora.r or cfg.optim.weight_decay_schedule != "uniform" or cfg.optim.lr_schedule != "uniform":
                 raise ValueError("train.fsdp does not combine with model.lora or HT-SR schedules yet")
@@ -159,12 +167,6 @@ class Trainer:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.stream = PromptStream(cfg.data.train, cfg.data)
         if self.world > 1:
-            if cfg.train.prompts_per_step < self.world:
-                raise ValueError(f"train.prompts_per_step={cfg.train.prompts_per_step} is fewer than the {self.world} "
-                                 f"ranks: every rank needs at least one prompt per step")
-            if cfg.rollout.save_rollouts:
-                raise ValueError("rollout.save_rollouts records one process's calls; record a one-process run and "
-                                 "replay it on several ranks instead (docs/scaling.md)")
             self.stream = distributed.ShardedStream(self.stream, self.rank, self.world)
         eval_spec = cfg.data.eval or cfg.data.train
         self.eval_examples = load_source(eval_spec, cfg.data, "eval", cfg.data.eval_n)

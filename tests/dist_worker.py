@@ -31,7 +31,7 @@ def train(run_dir: str, args: list[str]) -> None:
         state, _ = fsdp.full_state(trainer.model, trainer.optimizer)
         if trainer.rank:
             return
-    state = {k: v.contiguous() for k, v in state.items() if k != "lm_head.weight"}
+    state = {k: v.contiguous() for k, v in state.items() if "lm_head" not in k}  # tied to the embedding
     safetensors.torch.save_file(state, str(Path(run_dir) / f"rank{trainer.rank}.safetensors"))
 
 

@@ -122,6 +122,19 @@ def test_fsdp_two_ranks_equal_one_process_and_checkpoints_are_one_process_files(
     assert_same_training(model_weights(trainer), single, start)
 
 
+@pytest.mark.slow
+def test_lora_adapters_train_identically_on_every_rank(tmp_path):
+    pytest.importorskip("peft")
+    run = tmp_path / "lora"
+    torchrun("train", str(run), *COMMON, "algo=sft", "train.steps=2", "model.lora.r=4")
+    rank0, rank1 = weights(run / "rank0.safetensors"), weights(run / "rank1.safetensors")
+    adapters = [k for k in rank0 if "lora_B" in k]
+    assert adapters and all(float(rank0[k].abs().max()) > 0 for k in adapters)  # B starts at 0: it trained
+    for k in rank0:
+        assert torch.equal(rank0[k], rank1[k]), k
+    assert (run / "final" / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_helpers_reduce_as_documented(tmp_path):
     torchrun("helpers", str(tmp_path))
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
