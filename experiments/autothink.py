@@ -1,17 +1,22 @@
-"""AutoThink (ellipsis prompt, three reward stages) vs plain GRPO with the always-think prompt, both from the shipped
-`autothink_base` at equal steps: accuracy, completion tokens and think rate per difficulty level.
+"""AutoThink (ellipsis prompt, three reward stages) vs plain GRPO with the always-think prompt, both from the same
+base model at equal steps, over several seeds: accuracy, completion tokens and think rate per difficulty level.
 
-Writes docs/results/autothink.md and PNG plots. Reproduce:
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py           (full run; see the doc for its CPU time)
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py --quick   (a smoke run of a few minutes)
+Worlds: `arith` (base `autothink_base`) and `shortcut` (base `autothink_shortcut_base`, easy problems with long
+but skippable traces). Writes docs/results/autothink-WORLD.md and PNG plots. Reproduce:
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py --world shortcut --seeds 0 1 2   (see the doc for CPU time)
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py --world shortcut --quick          (a smoke run)
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py --world shortcut --measure MODEL  (per-level modes of a model)
+A finished run (its final/ and cpu.json) is reused, so an interrupted experiment picks up where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,163 +25,319 @@ from matplotlib.figure import Figure
 
 from reasonrl.algos.autothink import sample_modes, save_prompt_mode
 from reasonrl.config import load_config
-from reasonrl.models import load_model
-from reasonrl.plot import plot_runs
+from reasonrl.models import ASSETS, SHIPPED, load_model
 from reasonrl.rollout.base import SamplingParams
 from reasonrl.rollout.fast import FastEngine
 from reasonrl.tracking import read_metrics
 from reasonrl.trainer import Trainer
-from reasonrl.worlds.arith import ArithWorld
+from reasonrl.worlds import get_world
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_LEVELS, EVAL_LEVELS = (1, 2, 3), (1, 2, 3, 4, 5)
 TEMPERATURE = 0.6  # the paper's rollout and evaluation temperature
 # size: (steps, stage steps of stages 1 and 2, eval problems per level, samples per eval problem)
 SIZES = {"full": (240, (60, 60), 50, 8), "quick": (9, (3, 3), 8, 2)}
-COMMON = [
-    "data.train=world:arith", f"data.levels=[{','.join(map(str, TRAIN_LEVELS))}]", "rollout.num_generations=8",
-    "rollout.max_completion_length=64", "rollout.eval_max_completion_length=128", f"rollout.temperature={TEMPERATURE}",
-    "train.prompts_per_step=8", "train.micro_batch_size=64", "optim.lr=5e-5", "optim.warmup_steps=5",
-    "algo.loss_type=dapo", "algo.epsilon=0.2", "algo.beta=0.0", "train.progress=false",
-]
+ARMS = ("autothink", "grpo")
 
 
-CONTEXT = """Measured before this run (docs/autothink.md has the commands): under the ellipsis prompt the start model
-answers directly 37-40% of the time on every level (T=1). Its direct answers are right on about half of held-out
-level-1 problems and almost never on levels 2-5, where even the 3000-step `teacher` answers directly right on
-under 8%. A level-1 trace is 14 tokens against 9 for a direct answer, so in this world a policy that answered
-level 1 directly and thought elsewhere would save about 5% of the tokens on levels 1-3: the paper's 40-52% needs
-easy problems with long traces and a model that can answer them without thinking."""
+@dataclass(frozen=True)
+class WorldSetup:
+    base: str  # the checkpoint under reasonrl/assets/ both arms start from
+    max_length: int  # rollout.max_completion_length: stage 1's and the baseline's; AutoThink's stages 2-3 get 2x, 3x
+    context: str  # what was measured about the world before the run, for the doc
+
+    @property
+    def base_path(self) -> str:
+        """A shipped name where models.py knows it, else the folder under reasonrl/assets/."""
+        return self.base if self.base in SHIPPED else str(ASSETS / self.base)
 
 
-def run(name: str, overrides: list[str], steps: int, out: Path, seed: int) -> tuple[Path, float]:
-    overrides = COMMON + overrides + [f"train.steps={steps}", f"train.eval_every={max(1, steps // 6)}",
-                                      f"train.seed={seed}", f"data.eval_levels=[{','.join(map(str, EVAL_LEVELS))}]",
-                                      "data.eval_n=50"]
-    trainer = Trainer(load_config(None, overrides), run_dir=out / name)
+WORLDS = {
+    "arith": WorldSetup("autothink_base", 64, """In this world only level 1 can be answered without thinking:
+under the ellipsis prompt the start model's direct answers are right on about half of held-out level-1 problems
+and almost never on levels 2-5 (docs/autothink.md). A level-1 trace is 14 tokens against 9 for a direct answer,
+so a policy that answered level 1 directly and thought elsewhere would save about 5% of the tokens on levels 1-3."""),
+    "shortcut": WorldSetup("autothink_shortcut_base", 96, """In this world (reasonrl/worlds/shortcut.py) levels 1-2
+are identities (x-x, x*0: the answer is 0; x+0, x*1: the answer is x). Their traces still work column by column
+(48 and 51 tokens), while a direct answer is 7-9 tokens with `</think>`. Levels 3-5 carry or borrow, and their traces
+(51, 66, 65 tokens) are what works the carries out. A policy that answered levels 1-2 directly and thought on level
+3 would save about 53% of the tokens on the training levels 1-3 (about 28% on levels 1-5). Every level can be told
+from its surface (the operator and the second operand)."""),
+}
+
+
+def common(world: str) -> list[str]:
+    return [
+        f"data.train=world:{world}", f"data.levels=[{','.join(map(str, TRAIN_LEVELS))}]", "rollout.num_generations=8",
+        f"rollout.max_completion_length={WORLDS[world].max_length}", "rollout.eval_max_completion_length=128",
+        f"rollout.temperature={TEMPERATURE}", "train.prompts_per_step=8", "train.micro_batch_size=64",
+        "optim.lr=5e-5", "optim.warmup_steps=5", "algo.loss_type=dapo", "algo.epsilon=0.2", "algo.beta=0.0",
+        "train.progress=false",
+    ]
+
+
+def run(world: str, overrides: list[str], steps: int, run_dir: Path, seed: int) -> float:
+    """Train one arm (or reuse a finished run); returns its CPU seconds (process time, evaluations included)."""
+    done = run_dir / "cpu.json"
+    if done.exists() and (run_dir / "final").exists():
+        return json.loads(done.read_text())["cpu_seconds"]
+    overrides = common(world) + overrides + [
+        f"train.steps={steps}", f"train.eval_every={max(1, steps // 6)}", f"train.seed={seed}",
+        f"data.eval_levels=[{','.join(map(str, EVAL_LEVELS))}]", "data.eval_n=50"]
+    trainer = Trainer(load_config(None, overrides), run_dir=run_dir)
     started = time.process_time()
     trainer.train()
-    return trainer.run_dir, time.process_time() - started
+    cpu = time.process_time() - started
+    done.write_text(json.dumps({"cpu_seconds": cpu}))
+    return cpu
 
 
-def measure(model_dir: str | Path, n_per_level: int, samples: int) -> dict[str, dict[str, float]]:
+def measure(model_dir: str | Path, world: str, n_per_level: int, samples: int) -> dict[str, dict[str, float]]:
     """Greedy and sampled (T=0.6) mode metrics on held-out problems, prompted by the folder's own template."""
     model, tokenizer = load_model(str(model_dir), device="cpu")
-    engine, examples = FastEngine(model, tokenizer), ArithWorld(levels=list(EVAL_LEVELS)).eval_set(EVAL_LEVELS, n_per_level)
+    engine = FastEngine(model, tokenizer)
+    examples = get_world(world, levels=list(EVAL_LEVELS)).eval_set(EVAL_LEVELS, n_per_level)
     torch.manual_seed(0)
     return {"greedy": sample_modes(engine, tokenizer, examples, 1, SamplingParams(128, greedy=True)),
             "sampled": sample_modes(engine, tokenizer, examples, samples, SamplingParams(128, TEMPERATURE))}
 
 
-def table(results: dict[str, dict[str, float]], decoding: str) -> str:
-    head = "| model | " + " | ".join(f"L{lv} acc / tokens / think" for lv in EVAL_LEVELS) + " | all: acc / tokens / think |"
-    lines = [head, "|---" * (len(EVAL_LEVELS) + 2) + "|"]
-    for name, res in results.items():
-        m = res[decoding]
-        cells = [f"{m[f'accuracy{s}']:.0%} / {m[f'tokens{s}']:.1f} / {m[f'think_rate{s}']:.0%}"
-                 for s in [f"/level_{lv}" for lv in EVAL_LEVELS] + [""]]
+def level_modes(model_dir: str | Path, world: str, n_per_level: int, samples: int) -> str:
+    """A table of the model's modes per level before training: no-think rate, accuracy and tokens of each mode,
+    sampled at T=1 and T=0.6, and how often greedy decoding thinks."""
+    model, tokenizer = load_model(str(model_dir), device="cpu")
+    engine, w = FastEngine(model, tokenizer), get_world(world, levels=list(EVAL_LEVELS))
+    torch.manual_seed(0)
+    head = ("| level | problems | " + " | ".join(
+        f"{c} T={t}" for t in (1, TEMPERATURE) for c in ("no-think rate", "accuracy thinking", "accuracy direct"))
+        + " | tokens thinking / direct T=1 | greedy: think rate, accuracy |")
+    lines = [head, "|---" * 10 + "|"]
+    pct = lambda m, k: f"{m[k]:.0%}" if k in m else "-"
+    for level in EVAL_LEVELS:
+        examples = w.eval_set([level], n_per_level)
+        cells = [str(len(examples))]
+        for temp in (1.0, TEMPERATURE):
+            m = sample_modes(engine, tokenizer, examples, samples, SamplingParams(128, temp))
+            cells += [f"{1 - m['think_rate']:.0%}", pct(m, "accuracy/think"), pct(m, "accuracy/no_think")]
+            if temp == 1.0:
+                tokens = f"{m.get('tokens/think', float('nan')):.1f} / {m.get('tokens/no_think', float('nan')):.1f}"
+        g = sample_modes(engine, tokenizer, examples, 1, SamplingParams(128, greedy=True))
+        lines.append(f"| {level} | " + " | ".join(cells + [tokens, f"{g['think_rate']:.0%}, {g['accuracy']:.0%}"]) + " |")
+    return "\n".join(lines)
+
+
+def mean_sd(values: list[float], fmt: str) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{fmt.format(values[0] if len(values) == 1 else statistics.mean(values))}" + (
+        f" ± {fmt.replace('+', '').format(sd)}" if len(values) > 1 else "")
+
+
+def train_level_mean(m: dict[str, float], key: str) -> float:
+    """The mean over the training levels (equal weight, as training draws them)."""
+    return statistics.mean(m[f"{key}/level_{lv}"] for lv in TRAIN_LEVELS)
+
+
+def tables(results: dict[str, list[dict]], decoding: str) -> str:
+    """Three tables (accuracy, tokens, think rate), a row per model, a column per level, mean ± std over seeds."""
+    out = []
+    for key, label, fmt, scale in (("accuracy", "accuracy (%)", "{:.1f}", 100), ("tokens", "mean completion tokens",
+                                   "{:.1f}", 1), ("think_rate", "think rate (%)", "{:.0f}", 100)):
+        head = (f"| {label} | " + " | ".join(f"L{lv}" for lv in EVAL_LEVELS)
+                + f" | L{TRAIN_LEVELS[0]}-{TRAIN_LEVELS[-1]} (trained) | all |")
+        lines = [head, "|---" * (len(EVAL_LEVELS) + 3) + "|"]
+        for name, per_seed in results.items():
+            ms = [r[decoding] for r in per_seed]
+            cells = [mean_sd([scale * m[f"{key}/level_{lv}"] for m in ms], fmt) for lv in EVAL_LEVELS]
+            cells += [mean_sd([scale * train_level_mean(m, key) for m in ms], fmt),
+                      mean_sd([scale * m[key] for m in ms], fmt)]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def mode_table(results: dict[str, list[dict]]) -> str:
+    lines = ["| model (T=0.6) | accuracy thinking | accuracy direct | tokens thinking | tokens direct |",
+             "|---|---|---|---|---|"]
+    for name, per_seed in results.items():
+        cells = []
+        for key, fmt, scale in (("accuracy/think", "{:.1f}%", 100), ("accuracy/no_think", "{:.1f}%", 100),
+                                ("tokens/think", "{:.1f}", 1), ("tokens/no_think", "{:.1f}", 1)):
+            vals = [scale * r["sampled"][key] for r in per_seed if key in r["sampled"]]  # a mode never used: none
+            cells.append(mean_sd(vals, fmt) + (f" ({len(vals)} of {len(per_seed)} seeds)" if 0 < len(vals) < len(
+                per_seed) else "") if vals else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def mode_table(results: dict[str, dict[str, float]]) -> str:
-    lines = ["| model | accuracy thinking | accuracy direct | tokens thinking | tokens direct |", "|---|---|---|---|---|"]
-    for name, res in results.items():
-        m = res["sampled"]
-        cells = [fmt.format(m[k]) if k in m else "-" for k, fmt in (
-            ("accuracy/think", "{:.0%}"), ("accuracy/no_think", "{:.0%}"), ("tokens/think", "{:.1f}"),
-            ("tokens/no_think", "{:.1f}"))]  # a mode the model never used has no numbers
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def curve(run_dirs: list[Path], key: str, window: int = 1) -> tuple[list[int], list[float], list[float]]:
+    """Mean and std over runs of a logged metric per step (training metrics averaged over `window` steps)."""
+    per_run = []
+    for d in run_dirs:
+        rows = {r["step"]: r[key] for r in read_metrics(d) if r.get(key) is not None}
+        per_run.append(rows)
+    steps = sorted(set.intersection(*(set(r) for r in per_run)))
+    if window > 1:
+        steps = steps[window - 1 :: window]
+    means, sds = [], []
+    for s in steps:
+        vals = [statistics.mean(r[t] for t in range(s - window + 1, s + 1) if t in r) for r in per_run]
+        means.append(statistics.mean(vals))
+        sds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    return steps, means, sds
 
 
-def plot_think_rate(run_dir: Path, out: Path) -> Path:
-    """AutoThink's think rate per training level over its training rollouts, with the stage boundaries."""
-    rows = [r for r in read_metrics(run_dir) if "autothink/think_rate" in r]
+def plot_curves(groups: dict[str, list[Path]], keys: list[str], title: str, ylabel: str, out: Path,
+                window: int = 1, stage_lines: tuple[int, ...] = ()) -> Path:
     fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for key in ["autothink/think_rate"] + [f"autothink/think_rate/level_{lv}" for lv in TRAIN_LEVELS]:
-        pairs = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        ax.plot([s for s, _ in pairs], [v for _, v in pairs], label=key.removeprefix("autothink/"), alpha=0.8)
-    for step, prev in zip(rows[1:], rows):
-        if step["autothink/stage"] != prev["autothink/stage"]:
-            ax.axvline(step["step"] - 0.5, color="grey", linestyle="--")
-    ax.set(title="AutoThink: think rate of training rollouts (T=0.6)", xlabel="step", ylabel="think rate", ylim=(0, 1.05))
+    for name, dirs in groups.items():
+        for key in keys:
+            steps, mean, sd = curve(dirs, key, window)
+            label = name if len(keys) == 1 else f"{name}: {key.rsplit('/', 1)[-1]}"
+            (line,) = ax.plot(steps, mean, label=label, alpha=0.9)
+            ax.fill_between(steps, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
+                            color=line.get_color(), alpha=0.15)
+    for x in stage_lines:
+        ax.axvline(x + 0.5, color="grey", linestyle="--")
+    ax.set(title=title, xlabel="step", ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(out, dpi=110)
     return out
 
 
+def dynamics_table(groups: dict[str, list[Path]], steps: int) -> str:
+    """Training metrics in windows of steps//6, mean over seeds: what moves while held-out accuracy drifts."""
+    window = max(1, steps // 6)
+    keys = [("eval/accuracy", "eval acc (greedy)", 100, 1), ("eval/mean_completion_tokens", "eval tokens", 1, 1),
+            ("rewards/accuracy/mean", "train acc (T=0.6)", 100, window),
+            ("autothink/accuracy", "train acc (T=0.6)", 100, window), ("entropy", "entropy", 1, window),
+            ("frac_reward_zero_std", "zero-std groups", 100, window), ("grad_norm", "grad norm", 1, window)]
+    lines = ["| arm | metric | " + " | ".join(f"step {s}" for s in range(0, steps + 1, window)) + " |",
+             "|---" * (2 + len(range(0, steps + 1, window))) + "|"]
+    for name, dirs in groups.items():
+        for key, label, scale, win in keys:
+            if not all(any(key in r for r in read_metrics(d)) for d in dirs):
+                continue
+            xs, mean, _ = curve(dirs, key, win)
+            by_step = dict(zip(xs, mean))
+            cells = [f"{scale * by_step[s]:.3g}" if s in by_step else "" for s in range(0, steps + 1, window)]
+            lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", choices=sorted(WORLDS), default="shortcut")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps, small evaluations")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, help="training steps (default 240; stages 1 and 2 get a quarter each)")
+    parser.add_argument("--measure", metavar="MODEL", help="only print MODEL's modes per level and exit")
     parser.add_argument("--out", default=str(ROOT / "runs" / "exp-autothink"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "results"))
     args = parser.parse_args()
     steps, (s1, s2), n_per_level, samples = SIZES["quick" if args.quick else "full"]
-    out, doc_dir = Path(args.out), Path(args.doc)
+    if args.steps:  # the same stage proportions: a quarter each for stages 1 and 2, the rest for stage 3
+        steps, s1, s2 = args.steps, args.steps // 4, args.steps // 4
+    setup = WORLDS[args.world]
+    if args.measure:
+        print(level_modes(args.measure, args.world, n_per_level, 16))
+        return 0
+    out, doc_dir = Path(args.out) / args.world, Path(args.doc)
     doc_dir.mkdir(parents=True, exist_ok=True)
     # The same weights, prompted two ways: the always-think copy differs only in its chat template.
-    think_base = save_prompt_mode("autothink_base", out / "base-always-think", "think")
-    arms = {
-        "autothink": ["model.path=autothink_base", "algo=autothink", "algo.stage=all", f"algo.stage_steps=[{s1},{s2}]"],
-        "grpo (always think)": [f"model.path={think_base}", "algo=grpo"],
-    }
-    run_dirs, cpu = {}, {}
-    for name, overrides in arms.items():
-        run_dirs[name], cpu[name] = run(name.split()[0], overrides, steps, out, args.seed)
-    results = {"start, ellipsis prompt": measure("autothink_base", n_per_level, samples),
-               "start, always-think prompt": measure(think_base, n_per_level, samples)}
-    results |= {f"{name} after {steps} steps": measure(d / "final", n_per_level, samples) for name, d in run_dirs.items()}
+    think_base = save_prompt_mode(setup.base_path, out / "base-always-think", "think")
+    arms = {"autothink": [f"model.path={setup.base_path}", "algo=autothink", "algo.stage=all",
+                          f"algo.stage_steps=[{s1},{s2}]"],
+            "grpo": [f"model.path={think_base}", "algo=grpo"]}
+    run_dirs: dict[str, list[Path]] = {a: [] for a in ARMS}
+    cpu: dict[str, list[float]] = {a: [] for a in ARMS}
+    for seed in args.seeds:
+        for arm in ARMS:
+            d = out / f"{arm}-{steps}steps-s{seed}"
+            cpu[arm].append(run(args.world, arms[arm], steps, d, seed))
+            run_dirs[arm].append(d)
+    starts = {"start, ellipsis prompt": setup.base_path, "start, always-think prompt": think_base}
+    results = {name: [measure(path, args.world, n_per_level, samples)] for name, path in starts.items()}
+    labels = {"autothink": "autothink", "grpo": "grpo (always think)"}
+    for arm in ARMS:
+        results[f"{labels[arm]} after {steps} steps"] = [
+            measure(d / "final", args.world, n_per_level, samples) for d in run_dirs[arm]]
     (out / "results.json").write_text(json.dumps(results, indent=1))
+    start_table = level_modes(setup.base_path, args.world, n_per_level, 16)
 
-    prefix = "autothink-"
-    labels = list(run_dirs)
-    plots = {"eval/accuracy": "accuracy.png", "completions/mean_length": "length.png", "reward": "reward.png"}
-    for metric, file in plots.items():
-        plot_runs([run_dirs[n] for n in labels], labels, metric, doc_dir / f"{prefix}{file}")
-    plot_think_rate(run_dirs["autothink"], doc_dir / f"{prefix}think-rate.png")
+    prefix = f"autothink-{args.world}-"
+    groups = {labels[a]: run_dirs[a] for a in ARMS}
+    stage_lines = (s1, s1 + s2)
+    plot_curves(groups, ["eval/accuracy"], "held-out accuracy (greedy, levels 1-5)", "accuracy",
+                doc_dir / f"{prefix}accuracy.png", stage_lines=stage_lines)
+    plot_curves(groups, ["eval/mean_completion_tokens"], "held-out completion tokens (greedy)", "tokens",
+                doc_dir / f"{prefix}tokens.png", stage_lines=stage_lines)
+    plot_curves(groups, ["entropy"], "policy entropy of training rollouts", "nats per token",
+                doc_dir / f"{prefix}entropy.png", window=10, stage_lines=stage_lines)
+    plot_curves({"autothink": run_dirs["autothink"]}, [f"autothink/think_rate/level_{lv}" for lv in TRAIN_LEVELS],
+                "AutoThink: think rate of training rollouts (T=0.6)", "think rate",
+                doc_dir / f"{prefix}think-rate.png", window=10, stage_lines=stage_lines)
 
-    at, base = results[f"autothink after {steps} steps"]["greedy"], results[f"grpo (always think) after {steps} steps"]["greedy"]
-    command = "OMP_NUM_THREADS=1 python experiments/autothink.py" + (" --quick" if args.quick else "")
+    at, base = results[f"autothink after {steps} steps"], results[f"grpo (always think) after {steps} steps"]
+    all_tokens = [a["greedy"]["tokens"] / b["greedy"]["tokens"] - 1 for a, b in zip(at, base)]
+    train_tokens = [train_level_mean(a["greedy"], "tokens") / train_level_mean(b["greedy"], "tokens") - 1
+                    for a, b in zip(at, base)]
+    seeds = " ".join(map(str, args.seeds))
+    command = f"OMP_NUM_THREADS=1 python experiments/autothink.py --world {args.world} --seeds {seeds}" + (
+        " --quick" if args.quick else "") + (f" --steps {args.steps}" if args.steps else "")
     doc = [
-        "# AutoThink vs GRPO with always-think prompting (arith world)" + (" — quick smoke run" if args.quick else ""),
+        f"# AutoThink vs GRPO with always-think prompting ({args.world} world)" + (
+            " — quick smoke run" if args.quick else ""),
         "",
-        f"Command: `{command}` (seed {args.seed}). Both arms start from the shipped `autothink_base` "
-        f"(configs/autothink_base.yaml) and train {steps} steps on levels {list(TRAIN_LEVELS)}; levels 4-5 are "
-        "held out. AutoThink: ellipsis prompt, `algo.stage=all` with stage 1 (batch balance) for "
-        f"{s1} steps, stage 2 (R0) for {s2}, stage 3 (length shaping) for the rest; max lengths 64/128/192. "
-        "GRPO: the same weights with the always-think prompt `<think>\\n`, the `accuracy` reward, max length 64. "
-        "Shared: " + ", ".join(COMMON[1:-1]) + ".",
+        f"Command: `{command}`. Both arms start from the shipped `{setup.base}` and train {steps} steps on levels "
+        f"{list(TRAIN_LEVELS)}; levels 4-5 are held out. AutoThink: ellipsis prompt, `algo.stage=all` with stage 1 "
+        f"(batch balance) for {s1} steps, stage 2 (R0) for {s2}, stage 3 (length shaping) for the rest; max "
+        f"lengths {setup.max_length}/{2 * setup.max_length}/{3 * setup.max_length}. GRPO: the same weights with the "
+        f"always-think prompt `<think>\\n`, the `accuracy` reward, max length {setup.max_length}. Shared: "
+        + ", ".join(common(args.world)[1:-1]) + f". Seeds {seeds}: tables give mean ± std over seeds (sample std).",
         "",
-        "CPU time of training (process time, evaluations during training included): "
-        + ", ".join(f"{n} {t / 60:.1f} min" for n, t in cpu.items()) + ".",
+        "CPU time of training per run (process time, evaluations during training included): "
+        + ", ".join(f"{labels[a]} {mean_sd([t / 60 for t in cpu[a]], '{:.1f}')} min" for a in ARMS) + ".",
         "",
-        (f"Headline (greedy, {n_per_level} held-out problems per level, L1 has fewer): AutoThink "
-         f"{at['accuracy']:.1%} accuracy with {at['tokens']:.1f} tokens per answer vs GRPO {base['accuracy']:.1%} "
-         f"with {base['tokens']:.1f} ({at['tokens'] / base['tokens'] - 1:+.1%} tokens)."),
+        (f"Headline (greedy, {n_per_level} held-out problems per level): AutoThink "
+        f"{mean_sd([100 * r['greedy']['accuracy'] for r in at], '{:.1f}')}% accuracy with "
+        f"{mean_sd([r['greedy']['tokens'] for r in at], '{:.1f}')} tokens per answer vs GRPO "
+        f"{mean_sd([100 * r['greedy']['accuracy'] for r in base], '{:.1f}')}% with "
+        f"{mean_sd([r['greedy']['tokens'] for r in base], '{:.1f}')}: "
+        f"{mean_sd([100 * s for s in all_tokens], '{:+.1f}')}% tokens on levels 1-5, "
+        f"{mean_sd([100 * s for s in train_tokens], '{:+.1f}')}% on the trained levels (per seed, paired)."),
         "",
-        CONTEXT,
+        setup.context,
         "",
-        "## Greedy decoding: accuracy / mean completion tokens / think rate per level",
+        f"The start model (`{setup.base}`, ellipsis prompt) per level, 16 samples per held-out problem:",
         "",
-        table(results, "greedy"),
+        start_table,
+        "",
+        "## Greedy decoding, held-out problems",
+        "",
+        tables(results, "greedy"),
         "",
         f"## Sampled at T={TEMPERATURE}, {samples} samples per problem",
         "",
-        table(results, "sampled"),
+        tables(results, "sampled"),
         "",
         mode_table(results),
         "",
-        *[f"![{m}]({prefix}{f})" for m, f in plots.items()],
+        "## Training dynamics (mean over seeds)",
+        "",
+        dynamics_table(groups, steps),
+        "",
+        f"![accuracy]({prefix}accuracy.png)",
+        f"![tokens]({prefix}tokens.png)",
         f"![think rate]({prefix}think-rate.png)",
+        f"![entropy]({prefix}entropy.png)",
         "",
     ]
-    (doc_dir / "autothink.md").write_text("\n".join(doc))
-    print(json.dumps({"runs": {n: str(d) for n, d in run_dirs.items()}, "cpu_minutes": {n: t / 60 for n, t in cpu.items()}}))
+    (doc_dir / f"autothink-{args.world}.md").write_text("\n".join(doc))
+    print(json.dumps({"runs": {a: [str(d) for d in ds] for a, ds in run_dirs.items()},
+                      "cpu_minutes": {a: sum(t) / 60 for a, t in cpu.items()}}))
     return 0
 
 

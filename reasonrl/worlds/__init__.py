@@ -1,9 +1,9 @@
 """Embedded verifiable worlds: procedurally generated tasks with gold answers and demonstrations."""
 
 from reasonrl.worlds.arith import ArithWorld
-from reasonrl.worlds.carry import CarryWorld
+from reasonrl.worlds.shortcut import ShortcutWorld
 
-WORLDS = {"arith": ArithWorld, "carry": CarryWorld}
+WORLDS = {"arith": ArithWorld, "shortcut": ShortcutWorld}
 
 
 def get_world(name: str, **kwargs) -> ArithWorld:

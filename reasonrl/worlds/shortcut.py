@@ -1,27 +1,28 @@
-"""The `carry` world: column addition graded by carries, where the easy problems have long but skippable traces.
+"""The `shortcut` world: column arithmetic where the easy problems have a shortcut and the hard ones carry.
 
-Every problem is written out the same way as arith's (`add_steps`: one line per column, then `a+b=c`), so an
-easy problem's trace is as long as a hard one's. What differs is whether the answer needs the trace: without a
-carry every digit of the sum is a one-digit fact about one column, and a tiny model learns to write it at once;
-with carries a digit depends on the columns to its right, which is what the trace works out. This is the setting
-AutoThink needs (docs/autothink.md): direct answers that are right on easy problems whose thinking is long.
+Every problem is written out column by column the way arith writes it (`add_steps`, `sub_steps`, `mul_steps`,
+then `expression=answer`), so an easy problem's trace is as long as a hard one's. The easy levels are identities:
+x-x and x*0 are 0, x+0 and x*1 are x. Their answer needs no columns (a constant, or a copy of the operand), and a
+tiny model learns to write it at once. The hard levels carry or borrow: a digit of the answer depends on the
+columns to its right, which is what the trace works out. This is the setting AutoThink needs (docs/autothink.md):
+direct answers that are right on easy problems whose thinking is long.
 
-Levels 1-3 differ in their operands' lengths, so which kind a problem is can be read off its surface; level 4
-looks like level 2 and differs only in its carries.
+A first version graded plain additions by carries (no carry: easy). Its direct answers were right on 1-2% of the
+no-carry problems after the same SFT (300 steps): a digit-wise sum is not a shortcut for a 0.8M-parameter model.
 """
 
 from __future__ import annotations
 
 import random
 
-from reasonrl.worlds.arith import ArithWorld, Problem, add_steps
+from reasonrl.worlds.arith import ArithWorld, Problem, add_steps, mul_steps, sub_steps
 
 LEVELS = {
-    1: "four-digit plus one-digit, no carry",
-    2: "three-digit plus three-digit, no carry in any column",
+    1: "three-digit x-x or x*0 (the answer is 0)",
+    2: "three-digit x+0 or x*1 (the answer is x)",
     3: "two-digit plus two-digit, the units carry",
     4: "three-digit plus three-digit, at least one carry",
-    5: "four-digit plus four-digit, at least one carry",
+    5: "three-digit minus three-digit, at least one borrow",
 }
 
 
@@ -30,46 +31,39 @@ def has_carry(a: int, b: int) -> bool:
     return any("carry" in step for step in add_steps(a, b))
 
 
-def _no_carry_pair(digits: int, rng: random.Random) -> tuple[int, int]:
-    """Two `digits`-digit numbers whose column sums are all at most 9, drawn column by column."""
-    a = b = 0
-    for col in range(digits):
-        lead = col == digits - 1  # the leading digits are >= 1 and so sum to at most 9 with both >= 1
-        x = rng.randint(1, 8) if lead else rng.randint(0, 9)
-        y = rng.randint(1, 9 - x) if lead else rng.randint(0, 9 - x)
-        a, b = a + x * 10**col, b + y * 10**col
-    return a, b
-
-
-def _carry_pair(digits: int, rng: random.Random, units: bool = False) -> tuple[int, int]:
-    """Two `digits`-digit numbers whose addition carries (in the units column when `units`)."""
-    low, high = 10 ** (digits - 1), 10**digits - 1
-    while True:
-        a, b = rng.randint(low, high), rng.randint(low, high)
-        if (a % 10 + b % 10 >= 10) if units else has_carry(a, b):
-            return a, b
+def has_borrow(a: int, b: int) -> bool:
+    """Whether column subtraction a-b (a >= b) borrows in any column."""
+    return any("borrow" in step for step in sub_steps(a, b))
 
 
 def make_problem(level: int, rng: random.Random) -> Problem:
-    if level == 1:
-        units = rng.randint(0, 8)
-        a, b = rng.randint(100, 999) * 10 + units, rng.randint(1, 9 - units)
-    elif level == 2:
-        a, b = _no_carry_pair(3, rng)
-    elif level == 3:
-        a, b = _carry_pair(2, rng, units=True)
-    elif level == 4:
-        a, b = _carry_pair(3, rng)
-    elif level == 5:
-        a, b = _carry_pair(4, rng)
-    else:
-        raise ValueError(f"carry has levels {sorted(LEVELS)}, got {level}")
-    return Problem(f"{a}+{b}", a + b, tuple(add_steps(a, b)), level)
+    if level in (1, 2):
+        x, first = rng.randint(100, 999), rng.random() < 0.5
+        op, y = {1: ("-", x) if first else ("*", 0), 2: ("+", 0) if first else ("*", 1)}[level]
+        steps = {"-": sub_steps, "+": add_steps, "*": mul_steps}[op](x, y)
+        return Problem(f"{x}{op}{y}", 0 if level == 1 else x, tuple(steps), level)
+    if level == 3:
+        while True:
+            a, b = rng.randint(10, 99), rng.randint(10, 99)
+            if a % 10 + b % 10 >= 10:
+                return Problem(f"{a}+{b}", a + b, tuple(add_steps(a, b)), level)
+    if level == 4:
+        while True:
+            a, b = rng.randint(100, 999), rng.randint(100, 999)
+            if has_carry(a, b):
+                return Problem(f"{a}+{b}", a + b, tuple(add_steps(a, b)), level)
+    if level == 5:
+        while True:
+            a, b = sorted((rng.randint(100, 999), rng.randint(100, 999)), reverse=True)
+            if has_borrow(a, b):
+                return Problem(f"{a}-{b}", a - b, tuple(sub_steps(a, b)), level)
+    raise ValueError(f"shortcut has levels {sorted(LEVELS)}, got {level}")
 
 
-class CarryWorld(ArithWorld):
-    """Column addition by carries; the prompt, demonstrations, splits and determinism are arith's."""
+class ShortcutWorld(ArithWorld):
+    """Identities (easy, long traces) and carries (hard); the prompt, demonstrations, splits and determinism are
+    arith's."""
 
-    name = "carry"
+    name = "shortcut"
     levels = tuple(LEVELS)
     make_problem = staticmethod(make_problem)
