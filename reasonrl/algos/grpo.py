@@ -186,15 +186,16 @@ class GRPO:
         device = logp.device
         mask = t["completion_mask"].to(device)
         old = t["old_logprobs"].to(device) if "old_logprobs" in t else logp.detach()
-        sampling = t["sampling_logprobs"].to(device)
-        is_weights = truncated_is_weights(old, sampling, self.cfg.tis_cap) if self.cfg.tis_cap > 0 else None
+        sampling = t["sampling_logprobs"].to(device) if "sampling_logprobs" in t else None  # absent: not sampled here
+        tis = self.cfg.tis_cap > 0 and sampling is not None
+        is_weights = truncated_is_weights(old, sampling, self.cfg.tis_cap) if tis else None
         loss, metrics = policy_loss(
             logp, old, t["advantages"].to(device), mask, loss_type=self.cfg.loss_type, epsilon=self.cfg.epsilon,
             epsilon_high=self.cfg.epsilon_high, beta=self.cfg.beta,
             ref_logp=t["ref_logprobs"].to(device) if "ref_logprobs" in t else None, totals=micro.totals,
             is_weights=is_weights,
         )
-        if not self.params.greedy:  # greedy rollouts carry no sampling log-probs
+        if sampling is not None and not self.params.greedy:  # greedy rollouts carry no sampling log-probs
             metrics |= sampler_mismatch(old, sampling, mask, micro.totals["num_tokens"])
             if is_weights is not None:
                 metrics["rollout/tis_weight_mean"] = (is_weights * mask).sum() / micro.totals["num_tokens"]
