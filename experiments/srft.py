@@ -1,10 +1,15 @@
-"""SRFT vs SFT only, GRPO only and SFT->GRPO from a weak start (issue 5): accuracy on the training levels 1-3 and on
-the held-out harder levels 4-5, entropy, generated tokens; several seeds, equal optimizer steps.
+"""SRFT vs SFT only, GRPO only and SFT->GRPO from a weak start (issue 5), at equal optimizer steps and at equal
+generated tokens: greedy accuracy on the training levels 1-3 and on held-out harder levels, entropy; 3 seeds.
 
-Writes docs/results/srft.md and PNG plots. Reproduce (the weak start first, then the comparison):
-    reasonrl sft --config configs/student.yaml train.steps=300 --export runs/srft/weak
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/srft.py
-    .venv/bin/python experiments/srft.py --steps 4 --seeds 0 --eval-n 5   (a smoke run)
+Two phases, each writing its runs under --out; the report is rebuilt from whatever runs exist:
+  pilot: one seed, a short run per (method, learning rate), on a different data seed (training stream and held-out
+         draws) than the final runs, so that the learning rate is not picked on the final evaluation set;
+  final: every method at its pilot-chosen learning rate, several seeds.
+Writes docs/results/srft.md and PNG plots. Reproduce (the weak start first, then the two phases):
+    reasonrl sft --config configs/srft_weak.yaml --export runs/srft/weak
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/srft.py pilot
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/srft.py final
+    .venv/bin/python experiments/srft.py final --steps 4 --stage1 2 --eval-every 2 --seeds 0 --eval-n 5 --out /tmp/x
 """
 
 from __future__ import annotations
@@ -15,150 +20,199 @@ import math
 import shutil
 import statistics
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from reasonrl.config import load_config
-from reasonrl.plot import plot_runs
 from reasonrl.tracking import read_metrics
 from reasonrl.trainer import Trainer
 from reasonrl.worlds.arith import ArithWorld
 
 ROOT = Path(__file__).resolve().parents[1]
-ID_LEVELS, OOD_LEVELS = (1, 2, 3), (4, 5)
+ID_LEVELS, OOD_LEVELS, ALL_LEVELS = (1, 2, 3), (4, 5), (1, 2, 3, 4, 5)
+PILOT_DATA_SEED, FINAL_DATA_SEED = 1, 0
+SFT = ["algo=sft", "algo.demo=solution"]
 # The on-policy settings of configs/srft_baseline_grpo.yaml, shared by GRPO and SRFT's on-policy term.
 GRPO = ["algo=grpo", "algo.loss_type=dapo", "algo.scale_rewards=group", "algo.epsilon=0.2", "algo.beta=0.0"]
-METHODS = {
-    "sft": ["algo=sft", "algo.demo=solution"],
-    "grpo": GRPO,
-    "sft->grpo": None,  # two stages: sft for a quarter of the steps, then grpo (configs/srft_baseline_*.yaml split)
-    "srft (paper, -1)": ["algo=srft", "algo.sft_entropy_sign=-1"],
-    "srft (code, +1)": ["algo=srft", "algo.sft_entropy_sign=1"],
-}
 
 
-WEAK_COMMAND = ("reasonrl sft --config configs/student.yaml train.steps=380 train.eval_every=380 "
+WEAK_COMMAND = ("reasonrl sft --config configs/student.yaml 'data.eval_levels=[1,2,3,4,5]' train.steps=480 "
                 "--export runs/srft/weak")
-ANALYSIS = """## Analysis: the paper's claim is not reproduced at this scale
+HEADER = """# SRFT vs SFT, GRPO and SFT->GRPO from a weak start (arith world)
 
-- **No method beats the weak start on greedy accuracy in 32 steps at lr 5e-5.** The weak start scores 22.1% on
-  levels 1-3 here (18.5% on the 108-problem set at the end of its SFT). SFT only ends at 20.6%; SFT->GRPO at
-  16.7 ± 3.1, SRFT at 15.7 ± 2.2 (paper sign) and 17.2 ± 0.8 (code sign), GRPO only at 13.2 ± 1.5. One problem is
-  1.5 points of the 68 ID problems, so SFT->GRPO and both SRFT variants are within noise of each other; only GRPO
-  only is clearly worse.
-- **SRFT does not beat the two-stage pipeline on ID accuracy**, with either sign, even though it saw more data:
-  every SRFT step also trains on 8 demonstrations (9,188 demonstration tokens vs the pipeline's 2,224) and it
-  generated about 35% more rollout tokens (about 68k vs 50k; the pipeline generates nothing in its 8 SFT steps).
-- **Out of distribution (levels 4-5) is at the floor for every method** (0-1 of 60 problems, the start 1 of 60),
-  so the OOD half of the claim cannot be tested from this start: the weak model cannot do level 4-5 at all,
-  and 32 steps on levels 1-3 do not change that.
-- **What SRFT does do better: the sampled (temperature 1) training reward.** Mean `reward` over the first vs the
-  last 8 steps, three seeds each: SRFT (paper) 0.15 -> 0.22-0.23, SRFT (code) 0.15 -> 0.20-0.21, GRPO
-  0.12-0.15 -> 0.15-0.18, SFT->GRPO (its GRPO steps) 0.16-0.18 -> 0.16-0.20. SRFT's demonstration NLL falls
-  0.189 -> 0.165, the same as SFT only (0.189 -> 0.166). So SRFT learns on the sampling distribution, but as
-  with GRPO from the student (docs/results/grpo.md) that does not carry over to greedy decoding within this
-  budget; outcome-reward updates mostly sharpen sampling, and they pull greedy accuracy down here (GRPO only).
-- **The sign of w_SFT.** The policy's entropy is low (about 0.25-0.34 nats on rollouts, 0.27 on demonstrations),
-  so the two signs differ by a constant factor rather than in direction: w_SFT is 0.41 with the paper's exp(-H)
-  and 0.76-0.78 with the code's exp(+H). The code's sign, a larger SFT weight, keeps rollout entropy slightly
-  higher (0.27 vs 0.25 over the last 5 steps) and ends 1.5 points higher on ID, which is one problem: no
-  difference we can claim.
-  The signs would matter for a high-entropy policy (docs/srft.md), which this SFT-made start is not.
-- **Why the weak start learns so little, and what would test the claim better.** The learning rate was picked by
-  one short check (10 steps, seed 0, 16 problems per level, GRPO and SRFT (paper)): lr 1e-4 and 3e-4 lowered ID
-  accuracy (30% -> 17.5% both at 1e-4; GRPO 5.0%, SRFT 12.5% at 3e-4), lr 5e-5 kept it (30% -> 25% both), so 5e-5
-  is used for every method, stages included, as configs/srft_baseline_*.yaml do. At that rate 32 steps of 8
-  demonstrations is a small fraction of the 380 SFT steps at 3e-3 that made the start; the SFT signal that
-  could lift greedy accuracy is too weak, and the RL signal does not lift it. A fair test of the claim needs
-  hundreds of steps (the paper uses 500) and a start that can reach the OOD levels, i.e. about 10x this budget.
-- **Seeds.** Three seeds (0, 1, 2). `train.seed` sets the sampling; the SFT data order follows `data.seed`, so the
-  SFT-only runs and the SFT stage are identical across seeds (spread 0.0), and the demonstration NLL of SRFT is
-  nearly so.
-- **The CI test** (tests/test_srft_learning.py) therefore uses a different weak start: the shipped student with
-  seeded weight noise (2.5% on levels 1-3), where 12 SRFT steps at lr 1e-3 lift accuracy to 10.0% in about 35 s.
-  That pins down that SRFT learns, not that it beats the pipeline."""
+Commands (CPU, one thread): the weak start, the learning-rate pilot, the comparison (seed 0 with every method, then
+seeds 1 and 2 without the code-sign SRFT, which the budget allowed for one seed only):
+
+```
+{weak}
+OMP_NUM_THREADS=1 .venv/bin/python experiments/srft.py pilot
+OMP_NUM_THREADS=1 .venv/bin/python experiments/srft.py final --seeds 0
+OMP_NUM_THREADS=1 .venv/bin/python experiments/srft.py final --seeds 1,2 --methods sft,grpo,sft_grpo,srft_paper
+```
+
+## Setup
+
+- **Weak start.** The shipped student's recipe (configs/student.yaml: SFT from scratch on levels 1-5, 80% step-by-step
+  and 20% direct-answer demonstrations, lr 3e-3 cosine) stopped at 480 of its 600 steps. Its greedy accuracy is in
+  the first row of the table below: about two thirds of the student's on levels 1-3 (the student: 75 / 54 / 46%
+  on L1 / L2 / L3, 8 / 8% on L4 / L5, same evaluation), and a few problems right on levels 4-5.
+- **Why the start has seen levels 4-5.** A start trained only on levels 1-3 cannot do levels 4-5 at all: the same
+  recipe on levels 1-3 only (constant lr 3e-3, 900 steps, evaluated every 50 steps on 30 problems per level) reached
+  up to 57% on L2 and 53% on L3 but solved 0 of 30 level-4 problems at every one of its 18 evaluations (and 1 of 30
+  level-5 problems once). It misreads three-digit operands (`975-566` becomes `5-8=7 ... 65-58=67`, answer 57):
+  no length generalisation, so "OOD" would be a floor at 0 for every method, as in the previous version of this
+  experiment. So, as in the paper, where the base model saw all of mathematics in pre-training and the OOD benchmarks
+  lie outside the post-training data, the start has seen every level and **post-training uses levels 1-3 only**;
+  OOD = levels 4 (three-digit addition/subtraction) and 5 (two-digit by one-digit multiplication), which no method
+  trains on. The OOD question is then whether post-training on levels 1-3 carries over to, or erodes, levels 4-5.
+- **Methods**, all from the weak start on levels 1-3 (`data.seed=0`), training seeds {seeds}:
+  - `sft`: `algo=sft algo.demo=solution`, 8 step-by-step demonstrations per step, {steps} steps.
+  - `grpo`: `algo=grpo algo.loss_type=dapo algo.scale_rewards=group algo.epsilon=0.2 algo.beta=0.0`
+    (configs/srft_baseline_grpo.yaml; the settings of SRFT's on-policy term), {steps} steps.
+  - `sft->grpo`: `sft` for {stage1} steps, then `grpo` from its model for {steps} steps ({stage2_end} in all; optimizer
+    and warmup restart at stage 2). Its step {steps} ({stage1} SFT + {stage1_rest} GRPO, the 1:3 split of
+    configs/srft_baseline_*.yaml) is the equal-steps point; its end has as many rollout steps as `grpo` and `srft`.
+  - `srft (paper, -1)`: `algo=srft`, the paper's defaults (docs/srft.md): w_SFT = 0.5 exp(-H), w_RL = 0.1 exp(+H)
+    on positive-advantage rollout tokens, off-policy term on the demonstration, entropy bonus 0.001; {steps} steps.
+  - `srft (code, +1)`: the same with the released code's sign, w_SFT = 0.5 exp(+H).
+- **Shared:** {shared}, `optim.warmup_steps=5`, constant lr after warmup, AdamW, grad clip 1.
+  Learning rates from the pilot below: {lrs}. The pipeline uses the sft lr for stage 1 and the grpo lr for stage 2.
+- **Evaluation:** greedy, every {eval_every} steps, {eval_n} held-out problems per level: ID = levels 1-3 ({n_id}
+  problems; level 1 has only {n_l1} held-out one-digit sums), OOD = levels 4-5 ({n_ood} problems). Each run's step-0
+  evaluation is the weak start's."""
+PILOT_NOTE = """One seed, {pilot_steps} steps, evaluated at steps 0, 10, 20, 30 on a different data seed
+(`data.seed=1`: another training stream and other held-out draws than the final runs), so that the learning rate is
+not chosen on the evaluation set of the final table. The rule: the best mean ID accuracy over the three evaluations
+after step 0 (one seed's single end point on 108 problems moves by several points; by the end point alone the choice
+would have been sft 1e-4, grpo 5e-5, srft 2e-5). What the pilot shows clearly: every family wants a small learning
+rate from this start, and at 2e-4 (RL) or 3e-4 (SFT) each one gains nothing or loses accuracy, at 1e-3 it destroys the start
+within 10 steps, SFT included, although the start was itself trained at lr 3e-3 (but with 32 examples per step and
+warm AdamW moments; fresh moments make the first steps close to sign updates of size lr on every weight). The previous
+note's guess that SFT from the weak start wants a much higher lr than GRPO is wrong here. What the pilot cannot do is
+separate the two lowest rates of each family: they differ by 0.9-1.8 points, one or two problems. The chosen rates are
+at the low end of the grid; lower ones were not tried."""
+TABLE_NOTE = """Greedy accuracy (%), mean ± standard deviation over seeds. **Equal steps:** the columns ID, OOD and
+L1-L5 are at optimizer step {steps} for every method. **Equal generated tokens:** the two columns "at ...k tokens"
+interpolate each run's accuracy linearly between its evaluations at {budget} generated rollout tokens, the smallest
+total of any run that samples (the SFT stage of the pipeline generates nothing, so its token axis starts at the end of
+SFT; `sft` generates nothing and has no entry). "End of run" is the last evaluation (step {stage2_end} for
+`sft->grpo`, step {steps} otherwise). Entropy: the policy's mean token entropy on its rollouts (nats), mean of the
+last 10 steps; demo NLL: the unweighted NLL of the step's demonstrations (`sft/nll`, `srft/demo_nll`), last 10 steps."""
+ANALYSIS = "TODO"
 
 
-def common(model: str, lr: float, eval_n: int, steps: int, eval_every: int, seed: int) -> list[str]:
-    return [
-        f"model.path={model}", "data.levels=[1,2,3]", "data.eval_levels=[1,2,3,4,5]", f"data.eval_n={eval_n}",
-        "rollout.num_generations=8", "rollout.max_completion_length=64", "rollout.eval_max_completion_length=96",
-        "rollout.temperature=1.0", "train.prompts_per_step=8", "train.micro_batch_size=72", f"optim.lr={lr}",
-        "optim.warmup_steps=2", "train.progress=false", f"train.steps={steps}", f"train.eval_every={eval_every}",
-        f"train.seed={seed}",
-    ]
+@dataclass(frozen=True)
+class Method:
+    name: str
+    overrides: list[str] | None  # None: the two-stage pipeline, SFT then GRPO
+    family: str  # the learning-rate family the pilot tunes: sft, grpo or srft
 
 
-def train(overrides: list[str], run_dir: Path) -> Path:
-    shutil.rmtree(run_dir, ignore_errors=True)
-    trainer = Trainer(load_config(None, overrides), run_dir=run_dir)
-    trainer.train()
-    return trainer.run_dir
-
-
-def run_method(name: str, args, seed: int, out: Path) -> Path:
-    """Train one method for `args.steps` optimizer steps; the two-stage run's metrics are joined on one step axis."""
-    run_dir = out / f"seed{seed}" / slug(name)
-    if METHODS[name] is not None:
-        return train(common(args.model, args.lr, args.eval_n, args.steps, args.eval_every, seed) + METHODS[name],
-                     run_dir)
-    s1 = args.steps // 4
-    stage1 = train(common(args.model, args.lr, args.eval_n, s1, s1, seed) + METHODS["sft"], run_dir / "stage1")
-    stage2 = train(common(str(stage1 / "final"), args.lr, args.eval_n, args.steps - s1, args.eval_every, seed) + GRPO,
-                   run_dir / "stage2")
-    rows = read_metrics(stage1)
-    rows += [{**r, "step": r["step"] + s1} for r in read_metrics(stage2) if r["step"] > 0]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return run_dir
+METHODS = [
+    Method("sft", SFT, "sft"),
+    Method("grpo", GRPO, "grpo"),
+    Method("sft->grpo", None, "grpo"),  # stage 1 at the sft lr, stage 2 at the grpo lr
+    Method("srft (paper, -1)", ["algo=srft", "algo.sft_entropy_sign=-1"], "srft"),
+    Method("srft (code, +1)", ["algo=srft", "algo.sft_entropy_sign=1"], "srft"),
+]
+PILOT = {"sft": METHODS[0], "grpo": METHODS[1], "srft": METHODS[3]}
 
 
 def slug(name: str) -> str:
     return name.split()[0].replace("->", "_") + ("_" + name.split()[1].strip("(,") if " " in name else "")
 
 
-def with_split_accuracy(rows: list[dict], sizes: dict[int, int]) -> list[dict]:
-    """Add eval/accuracy_id (levels 1-3) and eval/accuracy_ood (levels 4-5), weighted by problem counts."""
-    out = []
+def common(args, lr: float, steps: int, eval_every: int, seed: int, data_seed: int, model: str) -> list[str]:
+    return [
+        f"model.path={model}", "data.levels=[1,2,3]", f"data.eval_levels={list(ALL_LEVELS)}",
+        f"data.eval_n={args.eval_n}", f"data.seed={data_seed}",
+        "rollout.num_generations=8", "rollout.max_completion_length=64", "rollout.eval_max_completion_length=96",
+        "rollout.temperature=1.0", "train.prompts_per_step=8", "train.micro_batch_size=72", f"optim.lr={lr}",
+        "optim.warmup_steps=5", "train.progress=false", f"train.steps={steps}", f"train.eval_every={eval_every}",
+        f"train.seed={seed}",
+    ]
+
+
+def train(overrides: list[str], run_dir: Path) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    Trainer(load_config(None, overrides), run_dir=run_dir).train()
+
+
+def run(method: Method, lrs: dict[str, float], args, steps: int, seed: int, data_seed: int, run_dir: Path) -> None:
+    """One method from the weak start. The pipeline runs `args.stage1` SFT steps, then `steps` GRPO steps, and its
+    two metric files are joined on one step axis: step `steps` is the equal-steps point, the end has as many
+    rollout steps as GRPO and SRFT."""
+    if method.overrides is not None:
+        train(common(args, lrs[method.family], steps, args.eval_every, seed, data_seed, args.model) + method.overrides,
+              run_dir)
+        return
+    s1 = args.stage1
+    train(common(args, lrs["sft"], s1, s1, seed, data_seed, args.model) + SFT, run_dir / "stage1")
+    train(common(args, lrs["grpo"], steps, args.eval_every, seed, data_seed, str(run_dir / "stage1" / "final")) + GRPO,
+          run_dir / "stage2")
+    rows = read_metrics(run_dir / "stage1")
+    rows += [{**r, "step": r["step"] + s1} for r in read_metrics(run_dir / "stage2") if r["step"] > 0]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+# ---- reading runs -------------------------------------------------------------------------------------------
+
+
+def end_step(method: Method, args) -> int:
+    return args.steps + (args.stage1 if method.overrides is None else 0)
+
+
+def finished(run_dir: Path, step: int) -> bool:
+    """Whether the run got to its last evaluation (a run cut short is redone by `final` and left out of the report)."""
+    path = run_dir / "metrics.jsonl"
+    return path.is_file() and any(r["step"] == step and "eval/accuracy" in r for r in read_metrics(run_dir))
+
+
+def level_sizes(eval_n: int, data_seed: int) -> dict[int, int]:
+    return {lv: len(ArithWorld(levels=[lv], seed=data_seed).eval_set([lv], eval_n)) for lv in ALL_LEVELS}
+
+
+def evals(rows: list[dict], sizes: dict[int, int]) -> list[dict]:
+    """Eval points: step, cumulative generated (rollout) tokens, ID and OOD accuracy weighted by problem counts."""
+    out, tokens = [], 0.0
     for r in rows:
-        r = dict(r)
+        if r["step"] > 0 and "loss" in r and "reward" in r:
+            tokens += r.get("num_tokens", 0.0)  # SFT steps log demonstration tokens as num_tokens: not generated
         if "eval/accuracy" in r:
-            for key, levels in (("eval/accuracy_id", ID_LEVELS), ("eval/accuracy_ood", OOD_LEVELS)):
-                r[key] = sum(r[f"eval/accuracy/level_{lv}"] * sizes[lv] for lv in levels) / sum(sizes[lv] for lv in levels)
-        out.append(r)
+            acc = {lv: r[f"eval/accuracy/level_{lv}"] for lv in ALL_LEVELS}
+            split = {key: sum(acc[lv] * sizes[lv] for lv in lvs) / sum(sizes[lv] for lv in lvs)
+                     for key, lvs in (("id", ID_LEVELS), ("ood", OOD_LEVELS))}
+            out.append({"step": r["step"], "tokens": tokens, **split, **{f"L{lv}": a for lv, a in acc.items()}})
     return out
 
 
-def seed_mean(runs: list[list[dict]]) -> list[dict]:
-    """Mean over seeds of every numeric metric, step by step (each metric over the seeds that logged it)."""
-    by_step: dict[int, dict[str, list[float]]] = {}
-    for rows in runs:
-        for r in rows:
-            slot = by_step.setdefault(r["step"], {})
-            for k, v in r.items():
-                if k != "step" and isinstance(v, (int, float)) and v is not None and math.isfinite(v):
-                    slot.setdefault(k, []).append(float(v))
-    return [{"step": s, **{k: sum(v) / len(v) for k, v in slot.items()}} for s, slot in sorted(by_step.items())]
+def at_step(points: list[dict], step: int) -> dict:
+    return next(p for p in points if p["step"] == step)
 
 
-def summary(rows: list[dict]) -> dict[str, float]:
-    evals = [r for r in rows if "eval/accuracy_id" in r]
-    train_rows = [r for r in rows if r["step"] > 0 and "loss" in r]
-    generated = sum(r.get("num_tokens", 0.0) for r in train_rows if "reward" in r)  # rollout tokens only
-    demos = sum(r.get("num_tokens", 0.0) for r in train_rows if "sft/nll" in r)
-    demos += sum(8 * r.get("srft/demo_length", 0.0) for r in train_rows)  # SRFT: 8 demonstrations per step
-    return {
-        "id": evals[-1]["eval/accuracy_id"], "ood": evals[-1]["eval/accuracy_ood"],
-        **{f"L{lv}": evals[-1][f"eval/accuracy/level_{lv}"] for lv in (*ID_LEVELS, *OOD_LEVELS)},
-        "best_id": max(r["eval/accuracy_id"] for r in evals[1:]),
-        "generated": generated, "demo_tokens": demos,
-        "entropy": statistics.fmean([r["entropy"] for r in train_rows[-5:] if "entropy" in r] or [math.nan]),
-        "wall": sum(r.get("step_time", 0.0) for r in train_rows),
-    }
+def at_tokens(points: list[dict], budget: float, key: str) -> float:
+    """Accuracy at `budget` generated tokens, linear between the eval points around it. An SFT stage generates no
+    tokens, so the pipeline's last zero-token point (the end of SFT) is where its token axis starts."""
+    sft_end = max((p for p in points if p["tokens"] == 0), key=lambda p: p["step"])
+    pts = [p for p in points if p["tokens"] > 0 or p is sft_end]
+    for a, b in zip(pts, pts[1:]):
+        if a["tokens"] <= budget <= b["tokens"]:
+            t = (budget - a["tokens"]) / max(b["tokens"] - a["tokens"], 1e-9)
+            return a[key] + t * (b[key] - a[key])
+    raise ValueError(f"budget {budget:.0f} is beyond the run's {pts[-1]['tokens']:.0f} generated tokens")
 
 
-def fmt(values: list[float], pct: bool = True, digits: int = 1) -> str:
-    scale = 100 if pct else 1
-    if any(math.isnan(v) for v in values):
+def train_means(rows: list[dict], key: str, last: int = 10) -> float:
+    vals = [r[key] for r in rows if r["step"] > 0 and key in r and r[key] is not None]
+    return statistics.fmean(vals[-last:]) if vals else math.nan
+
+
+def fmt(values: list[float], scale: float = 100, digits: int = 1) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
         return "-"
     mean = scale * statistics.fmean(values)
     if len(values) == 1:
@@ -166,123 +220,209 @@ def fmt(values: list[float], pct: bool = True, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
-def table(results: dict[str, list[dict]], start: dict[str, float]) -> str:
-    head = ("| method | L1-3 (ID) | L4-5 (OOD) | L1 | L2 | L3 | L4 | L5 | best ID during run | generated tokens |"
-            " demonstration tokens | entropy (last 5 steps) | train time (s) |")
-    lines = [head, "|" + "---|" * 13]
-    lines.append(f"| weak start (step 0) | {100 * start['id']:.1f} | {100 * start['ood']:.1f} | "
-                 + " | ".join(f"{100 * start[f'L{lv}']:.1f}" for lv in (1, 2, 3, 4, 5)) + " | - | 0 | 0 | - | 0 |")
-    for name, seeds in results.items():
-        col = lambda k: [s[k] for s in seeds]  # noqa: E731
+# ---- plots --------------------------------------------------------------------------------------------------
+
+
+def _figure(size: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_accuracy(curves: dict[str, list[list[dict]]], x: str, path: Path, budget: float | None = None) -> None:
+    """ID and OOD accuracy, mean over seeds with a band of one standard deviation, against steps or tokens."""
+    fig = _figure((11, 4))
+    for i, (key, title) in enumerate((("id", "ID: levels 1-3"), ("ood", "OOD: levels 4-5 (never trained on)"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for name, seeds in curves.items():
+            if x == "tokens" and all(p["tokens"] == 0 for p in seeds[0]):
+                continue  # SFT only generates nothing
+            n = min(len(s) for s in seeds)
+            xs = [statistics.fmean(s[j][x] for s in seeds) for j in range(n)]
+            ys = [[100 * s[j][key] for s in seeds] for j in range(n)]
+            mean = [statistics.fmean(y) for y in ys]
+            sd = [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
+            (line,) = ax.plot(xs, mean, marker="o", ms=3, label=name)
+            ax.fill_between(xs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
+                            color=line.get_color(), alpha=0.15)
+        if budget is not None:
+            ax.axvline(budget, color="grey", ls="--", lw=1)
+        ax.set(title=title, xlabel="generated tokens" if x == "tokens" else "optimizer step",
+               ylabel="greedy accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=100)
+
+
+def plot_train_metric(rows: dict[str, list[list[dict]]], keys: list[tuple[str, str]], path: Path, ylabel: str,
+                      window: int = 5) -> None:
+    """Per-step training metrics, mean over seeds, smoothed with a trailing window; one line per (method, key)."""
+    fig = _figure((7, 4))
+    ax = fig.add_subplot()
+    for name, seeds in rows.items():
+        for key, label in keys:
+            series = [{r["step"]: r[key] for r in s if r["step"] > 0 and r.get(key) is not None} for s in seeds]
+            steps = sorted(set.intersection(*(set(s) for s in series)))
+            if not steps:
+                continue
+            mean = [statistics.fmean(s[t] for s in series) for t in steps]
+            smooth = [statistics.fmean(mean[max(0, j - window + 1):j + 1]) for j in range(len(mean))]
+            ax.plot(steps, smooth, label=f"{name}{label}")
+    ax.set(xlabel="optimizer step", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=100)
+
+
+# ---- the two phases -----------------------------------------------------------------------------------------
+
+
+def pilot(args) -> None:
+    for family, method in PILOT.items():
+        for lr in args.pilot_lrs[family]:
+            run_dir = Path(args.out) / "pilot" / f"{family}_lr{lr:g}"
+            if (run_dir / "metrics.jsonl").is_file() and not args.redo:
+                continue
+            print(f"pilot {family} lr {lr:g}", flush=True)
+            run(method, {family: lr}, args, args.pilot_steps, 0, PILOT_DATA_SEED, run_dir)
+
+
+def pilot_table(args) -> tuple[str, dict[str, float]]:
+    """The pilot's ID/OOD accuracy per (family, lr) and the chosen lr per family: the best mean ID accuracy over the
+    eval points after step 0 (one seed's single end point on ~100 problems moves by several points)."""
+    sizes = level_sizes(args.eval_n, PILOT_DATA_SEED)
+    lines = ["| family | lr | ID start | ID mean over evals after step 0 | ID end | OOD end "
+             "| train reward (last 10 steps) |",
+             "|---|---|---|---|---|---|---|"]
+    chosen: dict[str, float] = {}
+    for family in PILOT:
+        best = None
+        for lr in args.pilot_lrs[family]:
+            run_dir = Path(args.out) / "pilot" / f"{family}_lr{lr:g}"
+            if not (run_dir / "metrics.jsonl").is_file():
+                continue
+            rows = read_metrics(run_dir)
+            pts = evals(rows, sizes)
+            end, mean_id = pts[-1], statistics.fmean(p["id"] for p in pts[1:])
+            lines.append(f"| {family} | {lr:g} | {100 * pts[0]['id']:.1f} | {100 * mean_id:.1f} | "
+                         f"{100 * end['id']:.1f} | {100 * end['ood']:.1f} | "
+                         f"{fmt([train_means(rows, 'reward')], scale=1, digits=3)} |")
+            if best is None or mean_id > best[0]:
+                best = (mean_id, lr)
+        if best is not None:
+            chosen[family] = best[1]
+    return "\n".join(lines), chosen
+
+
+def final(args, lrs: dict[str, float]) -> None:
+    for seed in args.seeds:
+        for method in args.methods:
+            run_dir = Path(args.out) / "final" / f"seed{seed}" / slug(method.name)
+            if finished(run_dir, end_step(method, args)) and not args.redo:
+                continue
+            print(f"final {method.name} seed {seed} lrs {lrs}", flush=True)
+            run(method, lrs, args, args.steps, seed, FINAL_DATA_SEED, run_dir)
+
+
+def report(args, lrs: dict[str, float], pilot_md: str) -> None:
+    doc_dir, out = Path(args.doc), Path(args.out) / "final"
+    doc_dir.mkdir(parents=True, exist_ok=True)
+    sizes = level_sizes(args.eval_n, FINAL_DATA_SEED)
+    rows: dict[str, list[list[dict]]] = {}
+    for method in METHODS:
+        dirs = [out / f"seed{s}" / slug(method.name) for s in args.seeds]
+        dirs = [d for d in dirs if finished(d, end_step(method, args))]
+        if dirs:
+            rows[method.name] = [read_metrics(d) for d in dirs]
+    curves = {m: [evals(r, sizes) for r in seeds] for m, seeds in rows.items()}
+    start = next(iter(curves.values()))[0][0]
+    rl = [m for m in curves if any(p["tokens"] > 0 for p in curves[m][0])]
+    budget = min(s[-1]["tokens"] for m in rl for s in curves[m])  # the smallest generated-token total of any run
+    head = ("| method | seeds | ID (L1-3) | OOD (L4-5) | L1 | L2 | L3 | L4 | L5 | generated tokens | "
+            f"ID at {budget / 1e3:.0f}k tokens | OOD at {budget / 1e3:.0f}k tokens | ID, end of run | OOD, end of run |"
+            " entropy (last 10) | demo NLL (last 10) |")
+    lines = [head, "|" + "---|" * 16,
+             f"| weak start | - | {100 * start['id']:.1f} | {100 * start['ood']:.1f} | "
+             + " | ".join(f"{100 * start[f'L{lv}']:.1f}" for lv in ALL_LEVELS) + " | 0 | | | | | | |"]
+    for name, seeds in curves.items():
+        eq = [at_step(s, args.steps) for s in seeds]
+        col = lambda pts, k: [p[k] for p in pts]  # noqa: E731
+        tok = [at_step(s, args.steps)["tokens"] for s in seeds]
+        generates = name in rl
+        nll_key = {"sft": "sft/nll"}.get(name, "srft/demo_nll")  # the pipeline's SFT NLL is from stage 1: left out
         lines.append(
-            f"| {name} | {fmt(col('id'))} | {fmt(col('ood'))} | "
-            + " | ".join(fmt(col(f"L{lv}")) for lv in (1, 2, 3, 4, 5))
-            + f" | {fmt(col('best_id'))} | {statistics.fmean(col('generated')):,.0f} | "
-            f"{statistics.fmean(col('demo_tokens')):,.0f} | {fmt(col('entropy'), pct=False, digits=2)} | "
-            f"{statistics.fmean(col('wall')):.0f} |"
+            f"| {name} | {len(seeds)} | {fmt(col(eq, 'id'))} | {fmt(col(eq, 'ood'))} | "
+            + " | ".join(fmt(col(eq, f"L{lv}")) for lv in ALL_LEVELS)
+            + f" | {statistics.fmean(tok):,.0f} | "
+            + (f"{fmt([at_tokens(s, budget, 'id') for s in seeds])} | "
+               f"{fmt([at_tokens(s, budget, 'ood') for s in seeds])}"
+               if generates else "- | -")
+            + f" | {fmt([s[-1]['id'] for s in seeds])} | {fmt([s[-1]['ood'] for s in seeds])}"
+            + f" | {fmt([train_means(r, 'entropy') for r in rows[name]], scale=1, digits=3)}"
+            + f" | {fmt([train_means(r, nll_key) for r in rows[name]], scale=1, digits=3)} |"
         )
-    return "\n".join(lines)
-
-
-def write_doc(args, seeds: list[int], methods: list[str], sizes: dict[int, int], results_table: str,
-              plots: dict[str, str], path: Path) -> None:
-    defaults = {"steps": 32, "eval_every": 8, "eval_n": 30, "lr": 5e-5, "seeds": "0,1,2"}
-    flags = "".join(f" --{k.replace('_', '-')} {getattr(args, k)}" for k, v in defaults.items() if getattr(args, k) != v)
-    n_id, n_ood = sum(sizes[lv] for lv in ID_LEVELS), sum(sizes[lv] for lv in OOD_LEVELS)
-    doc = [
-        "# SRFT vs SFT, GRPO and SFT->GRPO from a weak start (arith world)",
-        "",
-        "Commands (CPU, one thread; the weak start, then the comparison):",
-        "",
-        "```",
-        WEAK_COMMAND,
-        f"OMP_NUM_THREADS=1 .venv/bin/python experiments/srft.py{flags}",
-        "```",
-        "",
-        f"Every method trains for {args.steps} optimizer steps from the same weak start on levels 1-3, seeds "
-        f"{', '.join(map(str, seeds))}. Settings shared by all: " + ", ".join(f"`{o}`" for o in common(
-            "runs/srft/weak", args.lr, args.eval_n, args.steps, args.eval_every, 0)[1:-3]) + ".",
-        "",
-        "- `sft`: `algo=sft algo.demo=solution` (the step-by-step demonstrations, 8 per step).",
-        "- `grpo`: " + " ".join(f"`{o}`" for o in GRPO) + " (the settings of configs/srft_baseline_grpo.yaml).",
-        f"- `sft->grpo`: `sft` for {args.steps // 4} steps, then `grpo` for {args.steps - args.steps // 4} from its "
-        "model (the 1:3 split of configs/srft_baseline_sft.yaml + srft_baseline_grpo.yaml; optimizer and warmup "
-        "restart at stage 2).",
-        "- `srft (paper, -1)`: `algo=srft` with the paper's defaults (docs/srft.md), `algo.sft_entropy_sign=-1`.",
-        "- `srft (code, +1)`: the same with the released code's sign, `algo.sft_entropy_sign=1`.",
-        "",
-        f"Greedy accuracy (%) at the last step on held-out problems: ID = levels 1-3 ({n_id} problems; level 1 "
-        f"has only {sizes[1]}), OOD = levels 4-5 ({n_ood} problems, never trained on). Mean ± standard deviation "
-        f"over {len(seeds)} seed(s). 'Generated tokens' is the sum of `num_tokens` over the rollouts; "
-        "'demonstration tokens' counts the demonstration tokens trained on (SFT steps and SRFT's 8 per step). "
-        "Entropy is the policy's mean token entropy on its rollouts (nats), averaged over the last 5 steps. "
-        "Train time is the sum of step times (one thread, without evaluations), mean per run.",
-        "",
-        results_table,
-        "",
-        ANALYSIS,
-        "",
-        "Plots (mean over seeds; evaluation points every "
-        f"{args.eval_every} steps; `sft` logs no rollout entropy or reward):",
-        "",
-        *[f"![{m}]({f})" for m, f in plots.items()],
-        "",
-    ]
-    path.write_text("\n".join(doc))
+    plot_accuracy(curves, "step", doc_dir / "srft-accuracy-steps.png")
+    plot_accuracy({m: c for m, c in curves.items() if m in rl}, "tokens", doc_dir / "srft-accuracy-tokens.png", budget)
+    plot_train_metric(rows, [("entropy", " (rollouts)")], doc_dir / "srft-entropy.png", "policy entropy (nats)")
+    plot_train_metric({m: r for m, r in rows.items() if m in rl}, [("reward", "")], doc_dir / "srft-reward.png",
+                      "training reward (sampled, T=1)")
+    plot_train_metric({m: r for m, r in rows.items() if "srft" in m}, [("srft/sft_weight", ": w_SFT"),
+                      ("srft/rl_weight", ": w_RL")], doc_dir / "srft-weights.png", "mean entropy weight")
+    summary = {"lrs": lrs, "budget_tokens": budget, "sizes": sizes,
+               "curves": curves, "train": {m: {k: [train_means(r, k) for r in rows[m]] for k in
+                                               ("entropy", "reward", "srft/demo_nll", "sft/nll", "srft/sft_weight")}
+                                          for m in rows}}
+    (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
+    doc = "\n".join([
+        HEADER.format(weak=WEAK_COMMAND, steps=args.steps, stage1=args.stage1, stage1_rest=args.steps - args.stage1,
+                      stage2_end=args.stage1 + args.steps,
+                      eval_every=args.eval_every, eval_n=args.eval_n, seeds=", ".join(map(str, args.seeds)),
+                      n_id=sum(sizes[lv] for lv in ID_LEVELS), n_ood=sum(sizes[lv] for lv in OOD_LEVELS),
+                      n_l1=sizes[1],
+                      lrs=", ".join(f"{k} {v:g}" for k, v in lrs.items()),
+                      shared=", ".join(f"`{o}`" for o in common(args, 0, 0, 0, 0, 0, "")[1:-5] if "lr" not in o)),
+        "## Learning-rate pilot", "", pilot_md, "", PILOT_NOTE.format(pilot_steps=args.pilot_steps), "",
+        "## Results", "", TABLE_NOTE.format(budget=f"{budget:,.0f}", steps=args.steps,
+                                                          stage2_end=args.stage1 + args.steps),
+        "", "\n".join(lines), "",
+        ANALYSIS, "",
+        "## Plots", "",
+        *[f"![{f}]({f})" for f in ("srft-accuracy-steps.png", "srft-accuracy-tokens.png", "srft-entropy.png",
+                                   "srft-reward.png", "srft-weights.png")], ""])
+    (doc_dir / "srft.md").write_text(doc)
+    print("\n".join(lines))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("phase", choices=["pilot", "final", "report"])
     parser.add_argument("--model", default=str(ROOT / "runs" / "srft" / "weak"), help="the weak start")
-    parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--eval-every", type=int, default=8)
-    parser.add_argument("--eval-n", type=int, default=30)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--steps", type=int, default=80, help="optimizer steps of every method (equal-steps point)")
+    parser.add_argument("--stage1", type=int, default=20, help="SFT steps of the pipeline, then --steps GRPO steps")
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--eval-n", type=int, default=50)
+    parser.add_argument("--pilot-steps", type=int, default=30)
+    parser.add_argument("--pilot-lrs", help="learning rates per family",
+                        default="sft=3e-5/1e-4/3e-4/1e-3/3e-3,grpo=2e-5/5e-5/2e-4/1e-3,srft=2e-5/5e-5/2e-4/1e-3")
+    parser.add_argument("--lrs", default="", help="override the pilot's choice, e.g. sft=1e-3,grpo=2e-4,srft=2e-4")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default=",".join(map(slug, METHODS)), help="comma-separated: %(default)s")
-    parser.add_argument("--out", default=str(ROOT / "runs" / "srft" / "exp"))
+    parser.add_argument("--methods", default=",".join(slug(m.name) for m in METHODS), help="%(default)s")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "srft"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "results"))
-    parser.add_argument("--report-only", action="store_true", help="rewrite the doc from existing runs")
+    parser.add_argument("--redo", action="store_true", help="rerun runs that already exist")
     args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    methods = [m for m in METHODS if slug(m) in args.methods.split(",")]
-    out, doc_dir = Path(args.out), Path(args.doc)
-    doc_dir.mkdir(parents=True, exist_ok=True)
-    sizes = {lv: len(ArithWorld(levels=[lv]).eval_set([lv], args.eval_n)) for lv in (*ID_LEVELS, *OOD_LEVELS)}
-    rows: dict[str, list[list[dict]]] = {m: [] for m in methods}
-    for seed in seeds:
-        for name in methods:
-            run_dir = out / f"seed{seed}" / slug(name)
-            if not args.report_only:
-                started = time.perf_counter()
-                run_method(name, args, seed, out)
-                print(f"{name} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
-            rows[name].append(with_split_accuracy(read_metrics(run_dir), sizes))
-    results = {m: [summary(r) for r in rows[m]] for m in methods}
-    first = rows[methods[0]][0][0]  # the step-0 eval of the weak start, the same for every run
-    start = {"id": first["eval/accuracy_id"], "ood": first["eval/accuracy_ood"],
-             **{f"L{lv}": first[f"eval/accuracy/level_{lv}"] for lv in (*ID_LEVELS, *OOD_LEVELS)}}
-    mean_dirs = []
-    for name in methods:
-        d = out / "mean" / slug(name)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in seed_mean(rows[name])))
-        mean_dirs.append(d)
-    plots = {
-        "eval/accuracy_id": "srft-accuracy-id.png",
-        "eval/accuracy_ood": "srft-accuracy-ood.png",
-        "entropy": "srft-entropy.png",
-        "reward": "srft-reward.png",
-        "srft/sft_weight": "srft-sft-weight.png",
-    }
-    for metric, file in list(plots.items()):
-        if any(metric in r for m in methods for r in rows[m][0]):
-            plot_runs(mean_dirs, methods, metric, doc_dir / file)
-        else:
-            del plots[metric]
-    (out / "summary.json").write_text(json.dumps({"start": start, "results": results, "sizes": sizes}, indent=1))
-    write_doc(args, seeds, methods, sizes, table(results, start), plots, doc_dir / "srft.md")
-    print(table(results, start))
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.methods = [m for m in METHODS if slug(m.name) in args.methods.split(",")]
+    args.pilot_lrs = {k: [float(x) for x in v.split("/")] for k, v in (p.split("=") for p in args.pilot_lrs.split(","))}
+    if args.phase == "pilot":
+        pilot(args)
+    pilot_md, lrs = pilot_table(args)
+    lrs.update({k: float(v) for k, v in (p.split("=") for p in args.lrs.split(",") if p)})
+    print(pilot_md, "\nchosen:", lrs, flush=True)
+    if args.phase == "final":
+        final(args, lrs)
+    if args.phase in ("final", "report"):
+        report(args, lrs, pilot_md)
     return 0
 
 
