@@ -33,7 +33,7 @@ from reasonrl.trainer import Trainer
 from reasonrl.worlds import get_world
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_LEVELS, EVAL_LEVELS = (1, 2, 3), (1, 2, 3, 4, 5)
+TRAIN_LEVELS, EVAL_LEVELS = (1, 2, 3), (1, 2, 3, 4, 5)  # default training levels; --levels
 TEMPERATURE = 0.6  # the paper's rollout and evaluation temperature
 # size: (steps, stage steps of stages 1 and 2, eval problems per level, samples per eval problem)
 SIZES = {"full": (240, (60, 60), 50, 8), "quick": (9, (3, 3), 8, 2)}
@@ -66,9 +66,9 @@ from its surface (the operator and the second operand)."""),
 }
 
 
-def common(world: str) -> list[str]:
+def common(world: str, levels: tuple[int, ...]) -> list[str]:
     return [
-        f"data.train=world:{world}", f"data.levels=[{','.join(map(str, TRAIN_LEVELS))}]", "rollout.num_generations=8",
+        f"data.train=world:{world}", f"data.levels=[{','.join(map(str, levels))}]", "rollout.num_generations=8",
         f"rollout.max_completion_length={WORLDS[world].max_length}", "rollout.eval_max_completion_length=128",
         f"rollout.temperature={TEMPERATURE}", "train.prompts_per_step=8", "train.micro_batch_size=64",
         "optim.lr=5e-5", "optim.warmup_steps=5", "algo.loss_type=dapo", "algo.epsilon=0.2", "algo.beta=0.0",
@@ -76,12 +76,12 @@ def common(world: str) -> list[str]:
     ]
 
 
-def run(world: str, overrides: list[str], steps: int, run_dir: Path, seed: int) -> float:
+def run(world: str, levels: tuple[int, ...], overrides: list[str], steps: int, run_dir: Path, seed: int) -> float:
     """Train one arm (or reuse a finished run); returns its CPU seconds (process time, evaluations included)."""
     done = run_dir / "cpu.json"
     if done.exists() and (run_dir / "final").exists():
         return json.loads(done.read_text())["cpu_seconds"]
-    overrides = common(world) + overrides + [
+    overrides = common(world, levels) + overrides + [
         f"train.steps={steps}", f"train.eval_every={max(1, steps // 6)}", f"train.seed={seed}",
         f"data.eval_levels=[{','.join(map(str, EVAL_LEVELS))}]", "data.eval_n=50"]
     trainer = Trainer(load_config(None, overrides), run_dir=run_dir)
@@ -122,7 +122,8 @@ def level_modes(model_dir: str | Path, world: str, n_per_level: int, samples: in
             if temp == 1.0:
                 tokens = f"{m.get('tokens/think', float('nan')):.1f} / {m.get('tokens/no_think', float('nan')):.1f}"
         g = sample_modes(engine, tokenizer, examples, 1, SamplingParams(128, greedy=True))
-        lines.append(f"| {level} | " + " | ".join(cells + [tokens, f"{g['think_rate']:.0%}, {g['accuracy']:.0%}"]) + " |")
+        cells += [tokens, f"{g['think_rate']:.0%}, {g['accuracy']:.0%}"]
+        lines.append(f"| {level} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -132,23 +133,23 @@ def mean_sd(values: list[float], fmt: str) -> str:
         f" ± {fmt.replace('+', '').format(sd)}" if len(values) > 1 else "")
 
 
-def train_level_mean(m: dict[str, float], key: str) -> float:
+def train_level_mean(m: dict[str, float], key: str, levels: tuple[int, ...]) -> float:
     """The mean over the training levels (equal weight, as training draws them)."""
-    return statistics.mean(m[f"{key}/level_{lv}"] for lv in TRAIN_LEVELS)
+    return statistics.mean(m[f"{key}/level_{lv}"] for lv in levels)
 
 
-def tables(results: dict[str, list[dict]], decoding: str) -> str:
+def tables(results: dict[str, list[dict]], decoding: str, levels: tuple[int, ...]) -> str:
     """Three tables (accuracy, tokens, think rate), a row per model, a column per level, mean ± std over seeds."""
     out = []
     for key, label, fmt, scale in (("accuracy", "accuracy (%)", "{:.1f}", 100), ("tokens", "mean completion tokens",
                                    "{:.1f}", 1), ("think_rate", "think rate (%)", "{:.0f}", 100)):
         head = (f"| {label} | " + " | ".join(f"L{lv}" for lv in EVAL_LEVELS)
-                + f" | L{TRAIN_LEVELS[0]}-{TRAIN_LEVELS[-1]} (trained) | all |")
+                + f" | L{levels[0]}-{levels[-1]} (trained) | all |")
         lines = [head, "|---" * (len(EVAL_LEVELS) + 3) + "|"]
         for name, per_seed in results.items():
             ms = [r[decoding] for r in per_seed]
             cells = [mean_sd([scale * m[f"{key}/level_{lv}"] for m in ms], fmt) for lv in EVAL_LEVELS]
-            cells += [mean_sd([scale * train_level_mean(m, key) for m in ms], fmt),
+            cells += [mean_sd([scale * train_level_mean(m, key, levels) for m in ms], fmt),
                       mean_sd([scale * m[key] for m in ms], fmt)]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
@@ -233,6 +234,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps, small evaluations")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, help="training steps (default 240; stages 1 and 2 get a quarter each)")
+    parser.add_argument("--levels", type=int, nargs="+", default=list(TRAIN_LEVELS), help="training levels")
     parser.add_argument("--measure", metavar="MODEL", help="only print MODEL's modes per level and exit")
     parser.add_argument("--out", default=str(ROOT / "runs" / "exp-autothink"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "results"))
@@ -240,7 +242,9 @@ def main() -> int:
     steps, (s1, s2), n_per_level, samples = SIZES["quick" if args.quick else "full"]
     if args.steps:  # the same stage proportions: a quarter each for stages 1 and 2, the rest for stage 3
         steps, s1, s2 = args.steps, args.steps // 4, args.steps // 4
-    setup = WORLDS[args.world]
+    setup, levels = WORLDS[args.world], tuple(args.levels)
+    held_out = ", ".join(str(lv) for lv in EVAL_LEVELS if lv not in levels)
+    tag = "" if levels == TRAIN_LEVELS else "-L" + "".join(map(str, levels))  # names runs and docs of other levels
     if args.measure:
         print(level_modes(args.measure, args.world, n_per_level, 16))
         return 0
@@ -255,8 +259,8 @@ def main() -> int:
     cpu: dict[str, list[float]] = {a: [] for a in ARMS}
     for seed in args.seeds:
         for arm in ARMS:
-            d = out / f"{arm}-{steps}steps-s{seed}"
-            cpu[arm].append(run(args.world, arms[arm], steps, d, seed))
+            d = out / f"{arm}-{steps}steps{tag}-s{seed}"
+            cpu[arm].append(run(args.world, levels, arms[arm], steps, d, seed))
             run_dirs[arm].append(d)
     starts = {"start, ellipsis prompt": setup.base_path, "start, always-think prompt": think_base}
     results = {name: [measure(path, args.world, n_per_level, samples)] for name, path in starts.items()}
@@ -264,10 +268,10 @@ def main() -> int:
     for arm in ARMS:
         results[f"{labels[arm]} after {steps} steps"] = [
             measure(d / "final", args.world, n_per_level, samples) for d in run_dirs[arm]]
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / f"results{tag}-{steps}steps.json").write_text(json.dumps(results, indent=1))
     start_table = level_modes(setup.base_path, args.world, n_per_level, 16)
 
-    prefix = f"autothink-{args.world}-"
+    prefix = f"autothink-{args.world}{tag}-"
     groups = {labels[a]: run_dirs[a] for a in ARMS}
     stage_lines = (s1, s1 + s2)
     plot_curves(groups, ["eval/accuracy"], "held-out accuracy (greedy, levels 1-5)", "accuracy",
@@ -276,27 +280,29 @@ def main() -> int:
                 doc_dir / f"{prefix}tokens.png", stage_lines=stage_lines)
     plot_curves(groups, ["entropy"], "policy entropy of training rollouts", "nats per token",
                 doc_dir / f"{prefix}entropy.png", window=10, stage_lines=stage_lines)
-    plot_curves({"autothink": run_dirs["autothink"]}, [f"autothink/think_rate/level_{lv}" for lv in TRAIN_LEVELS],
+    plot_curves({"autothink": run_dirs["autothink"]}, [f"autothink/think_rate/level_{lv}" for lv in levels],
                 "AutoThink: think rate of training rollouts (T=0.6)", "think rate",
                 doc_dir / f"{prefix}think-rate.png", window=10, stage_lines=stage_lines)
 
     at, base = results[f"autothink after {steps} steps"], results[f"grpo (always think) after {steps} steps"]
     all_tokens = [a["greedy"]["tokens"] / b["greedy"]["tokens"] - 1 for a, b in zip(at, base)]
-    train_tokens = [train_level_mean(a["greedy"], "tokens") / train_level_mean(b["greedy"], "tokens") - 1
-                    for a, b in zip(at, base)]
+    train_tokens = [train_level_mean(a["greedy"], "tokens", levels) / train_level_mean(b["greedy"], "tokens", levels)
+                    - 1 for a, b in zip(at, base)]
     seeds = " ".join(map(str, args.seeds))
     command = f"OMP_NUM_THREADS=1 python experiments/autothink.py --world {args.world} --seeds {seeds}" + (
-        " --quick" if args.quick else "") + (f" --steps {args.steps}" if args.steps else "")
+        " --quick" if args.quick else "") + (f" --steps {args.steps}" if args.steps else "") + (
+        f" --levels {' '.join(map(str, levels))}" if tag else "")
     doc = [
         f"# AutoThink vs GRPO with always-think prompting ({args.world} world)" + (
             " — quick smoke run" if args.quick else ""),
         "",
         f"Command: `{command}`. Both arms start from the shipped `{setup.base}` and train {steps} steps on levels "
-        f"{list(TRAIN_LEVELS)}; levels 4-5 are held out. AutoThink: ellipsis prompt, `algo.stage=all` with stage 1 "
-        f"(batch balance) for {s1} steps, stage 2 (R0) for {s2}, stage 3 (length shaping) for the rest; max "
+        f"{list(levels)}" + (f"; levels {held_out} are held out" if held_out else "")
+        + f". AutoThink: ellipsis prompt, `algo.stage=all` with stage 1 (batch balance) for {s1} steps, stage 2 (R0) "
+        f"for {s2}, stage 3 (length shaping) for the rest; max "
         f"lengths {setup.max_length}/{2 * setup.max_length}/{3 * setup.max_length}. GRPO: the same weights with the "
         f"always-think prompt `<think>\\n`, the `accuracy` reward, max length {setup.max_length}. Shared: "
-        + ", ".join(common(args.world)[1:-1]) + f". Seeds {seeds}: tables give mean ± std over seeds (sample std).",
+        + ", ".join(common(args.world, levels)[1:-1]) + f". Seeds {seeds}: tables give mean ± std over seeds (sample std).",
         "",
         "CPU time of training per run (process time, evaluations during training included): "
         + ", ".join(f"{labels[a]} {mean_sd([t / 60 for t in cpu[a]], '{:.1f}')} min" for a in ARMS) + ".",
@@ -317,11 +323,11 @@ def main() -> int:
         "",
         "## Greedy decoding, held-out problems",
         "",
-        tables(results, "greedy"),
+        tables(results, "greedy", levels),
         "",
         f"## Sampled at T={TEMPERATURE}, {samples} samples per problem",
         "",
-        tables(results, "sampled"),
+        tables(results, "sampled", levels),
         "",
         mode_table(results),
         "",
@@ -335,7 +341,7 @@ def main() -> int:
         f"![entropy]({prefix}entropy.png)",
         "",
     ]
-    (doc_dir / f"autothink-{args.world}.md").write_text("\n".join(doc))
+    (doc_dir / f"autothink-{args.world}{tag}.md").write_text("\n".join(doc))
     print(json.dumps({"runs": {a: [str(d) for d in ds] for a, ds in run_dirs.items()},
                       "cpu_minutes": {a: sum(t) / 60 for a, t in cpu.items()}}))
     return 0
