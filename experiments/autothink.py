@@ -3,7 +3,7 @@ base model at equal steps, over several seeds: accuracy, completion tokens and t
 
 Worlds: `arith` (base `autothink_base`) and `shortcut` (base `autothink_shortcut_base`, easy problems with long
 but skippable traces). Writes docs/results/autothink-WORLD.md and PNG plots. Reproduce:
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py --world shortcut --seeds 0 1 2   (see the doc for CPU time)
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py --world shortcut --seeds 0 1 2 --steps 160  (~17 CPU-min)
     OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py --world shortcut --quick          (a smoke run)
     OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py --world shortcut --measure MODEL  (per-level modes of a model)
 A finished run (its final/ and cpu.json) is reused, so an interrupted experiment picks up where it stopped.
