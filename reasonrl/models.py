@@ -14,7 +14,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 ASSETS = Path(__file__).parent / "assets"
-SHIPPED = ("student", "teacher", "autothink_base")
+SHIPPED = ("student", "teacher", "autothink_base", "autothink_shortcut_base")
 PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 THINK_TAGS = ("<think>", "</think>")
 CHAT_TEMPLATE = (
