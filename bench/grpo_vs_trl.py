@@ -239,11 +239,9 @@ def main() -> None:
     text = write_report(results, args, peak, scaling, learning)
     print(text)
     if not args.no_write:
-        out = Path(args.out)
-        old = out.read_text() if out.exists() else ""
-        if NOTES in old:  # hand-written analysis below the marker survives a re-run
-            text += "\n" + old[old.index(NOTES):]
-        out.write_text(text)
+        from reasonrl.plot import write_keeping_notes
+
+        write_keeping_notes(Path(args.out), text, NOTES)  # hand-written analysis below the marker survives
         print(f"wrote {args.out}")
 
 

@@ -29,6 +29,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from reasonrl.models import load_model
+from reasonrl.plot import write_keeping_notes
 from reasonrl.spectral import analyze, weight_modules
 
 logging.getLogger("weightwatcher").setLevel(logging.ERROR)  # its per-layer info and "no CUDA" warnings
@@ -162,8 +163,7 @@ def main() -> None:
         print(text)
         return
     out = Path(args.out)
-    old = out.read_text() if out.exists() else ""
-    out.write_text(text + "\n" + (old[old.index(NOTES):] if NOTES in old else NOTES + "\n"))
+    write_keeping_notes(out, text, NOTES)
     print(f"wrote {out}")
 
 

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 
 from reasonrl.config import config_to_dict, load_config
 from reasonrl.models import load_model
+from reasonrl.plot import write_keeping_notes
 from reasonrl.pretrain import PretrainOptions, pretrain, pretrain_config
 from reasonrl.spectral import alpha_ratios, analyze_path, weight_modules
 from reasonrl.spectral.esd import layer_and_type
@@ -201,12 +202,6 @@ def plot_mean(runs: dict, size: str, seeds: list[int], key: str, ylabel: str, pa
     return path
 
 
-def write_keeping_notes(path: Path, text: str) -> None:
-    """Write `text`, then the old file's hand-written part from the notes marker on (or a fresh marker)."""
-    old = path.read_text() if path.exists() else ""
-    path.write_text(text + "\n" + (old[old.index(NOTES):] if NOTES in old else NOTES + "\n"))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="nano model, 1 seed, 40 steps, 200k characters")
@@ -273,7 +268,7 @@ def main() -> None:
         f"{tail_fit_table(runs, args.sizes, seeds)}\n\n"
         + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
     )
-    write_keeping_notes(results / "htsr.md", text)
+    write_keeping_notes(results / "htsr.md", text, NOTES)
     print(text)
     assert all(math.isfinite(evals(p)[-1]["eval/perplexity"]) for p in runs.values())
 

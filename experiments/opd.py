@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from reasonrl.config import load_config
+from reasonrl.plot import write_keeping_notes
 from reasonrl.tracking import read_metrics
 from reasonrl.trainer import Trainer
 
@@ -264,8 +265,7 @@ def write_doc(args, mode: dict, seeds: list[int], results: dict[str, list[dict]]
         *[f"![{p}]({p})" for p in plots],
         "",
     ]
-    old = path.read_text() if path.exists() else ""  # the hand-written reading after the marker survives a rerun
-    path.write_text("\n".join(doc) + "\n" + (old[old.index(KEPT):] if KEPT in old else KEPT + "\n"))
+    write_keeping_notes(path, "\n".join(doc), KEPT)  # the hand-written reading after the marker survives a rerun
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Learning curves from `RUN_DIR/metrics.jsonl` as PNG files.
+"""Learning curves from `RUN_DIR/metrics.jsonl` as PNG files, and the writer of generated result pages.
 
 Uses matplotlib's object API with the Agg canvas rather than pyplot, so plotting never touches global
 backend state and works headless (CI, servers).
@@ -144,3 +144,10 @@ def _figure(size: tuple[float, float]) -> Figure:
 def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     return path
+
+
+def write_keeping_notes(path: Path, text: str, marker: str) -> None:
+    """Write a generated report to `path`, then the old file's hand-written part from `marker` on (or a fresh
+    marker): re-running an experiment or a benchmark replaces its numbers and keeps its analysis."""
+    old = path.read_text() if path.exists() else ""
+    path.write_text(text + "\n" + (old[old.index(marker):] if marker in old else marker + "\n"))

@@ -143,3 +143,14 @@ def test_missing_backend_says_how_to_install_it(tmp_path, monkeypatch, backend):
     monkeypatch.setitem(__import__("sys").modules, backend, None)  # makes `import backend` fail
     with pytest.raises(ImportError, match=f"pip install {backend}"):
         tracker(tmp_path, report_to=[backend])
+
+
+def test_regenerated_reports_keep_their_hand_written_notes(tmp_path):
+    from reasonrl.plot import write_keeping_notes
+
+    page, marker = tmp_path / "result.md", "<!-- notes: kept -->"
+    write_keeping_notes(page, "# numbers v1", marker)
+    assert page.read_text() == "# numbers v1\n<!-- notes: kept -->\n"  # a fresh page gets the marker
+    page.write_text(page.read_text() + "hand-written analysis\n")
+    write_keeping_notes(page, "# numbers v2", marker)
+    assert page.read_text() == "# numbers v2\n<!-- notes: kept -->\nhand-written analysis\n"
