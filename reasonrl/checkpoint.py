@@ -150,11 +150,7 @@ def load_checkpoint(
     path = Path(path)
     verify_checkpoint(path)
     if restore is not None:
-        optimizer_state = None
-        if optimizer is not None:
-            if not (path / OPTIMIZER_FILE).is_file():
-                raise CheckpointError(f"{path}: has no {OPTIMIZER_FILE} to restore")
-            optimizer_state = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        optimizer_state = _read_state(path, OPTIMIZER_FILE) if optimizer is not None else None
         restore(safetensors.torch.load_file(path / MODEL_FILE), optimizer_state)
         return _finish_load(path, None, scheduler)
     expected = {name: tuple(t.shape) for name, t in _model_state(model).items()}
@@ -175,13 +171,16 @@ def load_checkpoint(
     return _finish_load(path, optimizer, scheduler)
 
 
+def _read_state(path: Path, name: str) -> dict:
+    if not (path / name).is_file():
+        raise CheckpointError(f"{path}: has no {name} to restore")
+    return torch.load(path / name, map_location="cpu", weights_only=True)
+
+
 def _finish_load(path: Path, optimizer: torch.optim.Optimizer | None, scheduler: Any | None) -> dict:
     for obj, name in ((optimizer, OPTIMIZER_FILE), (scheduler, SCHEDULER_FILE)):
-        if obj is None:
-            continue
-        if not (path / name).is_file():
-            raise CheckpointError(f"{path}: has no {name} to restore")
-        obj.load_state_dict(torch.load(path / name, map_location="cpu", weights_only=True))
+        if obj is not None:
+            obj.load_state_dict(_read_state(path, name))
     state = json.loads((path / STATE_FILE).read_text())
     _set_rng_state(state.pop("rng"))
     return state

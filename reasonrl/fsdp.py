@@ -91,14 +91,19 @@ def grad_norm(total: torch.Tensor) -> float:
     return float(total.full_tensor() if isinstance(total, DTensor) else total)
 
 
-def full_state(model: torch.nn.Module, optimizer) -> tuple[dict, dict]:
-    """Full model and optimizer state dicts on rank 0's CPU (collective; other ranks get empty dicts). The optimizer's
-    is converted to torch's own layout (states keyed by parameter index), the file a one-process run writes."""
+def full_model_state(model: torch.nn.Module) -> dict:
+    """The full model state dict on rank 0's CPU (collective; other ranks get an empty dict)."""
     model_state = get_model_state_dict(model, options=FULL)
     # cpu_offload copies each tensor, so tied aliases (lm_head of tied embeddings) would be saved twice: keep the
     # names a plain model's checkpoint has, each parameter under its first name.
     first_names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
-    model_state = {k: v for k, v in model_state.items() if k in first_names}
+    return {k: v for k, v in model_state.items() if k in first_names}
+
+
+def full_state(model: torch.nn.Module, optimizer) -> tuple[dict, dict]:
+    """Full model and optimizer state dicts on rank 0's CPU (collective; other ranks get empty dicts). The optimizer's
+    is converted to torch's own layout (states keyed by parameter index), the file a one-process run writes."""
+    model_state = full_model_state(model)
     optimizer_state = get_optimizer_state_dict(model, optimizer, options=FULL)
     if not optimizer_state:
         return model_state, {}

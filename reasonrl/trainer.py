@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
+from reasonrl import distributed, fsdp
 from reasonrl.algos import make_algorithm
 from reasonrl.algos.base import Algorithm, TrainBatch
 from reasonrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained_atomic
-from reasonrl import distributed, fsdp
 from reasonrl.config import Config, config_to_dict, save_config
 from reasonrl.data import Example, PromptStream, load_source
 from reasonrl.evaluation import evaluate
@@ -310,7 +310,7 @@ class Trainer:
         """RUN_DIR/final, an HF model folder (from the full weights when the model is sharded)."""
         model = self.model
         if fsdp.is_sharded(model):
-            state, _ = fsdp.full_state(model, self.optimizer)
+            state = fsdp.full_model_state(model)  # the optimizer's state has no place in an exported model
             model = fsdp.unsharded_copy(model, state) if self.is_main else None
         if self.is_main:
             save_pretrained_atomic(model, self.tokenizer, self.run_dir / "final", self.config.model.path,

@@ -28,7 +28,7 @@ def train(run_dir: str, args: list[str]) -> None:
     trainer.train()
     state = trainer.model.state_dict()
     if fsdp.is_sharded(trainer.model):  # the full weights, gathered on rank 0
-        state, _ = fsdp.full_state(trainer.model, trainer.optimizer)
+        state = fsdp.full_model_state(trainer.model)
         if trainer.rank:
             return
     state = {k: v.contiguous() for k, v in state.items() if "lm_head" not in k}  # tied to the embedding
