@@ -138,13 +138,20 @@ def train_level_mean(m: dict[str, float], key: str, levels: tuple[int, ...]) -> 
     return statistics.mean(m[f"{key}/level_{lv}"] for lv in levels)
 
 
+def level_span(levels: tuple[int, ...]) -> str:
+    """`L1-3` for consecutive levels, `L1,2,4,5` otherwise."""
+    distinct = sorted(set(levels))
+    if distinct == list(range(distinct[0], distinct[-1] + 1)):
+        return f"L{distinct[0]}-{distinct[-1]}"
+    return "L" + ",".join(map(str, distinct))
+
+
 def tables(results: dict[str, list[dict]], decoding: str, levels: tuple[int, ...]) -> str:
     """Three tables (accuracy, tokens, think rate), a row per model, a column per level, mean ± std over seeds."""
     out = []
     for key, label, fmt, scale in (("accuracy", "accuracy (%)", "{:.1f}", 100), ("tokens", "mean completion tokens",
                                    "{:.1f}", 1), ("think_rate", "think rate (%)", "{:.0f}", 100)):
-        head = (f"| {label} | " + " | ".join(f"L{lv}" for lv in EVAL_LEVELS)
-                + f" | L{levels[0]}-{levels[-1]} (trained) | all |")
+        head = f"| {label} | " + " | ".join(f"L{lv}" for lv in EVAL_LEVELS) + f" | {level_span(levels)} (trained) | all |"
         lines = [head, "|---" * (len(EVAL_LEVELS) + 3) + "|"]
         for name, per_seed in results.items():
             ms = [r[decoding] for r in per_seed]
@@ -235,6 +242,10 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, help="training steps (default 240; stages 1 and 2 get a quarter each)")
     parser.add_argument("--levels", type=int, nargs="+", default=list(TRAIN_LEVELS), help="training levels")
+    parser.add_argument("--nothink-correct", type=float, default=2.0, metavar="C",
+                        help="AutoThink's R0 for a correct direct answer (algo.nothink_correct_reward; official 2)")
+    parser.add_argument("--stage-steps", type=int, nargs=2, metavar=("S1", "S2"),
+                        help="steps of AutoThink's stages 1 and 2 (default a quarter of the steps each; stage 3 the rest)")
     parser.add_argument("--measure", metavar="MODEL", help="only print MODEL's modes per level and exit")
     parser.add_argument("--out", default=str(ROOT / "runs" / "exp-autothink"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "results"))
@@ -245,6 +256,10 @@ def main() -> int:
     setup, levels = WORLDS[args.world], tuple(args.levels)
     held_out = ", ".join(str(lv) for lv in EVAL_LEVELS if lv not in levels)
     tag = "" if levels == TRAIN_LEVELS else "-L" + "".join(map(str, levels))  # names runs and docs of other levels
+    if args.stage_steps:
+        s1, s2 = args.stage_steps
+    variant = ("" if args.nothink_correct == 2.0 else f"-c{args.nothink_correct:g}") + (
+        f"-stages{s1}-{s2}" if args.stage_steps else "")  # AutoThink's runs only
     if args.measure:
         print(level_modes(args.measure, args.world, n_per_level, 16))
         return 0
@@ -253,13 +268,13 @@ def main() -> int:
     # The same weights, prompted two ways: the always-think copy differs only in its chat template.
     think_base = save_prompt_mode(setup.base_path, out / "base-always-think", "think")
     arms = {"autothink": [f"model.path={setup.base_path}", "algo=autothink", "algo.stage=all",
-                          f"algo.stage_steps=[{s1},{s2}]"],
+                          f"algo.stage_steps=[{s1},{s2}]", f"algo.nothink_correct_reward={args.nothink_correct}"],
             "grpo": [f"model.path={think_base}", "algo=grpo"]}
     run_dirs: dict[str, list[Path]] = {a: [] for a in ARMS}
     cpu: dict[str, list[float]] = {a: [] for a in ARMS}
     for seed in args.seeds:
         for arm in ARMS:
-            d = out / f"{arm}-{steps}steps{tag}-s{seed}"
+            d = out / f"{arm}-{steps}steps{tag}{variant if arm == 'autothink' else ''}-s{seed}"
             cpu[arm].append(run(args.world, levels, arms[arm], steps, d, seed))
             run_dirs[arm].append(d)
     starts = {"start, ellipsis prompt": setup.base_path, "start, always-think prompt": think_base}
@@ -268,10 +283,10 @@ def main() -> int:
     for arm in ARMS:
         results[f"{labels[arm]} after {steps} steps"] = [
             measure(d / "final", args.world, n_per_level, samples) for d in run_dirs[arm]]
-    (out / f"results{tag}-{steps}steps.json").write_text(json.dumps(results, indent=1))
+    (out / f"results{tag}{variant}-{steps}steps.json").write_text(json.dumps(results, indent=1))
     start_table = level_modes(setup.base_path, args.world, n_per_level, 16)
 
-    prefix = f"autothink-{args.world}{tag}-"
+    prefix = f"autothink-{args.world}{tag}{variant}-"
     groups = {labels[a]: run_dirs[a] for a in ARMS}
     stage_lines = (s1, s1 + s2)
     plot_curves(groups, ["eval/accuracy"], "held-out accuracy (greedy, levels 1-5)", "accuracy",
@@ -291,7 +306,9 @@ def main() -> int:
     seeds = " ".join(map(str, args.seeds))
     command = f"OMP_NUM_THREADS=1 python experiments/autothink.py --world {args.world} --seeds {seeds}" + (
         " --quick" if args.quick else "") + (f" --steps {args.steps}" if args.steps else "") + (
-        f" --levels {' '.join(map(str, levels))}" if tag else "")
+        f" --levels {' '.join(map(str, levels))}" if tag else "") + (
+        f" --nothink-correct {args.nothink_correct:g}" if args.nothink_correct != 2.0 else "") + (
+        f" --stage-steps {s1} {s2}" if args.stage_steps else "")
     doc = [
         f"# AutoThink vs GRPO with always-think prompting ({args.world} world)" + (
             " — quick smoke run" if args.quick else ""),
@@ -300,7 +317,10 @@ def main() -> int:
         f"{list(levels)}" + (f"; levels {held_out} are held out" if held_out else "")
         + f". AutoThink: ellipsis prompt, `algo.stage=all` with stage 1 (batch balance) for {s1} steps, stage 2 (R0) "
         f"for {s2}, stage 3 (length shaping) for the rest; max "
-        f"lengths {setup.max_length}/{2 * setup.max_length}/{3 * setup.max_length}. GRPO: the same weights with the "
+        f"lengths {setup.max_length}/{2 * setup.max_length}/{3 * setup.max_length}" + (
+            f"; R0 of a correct direct answer {args.nothink_correct:g} instead of the official 2"
+            if args.nothink_correct != 2.0 else "")
+        + ". GRPO: the same weights with the "
         f"always-think prompt `<think>\\n`, the `accuracy` reward, max length {setup.max_length}. Shared: "
         + ", ".join(common(args.world, levels)[1:-1]) + f". Seeds {seeds}: tables give mean ± std over seeds (sample std).",
         "",
@@ -341,7 +361,7 @@ def main() -> int:
         f"![entropy]({prefix}entropy.png)",
         "",
     ]
-    (doc_dir / f"autothink-{args.world}{tag}.md").write_text("\n".join(doc))
+    (doc_dir / f"autothink-{args.world}{tag}{variant}.md").write_text("\n".join(doc))
     print(json.dumps({"runs": {a: [str(d) for d in ds] for a, ds in run_dirs.items()},
                       "cpu_minutes": {a: sum(t) / 60 for a, t in cpu.items()}}))
     return 0

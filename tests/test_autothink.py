@@ -20,6 +20,7 @@ from reasonrl.algos.autothink import (
     mode_metrics,
     prompt_mode,
     prompt_mode_template,
+    rescore_direct_correct,
     save_prompt_mode,
     with_prompt_mode,
 )
@@ -151,6 +152,22 @@ def test_balance_weight_saturates_and_skips_nan_rows():
     out, lam_t, _ = balance([1.0] * 5 + [0.0] * 4 + [math.nan], [True] * 10, [True] * 5 + [False] * 5)
     assert lam_t == 1.0 and out[:9] == [0.0] * 5 + [-1.0] * 4 and math.isnan(out[9])
     assert balance([1.0, 0.0], [True, True], [True, False], rate=1.0) == ([1.0, 0.0], 0.0, 0.0)  # stages 2-3
+
+
+def test_direct_correct_reward_can_be_moved_from_two():
+    # rows: direct correct, direct wrong, think correct, think wrong, direct correct but NaN (failed verification)
+    rewards = torch.tensor([2.0, -1.0, 1.0, 0.0, math.nan])
+    think = torch.tensor([False, False, True, True, False])
+    correct = torch.tensor([True, False, True, False, True])
+    out = rescore_direct_correct(rewards, think, correct, 1.5).tolist()
+    assert out[:4] == [1.5, -1.0, 1.0, 0.0] and math.isnan(out[4])
+    # R0 weighted 0.5 in a sum with a format reward of 0.25: direct correct 0.5 * 2 + 0.25 = 1.25 -> 0.5 * 1.5 + 0.25,
+    # direct wrong 0.5 * -1 + 0.25 = -0.25 unchanged
+    out = rescore_direct_correct(torch.tensor([1.25, -0.25]), torch.tensor([False, False]), torch.tensor([True, False]),
+                                 1.5, weight=0.5)
+    assert out.tolist() == [1.0, -0.25]
+    with pytest.raises(ValueError, match="nothink_correct_reward"):
+        load_config(None, ["algo=autothink", "algo.nothink_correct_reward=nan"])
 
 
 # ---- stage 3: length shaping ------------------------------------------------------------------------------------

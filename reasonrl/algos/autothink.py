@@ -166,6 +166,13 @@ def autothink_reward(prompts: list[str], completions: list[str], answer: list[st
     return Scores(values, checked.status, checked.errors)
 
 
+def rescore_direct_correct(rewards: torch.Tensor, think: torch.Tensor, correct: torch.Tensor, value: float,
+                           weight: float = 1.0) -> torch.Tensor:
+    """Rewards with R0 of the correct direct answers moved from the official +2 to `value` (R0 enters the summed
+    reward with `weight`); NaN rows stay NaN."""
+    return torch.where(~think & correct, rewards + weight * (value - R0[(False, True)]), rewards)
+
+
 # ---- stage shaping, on tensors: rewards [N] (NaN = failed verification), flags [N] bool, groups [N] -----------
 
 
@@ -251,6 +258,9 @@ class AutoThinkConfig(GRPOConfig):
     balance_slope: float = 2.0  # k (official penalty_slope)
     length_alpha: float = 0.05  # stage 3 (official reward_alpha); stages 1-2 use 0
     length_beta: float = 0.05  # stage 3 (official reward_beta)
+    # R0 of a correct direct answer (official +2). Against thinking's p_T, a direct answer pays in expectation where
+    # its accuracy p_N > (1 + p_T) / (c + 1): c sets how accurate direct answers must be before thinking is skipped.
+    nothink_correct_reward: float = 2.0
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2, 3, "all"):
@@ -259,6 +269,8 @@ class AutoThinkConfig(GRPOConfig):
             raise ValueError(f"algo.stage_steps needs two step counts >= 0 (stages 1 and 2), got {self.stage_steps}")
         if self.max_lengths and (len(self.max_lengths) != 3 or min(self.max_lengths) < 1):
             raise ValueError(f"algo.max_lengths needs three lengths >= 1 (stages 1-3), got {self.max_lengths}")
+        if not math.isfinite(self.nothink_correct_reward):
+            raise ValueError(f"algo.nothink_correct_reward must be a finite number, got {self.nothink_correct_reward}")
 
 
 @register_algorithm("autothink")
@@ -272,6 +284,7 @@ class AutoThink(GRPO):
             config.rewards.funcs = [RewardSpec("autothink", 1.0)]
         elif "autothink" not in names:
             raise ValueError(f"algo=autothink needs the `autothink` reward (R0) in rewards.funcs, got {names}")
+        self.r0_weight = next(f.weight for f in config.rewards.funcs if f.name == "autothink")
         length = config.rollout.max_completion_length
         self.max_lengths = list(self.cfg.max_lengths) or [length, 2 * length, 3 * length]
         self.checked_prompt = False
@@ -301,6 +314,8 @@ class AutoThink(GRPO):
         correct = [r > 0 for r in r0]  # R0 is positive exactly for correct answers
         lengths = [len(c) for c in rollouts.completion_ids]
         rewards, think_t, correct_t = torch.tensor(rollouts.rewards), torch.tensor(think), torch.tensor(correct)
+        if self.cfg.nothink_correct_reward != R0[(False, True)]:
+            rewards = rescore_direct_correct(rewards, think_t, correct_t, self.cfg.nothink_correct_reward, self.r0_weight)
         # Official order: length shaping per group, then the batch balance.
         if stage == 3:
             rewards = length_shaping(rewards, correct_t, torch.tensor(lengths), torch.tensor(rollouts.group),
