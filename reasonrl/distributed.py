@@ -99,32 +99,41 @@ class ShardedStream:
 def reduce_totals(totals: dict[str, float]) -> dict[str, float]:
     """The whole step's loss normalisers: counts are summed over ranks; `max_*` entries (a limit such as Dr.GRPO's
     max_completion_length) are the largest. A rank with an empty batch contributes nothing."""
-    if world_size() == 1:
-        return totals
+    return combine_totals(all_gather_json(totals)) if world_size() > 1 else totals
+
+
+def sum_across_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Per-key sums over ranks (metrics already divided by global totals add up to the step's value)."""
+    return combine_sums(all_gather_json(values)) if world_size() > 1 else values
+
+
+def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Per-key means over the ranks that report the key (per-rank averages such as the mean reward)."""
+    return combine_means(all_gather_json(values)) if world_size() > 1 else values
+
+
+# The reductions on records already gathered, so that a caller with several of them makes one collective.
+
+
+def combine_totals(parts: list[dict[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {}
-    for part in all_gather_json(totals):
+    for part in parts:
         for k, v in part.items():
             out[k] = max(out.get(k, v), v) if k.startswith("max_") else out.get(k, 0.0) + v
     return out
 
 
-def sum_across_ranks(values: dict[str, float]) -> dict[str, float]:
-    """Per-key sums over ranks (metrics already divided by global totals add up to the step's value)."""
-    if world_size() == 1:
-        return values
+def combine_sums(parts: list[dict[str, float]]) -> dict[str, float]:
     out: dict[str, float] = {}
-    for part in all_gather_json(values):
+    for part in parts:
         for k, v in part.items():
             out[k] = out.get(k, 0.0) + v
     return out
 
 
-def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
-    """Per-key means over the ranks that report the key (per-rank averages such as the mean reward)."""
-    if world_size() == 1:
-        return values
+def combine_means(parts: list[dict[str, float]]) -> dict[str, float]:
     seen: dict[str, list[float]] = {}
-    for part in all_gather_json(values):
+    for part in parts:
         for k, v in part.items():
             seen.setdefault(k, []).append(v)
     return {k: sum(v) / len(v) for k, v in seen.items()}

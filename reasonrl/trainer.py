@@ -338,11 +338,14 @@ class Trainer:
             failure, batch = e, TrainBatch({}, metrics={
                 "rewards/failed": float(e.result.failed), "rewards/timeout": float(e.result.timeout),
                 "train/skipped_reward_failure": 1.0})
-        batch.totals = distributed.reduce_totals(batch.totals)
-        metrics = distributed.mean_across_ranks({k: v for k, v in batch.metrics.items() if k not in COUNTS})
-        metrics |= distributed.sum_across_ranks({k: v for k, v in batch.metrics.items() if k in COUNTS})
-        has_data = distributed.any_rank(len(batch) > 0)
-        if not has_data and distributed.any_rank(failure is not None):
+        # One collective for everything the step needs to agree on (totals, metrics, who has data or failed).
+        parts = distributed.all_gather_json({"totals": batch.totals, "metrics": batch.metrics,
+                                             "has_data": len(batch) > 0, "failed": failure is not None})
+        batch.totals = distributed.combine_totals([p["totals"] for p in parts])
+        metrics = distributed.combine_means([{k: v for k, v in p["metrics"].items() if k not in COUNTS} for p in parts])
+        metrics |= distributed.combine_sums([{k: v for k, v in p["metrics"].items() if k in COUNTS} for p in parts])
+        has_data = any(p["has_data"] for p in parts)
+        if not has_data and any(p["failed"] for p in parts):
             self._count_failed_rewards(failure)
         return batch, metrics, has_data
 
