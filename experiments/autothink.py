@@ -314,7 +314,8 @@ def main() -> int:
             " — quick smoke run" if args.quick else ""),
         "",
         f"Command: `{command}`. Both arms start from the shipped `{setup.base}` and train {steps} steps on levels "
-        f"{list(levels)}" + (f"; levels {held_out} are held out" if held_out else "")
+        f"{list(levels)}" + (f"; {'levels' if ',' in held_out else 'level'} {held_out} "
+                              f"{'are' if ',' in held_out else 'is'} held out" if held_out else "")
         + f". AutoThink: ellipsis prompt, `algo.stage=all` with stage 1 (batch balance) for {s1} steps, stage 2 (R0) "
         f"for {s2}, stage 3 (length shaping) for the rest; max "
         f"lengths {setup.max_length}/{2 * setup.max_length}/{3 * setup.max_length}" + (
