@@ -14,44 +14,40 @@ import random
 import statistics
 import sys
 
-import torch
-
-from reasonrl.models import encode_prompt, load_model
+from reasonrl.algos.autothink import think_probability
+from reasonrl.models import load_model
 from reasonrl.worlds.arith import ArithWorld
 from reasonrl.worlds.shortcut import has_borrow, has_carry
 
 
+# form -> a draw: (expression, whether it belongs to the form); `x` repeats an operand, `2d`/`3d` give operand digits.
+def _sub(a: int, b: int) -> tuple[int, int]:
+    return max(a, b), min(a, b)
+
+
+FORMS = {
+    "x*0": lambda x, b, a, c: (f"{x}*0", True),
+    "x-x": lambda x, b, a, c: (f"{x}-{x}", True),
+    "x+0": lambda x, b, a, c: (f"{x}+0", True),
+    "x*1": lambda x, b, a, c: (f"{x}*1", True),
+    "2d+2d, carry": lambda x, b, a, c: (f"{a}+{c}", a % 10 + c % 10 >= 10),
+    "3d+3d, carry": lambda x, b, a, c: (f"{x}+{b}", has_carry(x, b)),
+    "3d-3d, borrow": lambda x, b, a, c: ("{}-{}".format(*_sub(x, b)), has_borrow(*_sub(x, b))),
+    "3d+2d, carry (unseen)": lambda x, b, a, c: (f"{x}+{a}", has_carry(x, a)),
+    "2d+3d, carry (unseen)": lambda x, b, a, c: (f"{a}+{x}", has_carry(a, x)),
+    "3d-2d, borrow (unseen)": lambda x, b, a, c: (f"{x}-{a}", has_borrow(x, a)),
+    "3d-3d, no borrow (unseen)": lambda x, b, a, c: ("{}-{}".format(*_sub(x, b)), x != b and not has_borrow(*_sub(x, b))),
+    "x*2 (unseen)": lambda x, b, a, c: (f"{x}*2", True),
+}
+
+
 def draw(form: str, rng: random.Random) -> str:
-    """One expression of `form`: `x` repeats an operand, digits say how long each operand is."""
+    """One expression of `form`, redrawn until it has the form's carry or borrow."""
     while True:
-        x, b, a, c = rng.randint(100, 999), rng.randint(100, 999), rng.randint(10, 99), rng.randint(10, 99)
-        expression, ok = {
-            "x*0": (f"{x}*0", True), "x-x": (f"{x}-{x}", True), "x+0": (f"{x}+0", True), "x*1": (f"{x}*1", True),
-            "2d+2d, carry": (f"{a}+{c}", a % 10 + c % 10 >= 10),
-            "3d+3d, carry": (f"{x}+{b}", has_carry(x, b)),
-            "3d-3d, borrow": (f"{max(x, b)}-{min(x, b)}", has_borrow(max(x, b), min(x, b))),
-            "3d+2d, carry (unseen)": (f"{x}+{a}", has_carry(x, a)),
-            "2d+3d, carry (unseen)": (f"{a}+{x}", has_carry(a, x)),
-            "3d-2d, borrow (unseen)": (f"{x}-{a}", has_borrow(x, a)),
-            "3d-3d, no borrow (unseen)": (f"{max(x, b)}-{min(x, b)}", not has_borrow(max(x, b), min(x, b)) and x != b),
-            "x*2 (unseen)": (f"{x}*2", True),
-        }[form]
+        expression, ok = FORMS[form](rng.randint(100, 999), rng.randint(100, 999), rng.randint(10, 99),
+                                     rng.randint(10, 99))
         if ok:
             return expression
-
-
-FORMS = ["x*0", "x-x", "x+0", "x*1", "2d+2d, carry", "3d+3d, carry", "3d-3d, borrow", "3d+2d, carry (unseen)",
-         "2d+3d, carry (unseen)", "3d-2d, borrow (unseen)", "3d-3d, no borrow (unseen)", "x*2 (unseen)"]
-
-
-@torch.no_grad()
-def think_probability(model, tokenizer, expressions: list[str]) -> float:
-    ids = [encode_prompt(tokenizer, ArithWorld.prompt(e)) for e in expressions]
-    width = max(map(len, ids))
-    x = torch.tensor([[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids])
-    mask = (x != tokenizer.pad_token_id).long()
-    logits = model(input_ids=x, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
-    return float(1 - logits[:, -1].softmax(-1)[:, tokenizer.convert_tokens_to_ids("</think>")].mean())
 
 
 def main(paths: list[str]) -> None:
@@ -60,7 +56,7 @@ def main(paths: list[str]) -> None:
     for path in paths:
         model, tokenizer = load_model(path)
         for form in FORMS:
-            table[form].append(think_probability(model, tokenizer, problems[form]))
+            table[form].append(think_probability(model, tokenizer, [ArithWorld.prompt(e) for e in problems[form]]))
     print("| form | example | " + " | ".join(paths) + " |")
     print("|---" * (len(paths) + 2) + "|")
     for form in FORMS:

@@ -3,7 +3,7 @@
 The design keeps one process's math exact at any number of ranks:
 - The prompt stream advances globally; each rank keeps every world_size-th prompt of a draw (`ShardedStream`), so a
   prompt's whole group of samples lives on one rank and the union over ranks is the one-process batch.
-- Losses are divided by batch-global totals (algos/base.py). `reduce_totals` makes those totals the whole step's,
+- Losses are divided by batch-global totals (algos/base.py). `combine_totals` makes those totals the whole step's,
   so each rank's loss is its share of the one-process loss and the summed gradients (`all_reduce_gradients`) are
   the one-process gradient. Every rank then takes the same clipped optimizer step and the replicas stay identical
   (`replicas_agree` checks this at every checkpoint).
@@ -96,26 +96,18 @@ class ShardedStream:
         return getattr(self.stream, name)
 
 
-def reduce_totals(totals: dict[str, float]) -> dict[str, float]:
-    """The whole step's loss normalisers: counts are summed over ranks; `max_*` entries (a limit such as Dr.GRPO's
-    max_completion_length) are the largest. A rank with an empty batch contributes nothing."""
-    return combine_totals(all_gather_json(totals)) if world_size() > 1 else totals
-
-
 def sum_across_ranks(values: dict[str, float]) -> dict[str, float]:
     """Per-key sums over ranks (metrics already divided by global totals add up to the step's value)."""
     return combine_sums(all_gather_json(values)) if world_size() > 1 else values
 
 
-def mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
-    """Per-key means over the ranks that report the key (per-rank averages such as the mean reward)."""
-    return combine_means(all_gather_json(values)) if world_size() > 1 else values
-
-
-# The reductions on records already gathered, so that a caller with several of them makes one collective.
+# Reductions of records already gathered with `all_gather_json`, one per rank, so that a caller with several
+# things to agree on makes one collective (trainer._gather).
 
 
 def combine_totals(parts: list[dict[str, float]]) -> dict[str, float]:
+    """The whole step's loss normalisers: counts are summed over ranks; `max_*` entries (a limit such as Dr.GRPO's
+    max_completion_length) are the largest. A rank with an empty batch contributes nothing."""
     out: dict[str, float] = {}
     for part in parts:
         for k, v in part.items():
@@ -124,6 +116,7 @@ def combine_totals(parts: list[dict[str, float]]) -> dict[str, float]:
 
 
 def combine_sums(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Per-key sums."""
     out: dict[str, float] = {}
     for part in parts:
         for k, v in part.items():
@@ -132,6 +125,7 @@ def combine_sums(parts: list[dict[str, float]]) -> dict[str, float]:
 
 
 def combine_means(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Per-key means over the ranks that report the key (per-rank averages such as the mean reward)."""
     seen: dict[str, list[float]] = {}
     for part in parts:
         for k, v in part.items():

@@ -49,13 +49,14 @@ def helpers(out_dir: str) -> None:
 
     stream = distributed.ShardedStream(Stream(), r, world)
     draws = [stream.next(4), stream.next(6)]
-    totals = distributed.reduce_totals({"num_tokens": 10.0 * (r + 1), "max_completion_length": 16.0 + r})
+    totals = distributed.combine_totals(
+        distributed.all_gather_json({"num_tokens": 10.0 * (r + 1), "max_completion_length": 16.0 + r}))
     # Rank r holds groups of different sizes and rewards; REINFORCE++ normalises over the whole batch.
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0][: 2 + 2 * r]) + r
     groups = torch.tensor([0, 0, 1, 1][: 2 + 2 * r])
     advantages = distributed.across_ranks(ADVANTAGE_ESTIMATORS["reinforce_pp"], rewards, groups, "group")
     summed = distributed.sum_across_ranks({"x": float(r + 1)})
-    mean = distributed.mean_across_ranks({"y": float(r + 1), f"only{r}": 1.0})
+    mean = distributed.combine_means(distributed.all_gather_json({"y": float(r + 1), f"only{r}": 1.0}))
     grads = torch.nn.Linear(2, 1, bias=False)
     grads.weight.grad = torch.full_like(grads.weight, float(r + 1))
     distributed.all_reduce_gradients([grads.weight])

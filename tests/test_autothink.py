@@ -22,6 +22,7 @@ from reasonrl.algos.autothink import (
     prompt_mode_template,
     rescore_direct_correct,
     save_prompt_mode,
+    think_probability,
     with_prompt_mode,
 )
 from reasonrl.config import load_config
@@ -269,18 +270,6 @@ def test_autothink_runs_all_stages_and_logs_mode_metrics(quick_config, nano_elli
 # ---- learning, step-counted ---------------------------------------------------------------------------------------
 
 
-def think_probability(model, tokenizer, examples) -> float:
-    """Mean probability, exactly from the logits, that the first completion token is not `</think>`: the think rate
-    without sampling noise (a no-think completion opens with `</think>`)."""
-    ids = [encode_prompt(tokenizer, ex.prompt) for ex in examples]
-    width = max(map(len, ids))
-    x = torch.tensor([[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids])
-    mask = (x != tokenizer.pad_token_id).long()
-    with torch.no_grad():
-        logits = model(input_ids=x, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
-    return float(1 - logits[:, -1].softmax(-1)[:, tokenizer.convert_tokens_to_ids("</think>")].mean())
-
-
 def test_stage1_update_thinks_less_than_plain_rewards_on_a_think_heavy_batch(tmp_path):
     """From autothink_base (think rate 0.62 at T=1), one update of stage 1 and one of stage 2 on the same rollouts.
 
@@ -296,9 +285,9 @@ def test_stage1_update_thinks_less_than_plain_rewards_on_a_think_heavy_batch(tmp
             "rollout.max_completion_length=64", "train.prompts_per_step=8", "train.progress=false",
         ])
         trainer = Trainer(config, run_dir=tmp_path / f"stage{stage}")
-        before = think_probability(trainer.model, trainer.tokenizer, probe)
+        before = think_probability(trainer.model, trainer.tokenizer, [ex.prompt for ex in probe])
         trainer.train()
-        after[stage] = think_probability(trainer.model, trainer.tokenizer, probe)
+        after[stage] = think_probability(trainer.model, trainer.tokenizer, [ex.prompt for ex in probe])
         rows[stage] = next(json.loads(line) for line in (tmp_path / f"stage{stage}" / "metrics.jsonl").open()
                            if '"autothink/stage"' in line)
     assert 0.55 < before < 0.7  # the base picks either mode under the ellipsis prompt

@@ -241,6 +241,19 @@ def sample_modes(engine, tokenizer, examples: list[Example], n: int, params: Sam
                         [len(c) for c in rollouts.completion_ids], fields["level"])
 
 
+@torch.no_grad()
+def think_probability(model, tokenizer, prompts: list[str]) -> float:
+    """Mean probability that the first completion token is not `</think>`, exactly from the logits: the think rate
+    of `prompts` (user messages, prompted by the tokenizer's own template) without sampling noise, since a no-think
+    completion opens with `</think>`."""
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    width = max(map(len, ids))
+    x = torch.tensor([[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids], device=next(model.parameters()).device)
+    mask = (x != tokenizer.pad_token_id).long()
+    logits = model(input_ids=x, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    return float(1 - logits[:, -1].softmax(-1)[:, tokenizer.convert_tokens_to_ids("</think>")].mean())
+
+
 # ---- the algorithm ----------------------------------------------------------------------------------------------
 
 
@@ -314,8 +327,7 @@ class AutoThink(GRPO):
         correct = [r > 0 for r in r0]  # R0 is positive exactly for correct answers
         lengths = [len(c) for c in rollouts.completion_ids]
         rewards, think_t, correct_t = torch.tensor(rollouts.rewards), torch.tensor(think), torch.tensor(correct)
-        if self.cfg.nothink_correct_reward != R0[(False, True)]:
-            rewards = rescore_direct_correct(rewards, think_t, correct_t, self.cfg.nothink_correct_reward, self.r0_weight)
+        rewards = rescore_direct_correct(rewards, think_t, correct_t, self.cfg.nothink_correct_reward, self.r0_weight)
         # Official order: length shaping per group, then the batch balance.
         if stage == 3:
             rewards = length_shaping(rewards, correct_t, torch.tensor(lengths), torch.tensor(rollouts.group),
