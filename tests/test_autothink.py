@@ -25,8 +25,10 @@ from reasonrl.algos.autothink import (
     think_probability,
     with_prompt_mode,
 )
+from reasonrl.algos.grpo import GRPO
 from reasonrl.config import load_config
 from reasonrl.models import encode_prompt, load_tokenizer
+from reasonrl.rollout.base import Rollouts
 from reasonrl.trainer import Trainer
 from reasonrl.worlds.arith import ArithWorld
 
@@ -265,6 +267,23 @@ def test_autothink_runs_all_stages_and_logs_mode_metrics(quick_config, nano_elli
     # A random model rarely stops early, so its longest completion shows each stage's limit (6, 12, 18 tokens).
     assert [r["completions/max_length"] for r in steps] == [6.0, 12.0, 18.0]
     assert {"autothink/think_rate", "autothink/think_rate/level_1", "autothink/shaped_reward"} <= set(steps[0])
+
+
+def test_autothink_step_pays_correct_direct_answers_the_configured_reward(quick_config, nano_ellipsis, monkeypatch):
+    """The algorithm, not just the helper, applies algo.nothink_correct_reward before the stage shaping."""
+    texts = [NO_THINK, "</think>\n\\boxed{3}", THINK, "5+7=12\n</think>\n\\boxed{3}"]  # direct right/wrong, think
+    r0 = [2.0, -1.0, 1.0, 0.0]
+    crafted = lambda: Rollouts([[1]] * 4, [[5]] * 4, [[0.0]] * 4, [True] * 4, [0] * 4, rewards=list(r0),  # noqa: E731
+                               reward_components={"autothink": list(r0)}, meta=[{"level": 1}] * 4, texts=texts)
+    monkeypatch.setattr(GRPO, "_sample", lambda self, ctx: (crafted(), {}))
+    shaped = {}
+    for value in (2.0, 1.5):
+        config = quick_config("algo=autothink", f"model.path={nano_ellipsis}", "algo.stage=2",
+                              f"algo.nothink_correct_reward={value}")
+        trainer = Trainer(config)
+        rollouts, _ = trainer.algo._sample(trainer.ctx)
+        shaped[value] = list(rollouts.rewards)
+    assert shaped[2.0] == r0 and shaped[1.5] == [1.5, -1.0, 1.0, 0.0]
 
 
 # ---- learning, step-counted ---------------------------------------------------------------------------------------
