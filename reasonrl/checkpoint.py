@@ -149,11 +149,6 @@ def load_checkpoint(
     """
     path = Path(path)
     verify_checkpoint(path)
-    if restore is not None:
-        optimizer_state = _read_state(path, OPTIMIZER_FILE) if optimizer is not None else None
-        restore(safetensors.torch.load_file(path / MODEL_FILE), optimizer_state)
-        return _finish_load(path, None, scheduler)
-    expected = {name: tuple(t.shape) for name, t in _model_state(model).items()}
     with safetensors.safe_open(path / MODEL_FILE, framework="pt") as f:
         stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     adapter_only = any(".lora_" in name for name in stored)
@@ -161,6 +156,11 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: holds {'LoRA adapter weights only' if adapter_only else 'full model weights'} "
                               f"but the model {'has' if is_lora(model) else 'has no'} LoRA adapters; resume with the "
                               f"run's own model.lora settings")
+    if restore is not None:
+        optimizer_state = _read_state(path, OPTIMIZER_FILE) if optimizer is not None else None
+        restore(safetensors.torch.load_file(path / MODEL_FILE), optimizer_state)
+        return _finish_load(path, None, scheduler)
+    expected = {name: tuple(t.shape) for name, t in _model_state(model).items()}
     _check_same_tensors(path, expected, stored)
 
     weights = safetensors.torch.load_file(path / MODEL_FILE)

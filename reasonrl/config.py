@@ -72,10 +72,13 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "auto"  # auto (lean decoder for Llama/Qwen/Mistral, else HF generate) | hf | replay | vllm
+    # auto (lean decoder for Llama/Qwen/Mistral, else HF generate) | hf | replay | vllm | vllm-server
+    engine: str = "auto"
     replay_dir: str | None = None
     vllm_gpu_memory_utilization: float = 0.3  # share of the GPU vLLM may take (colocated with training)
     vllm_sleep: bool = True  # free vLLM's KV cache and offload its weights while training
+    vllm_server_url: str = "http://localhost:8000"  # engine=vllm-server: a running `vllm serve` (docs/scaling.md)
+    vllm_server_timeout: float = 600.0  # seconds one request to the server may take before the run stops
     num_generations: int = 8
     max_completion_length: int = 64
     temperature: float = 1.0

@@ -12,6 +12,11 @@ Sharding adds two constraints:
   (`pad_backward_passes`).
 Checkpoints and the final model are written by rank 0 from full state dicts, so they are the files a one-process
 run writes, and any number of ranks resumes from them.
+
+LoRA (reasonrl/lora.py) shards the PEFT-wrapped model the same way: an FSDP unit holds its layer's frozen base weights
+and trainable adapters together (FSDP2 shards per parameter, so mixed requires_grad is fine), gradients exist for the
+adapters only, and the optimizer holds only them. Checkpoints gather the adapters alone, under PEFT's names, as a
+one-process LoRA run writes them; the frozen base comes from model.path again on resume and export.
 """
 
 from __future__ import annotations
@@ -30,8 +35,21 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
 from reasonrl import distributed
+from reasonrl.lora import adapter_copy, checkpoint_names, is_lora, unwrap
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+TRAINED = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)  # dropped before gathering
+
+
+def check_config(cfg) -> None:
+    """Refuse, before any weights load, the settings FSDP does not combine with, each with its own reason."""
+    if cfg.optim.weight_decay_schedule != "uniform" or cfg.optim.lr_schedule != "uniform":
+        raise ValueError("train.fsdp does not combine with HT-SR schedules (optim.lr_schedule, "
+                         "optim.weight_decay_schedule) yet: they measure full weight matrices, which FSDP shards")
+    if cfg.model.lora.quantize != "none":
+        raise ValueError(f"train.fsdp does not combine with model.lora.quantize={cfg.model.lora.quantize} (QLoRA): "
+                         f"sharding bitsandbytes' quantised weights (CUDA only) is untested here; use plain LoRA "
+                         f"(model.lora.quantize=none) with FSDP")
 
 
 def shard(model: torch.nn.Module) -> None:
@@ -39,10 +57,11 @@ def shard(model: torch.nn.Module) -> None:
     (embeddings, final norm, head) the root unit."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     mesh = init_device_mesh(device, (distributed.world_size(),))
-    layer_types = set(getattr(model, "_no_split_modules", None) or [])
+    layer_types = set(getattr(unwrap(model), "_no_split_modules", None) or [])  # a PEFT wrapper holds the HF model
     layers = [m for m in model.modules() if type(m).__name__ in layer_types]
     if not layers:
-        raise ValueError(f"train.fsdp: found no decoder layers in {type(model).__name__} (no _no_split_modules)")
+        raise ValueError(f"train.fsdp: found no decoder layers in {type(unwrap(model)).__name__} "
+                         f"(no _no_split_modules)")
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
@@ -100,10 +119,20 @@ def full_model_state(model: torch.nn.Module) -> dict:
     return {k: v for k, v in model_state.items() if k in first_names}
 
 
+def checkpoint_weights(model: torch.nn.Module) -> dict:
+    """What a checkpoint stores of the model, on rank 0's CPU (collective; other ranks get an empty dict): the full
+    state, or with LoRA only the adapters, under PEFT's names (checkpoint.py's one-process layout)."""
+    if not is_lora(model):
+        return full_model_state(model)
+    adapters = get_model_state_dict(model, options=TRAINED)  # only the adapters are gathered, not the frozen base
+    return {saved: adapters[name] for name, saved in checkpoint_names(model).items()} if adapters else {}
+
+
 def full_state(model: torch.nn.Module, optimizer) -> tuple[dict, dict]:
-    """Full model and optimizer state dicts on rank 0's CPU (collective; other ranks get empty dicts). The optimizer's
-    is converted to torch's own layout (states keyed by parameter index), the file a one-process run writes."""
-    model_state = full_model_state(model)
+    """Checkpoint weights and the full optimizer state dict on rank 0's CPU (collective; other ranks get empty dicts).
+    The optimizer's is converted to torch's own layout (states keyed by parameter index), the file a one-process run
+    writes."""
+    model_state = checkpoint_weights(model)
     optimizer_state = get_optimizer_state_dict(model, optimizer, options=FULL)
     if not optimizer_state:
         return model_state, {}
@@ -117,7 +146,14 @@ def full_state(model: torch.nn.Module, optimizer) -> tuple[dict, dict]:
 def load_full_state(model: torch.nn.Module, optimizer, model_state: dict, optimizer_state: dict | None) -> None:
     """Restore full state dicts (read by every rank, in the one-process layout) into the sharded model/optimizer."""
     names = _trained_names(model)
-    missing = [n for n, _ in model.named_parameters() if n not in model_state]  # tied aliases are named once
+    needed = [n for n, _ in model.named_parameters()]  # tied aliases are named once
+    if is_lora(model):  # an adapter checkpoint: the frozen base stays as model.path loaded it
+        to_model = {saved: name for name, saved in checkpoint_names(model).items()}
+        unknown = [k for k in model_state if k not in to_model]
+        if unknown:
+            raise ValueError(f"checkpoint tensor {unknown[0]!r} is no adapter weight of this model")
+        model_state, needed = {to_model[k]: v for k, v in model_state.items()}, list(to_model.values())
+    missing = [n for n in needed if n not in model_state]
     if missing:
         raise ValueError(f"checkpoint has no tensor {missing[0]!r} for this model")
     options = StateDictOptions(full_state_dict=True, strict=False)  # tied aliases (lm_head) are stored once
@@ -135,8 +171,16 @@ def _trained_names(model: torch.nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
-def unsharded_copy(model: torch.nn.Module, model_state: dict) -> torch.nn.Module:
-    """A plain CPU model with `model_state`'s weights (rank 0's full state), for exporting an HF folder."""
+def unsharded_copy(model: torch.nn.Module) -> torch.nn.Module | None:
+    """A plain CPU model with the full weights on rank 0, for exporting an HF folder (collective; None on the other
+    ranks). With LoRA, the adapters on a weightless base: the export merges them into a fresh copy of model.path, as a
+    one-process LoRA run's does, so the frozen base is never gathered."""
+    if is_lora(model):
+        adapters = get_model_state_dict(model, options=TRAINED)
+        return adapter_copy(model, adapters) if distributed.is_main() else None
+    model_state = full_model_state(model)  # the optimizer's state has no place in an exported model
+    if not distributed.is_main():
+        return None
     copy = _plain_class(model)._from_config(model.config)
     copy.load_state_dict(model_state, strict=False)
     copy.tie_weights()

@@ -5,13 +5,15 @@ projection's A (r x in) and B (out x r), and the projection computes h = W x + (
 eq. 3). The rollout engine and the shared-prefix training forward read the merged weight W + (alpha / r) B A
 (`effective_weight`), so a LoRA run generates as fast as a plain model and exactly as the merged model does.
 Checkpoints hold the adapter only (the base comes from model.path); `RUN_DIR/final` is the merged model, which loads
-like any HF folder, with the adapter in PEFT's format in `final/adapter`.
+like any HF folder, with the adapter in PEFT's format in `final/adapter`. Under FSDP (reasonrl/fsdp.py) rank 0 writes
+the same files from the gathered adapters (`checkpoint_names`, `adapter_copy`).
 
 PEFT is optional (`pip install reasonrl[lora]`): nothing here imports it until a LoRA model is built or saved.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,6 +140,30 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
     from peft import set_peft_model_state_dict
 
     set_peft_model_state_dict(model, state)
+
+
+def checkpoint_names(model: nn.Module) -> dict[str, str]:
+    """Each adapter parameter's name in `model` -> its name in a checkpoint (PEFT's, without the adapter's name), as
+    `adapter_state_dict` writes it. PEFT renames without copying, so each parameter is found by identity."""
+    from peft import get_peft_model_state_dict
+
+    params = dict(model.named_parameters())
+    name_of = {id(p): name for name, p in params.items()}
+    return {name_of[id(p)]: saved for saved, p in get_peft_model_state_dict(model, state_dict=params).items()}
+
+
+def adapter_copy(model: nn.Module, adapters: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain PEFT model with `model`'s adapter config and the weights `adapters` (under `model`'s names), on a base
+    that has no weights (meta device): all `save_pretrained_atomic` needs, as it writes the adapter and merges it into a
+    fresh copy of the base. For a sharded `model`, whose base no rank holds whole."""
+    peft = _import_peft()
+    base = unwrap(model)
+    with torch.device("meta"), _quiet_peft():
+        empty = type(base)._from_config(base.config)
+        empty.name_or_path = base.name_or_path  # adapter_config.json names the base, as the trained model's does
+        plain = peft.get_peft_model(empty, copy.deepcopy(model.peft_config[model.active_adapter]))
+    plain.load_state_dict(adapters, strict=False, assign=True)  # assign: real tensors replace the meta ones
+    return plain
 
 
 def merged_model(adapter_dir: Path, base_path: str, dtype: str) -> nn.Module:

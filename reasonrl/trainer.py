@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
@@ -154,13 +155,13 @@ class Trainer:
                 raise ValueError("rollout.save_rollouts records one process's calls; record a one-process run and "
                                  "replay it on several ranks instead (docs/scaling.md)")
         # Everything that can fail on bad input happens before the run directory exists.
+        if cfg.train.fsdp:
+            fsdp.check_config(cfg)
         self.model, self.tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device, cfg.model.lora.quantize)
         if cfg.model.lora.r:  # only the adapters train (reasonrl/lora.py)
             self.model = apply_lora(self.model, cfg.model.lora)
         distributed.broadcast_parameters(self.model)  # identical replicas from step 0 (e.g. LoRA's random A)
         if cfg.train.fsdp:
-            if cfg.model.lora.r or cfg.optim.weight_decay_schedule != "uniform" or cfg.optim.lr_schedule != "uniform":
-                raise ValueError("train.fsdp does not combine with model.lora or HT-SR schedules yet")
             fsdp.shard(self.model)  # before the optimizer, which must hold the sharded parameters
         self.model.train()
         if cfg.model.gradient_checkpointing:
@@ -307,11 +308,10 @@ class Trainer:
                                self.config.train.keep_checkpoints, **full)
 
     def _export(self) -> None:
-        """RUN_DIR/final, an HF model folder (from the full weights when the model is sharded)."""
+        """RUN_DIR/final, an HF model folder (gathered on rank 0 when the model is sharded)."""
         model = self.model
         if fsdp.is_sharded(model):
-            state = fsdp.full_model_state(model)  # the optimizer's state has no place in an exported model
-            model = fsdp.unsharded_copy(model, state) if self.is_main else None
+            model = fsdp.unsharded_copy(model)  # collective; a plain copy on rank 0
         if self.is_main:
             save_pretrained_atomic(model, self.tokenizer, self.run_dir / "final", self.config.model.path,
                                    self.config.model.dtype)
@@ -425,14 +425,17 @@ def make_engine(cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path) -
     from reasonrl.rollout.hf import HFEngine
     from reasonrl.rollout.replay import RecordingEngine, ReplayEngine
 
-    if cfg.rollout.engine not in ("auto", "hf", "replay", "vllm"):
-        raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; choose auto, hf, replay or vllm")
+    if cfg.rollout.engine not in ("auto", "hf", "replay", "vllm", "vllm-server"):
+        raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; choose auto, hf, replay, vllm or vllm-server")
     if cfg.rollout.engine == "vllm":
         from reasonrl.rollout.vllm import VLLMEngine
 
         return VLLMEngine(model, tokenizer, str(resolve_model_path(cfg.model.path)),
                           cfg.rollout.vllm_gpu_memory_utilization, cfg.rollout.vllm_sleep, cfg.train.seed)
-    engine: RolloutEngine = HFEngine(model, tokenizer) if cfg.rollout.engine == "hf" else FastEngine(model, tokenizer)
+    if cfg.rollout.engine == "vllm-server":
+        engine = vllm_server_engine(cfg, tokenizer)
+    else:
+        engine = HFEngine(model, tokenizer) if cfg.rollout.engine == "hf" else FastEngine(model, tokenizer)
     if cfg.rollout.engine == "replay":
         if not cfg.rollout.replay_dir:
             raise ValueError("rollout.engine=replay needs rollout.replay_dir (the rollouts/ folder of a recorded run)")
@@ -440,3 +443,18 @@ def make_engine(cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path) -
     if cfg.rollout.save_rollouts:
         engine = RecordingEngine(engine, run_dir / "rollouts")
     return engine
+
+
+def vllm_server_engine(cfg: Config, tokenizer) -> RolloutEngine:
+    """rollout.engine=vllm-server, after checking its settings; it contacts the server at once."""
+    from reasonrl.rollout.vllm_server import VLLMServerEngine
+
+    url = urlsplit(cfg.rollout.vllm_server_url)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ValueError(f"rollout.vllm_server_url={cfg.rollout.vllm_server_url!r} is not an http(s) URL "
+                         f"such as http://localhost:8000")
+    if not cfg.rollout.vllm_server_timeout > 0:
+        raise ValueError(f"rollout.vllm_server_timeout must be > 0 seconds, got {cfg.rollout.vllm_server_timeout}")
+    if distributed.world_size() > 1:  # each rank would claim rank 0 of the NCCL group that pushes the weights
+        raise ValueError("rollout.engine=vllm-server pushes weights from one trainer process; launch without torchrun")
+    return VLLMServerEngine(cfg.rollout.vllm_server_url, tokenizer, cfg.rollout.vllm_server_timeout)

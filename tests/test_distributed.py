@@ -122,6 +122,110 @@ def test_fsdp_two_ranks_equal_one_process_and_checkpoints_are_one_process_files(
     assert_same_training(model_weights(trainer), single, start)
 
 
+def without_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items() if "lm_head" not in k}  # tied to the embedding
+
+
+def adapters(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if ".lora_" in k}
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.slow
+def test_fsdp_lora_trains_only_the_adapters_as_one_process_and_writes_its_files(tmp_path):
+    """FSDP2 over a PEFT model: 2 ranks replaying a one-process LoRA recording must move the adapters as that run did
+    and leave the base untouched, with the same greedy evaluation; rank 0 writes the one-process LoRA files
+    (adapter-only checkpoints, the merged final/ with final/adapter), and a checkpoint resumes in a plain process."""
+    pytest.importorskip("peft")
+    from reasonrl.lora import adapter_state_dict
+
+    grpo = COMMON + ["algo=reinforce_pp", "model.lora.r=4", "rollout.num_generations=4", "train.steps=3",
+                     "rollout.max_completion_length=24", "train.micro_batch_size=3", "train.save_every=2",
+                     "data.eval_n=2"]
+    one_dir, sharded = tmp_path / "one", tmp_path / "fsdp"
+    one = Trainer(load_config(None, grpo + ["rollout.save_rollouts=true"]), run_dir=one_dir)
+    start, start_saved = without_head(one.model.state_dict()), without_head(adapter_state_dict(one.model))
+    one.train()
+    single = without_head(one.model.state_dict())
+    replay = ["rollout.engine=replay", f"rollout.replay_dir={one_dir / 'rollouts'}"]
+    torchrun("train", str(sharded), *grpo, "train.fsdp=true", *replay)
+
+    full = weights(sharded / "rank0.safetensors")  # the whole sharded model, gathered
+    assert full.keys() == single.keys()
+    assert_same_training(adapters(full), adapters(single), adapters(start))
+    for k in full.keys() - adapters(full).keys():
+        assert torch.equal(full[k], start[k]), k  # the frozen base is bit-identical to the loaded one
+    # Generation through the sharded PEFT model: the greedy evaluations at step 0 and at the end are the one-process
+    # run's, and training changed the latter, so decoding saw the trained adapters.
+    one_eval, two_eval = ([{k: v for k, v in r.items() if k.startswith("eval/")} for r in (log[0], log[-1])]
+                          for log in (records(one_dir), records(sharded)))
+    assert one_eval[0] and one_eval[0] != one_eval[1] and two_eval == one_eval
+
+    # Rank 0 wrote the one-process files: adapter-only weights under PEFT's names, the optimizer in torch's layout.
+    for step in ("step_000002", "step_000003"):
+        mine, theirs = sharded / "checkpoints" / step, one_dir / "checkpoints" / step
+        assert listing(mine) == listing(theirs)
+        ours, ref = (torch.load(d / "optimizer.pt", weights_only=True) for d in (mine, theirs))
+        assert [g["params"] for g in ours["param_groups"]] == [g["params"] for g in ref["param_groups"]]
+        assert {i: {k: v.shape for k, v in s.items()} for i, s in ours["state"].items()} == \
+            {i: {k: v.shape for k, v in s.items()} for i, s in ref["state"].items()}
+    saved = weights(sharded / "checkpoints" / "step_000003" / "model.safetensors")
+    assert_same_training(saved, weights(one_dir / "checkpoints" / "step_000003" / "model.safetensors"), start_saved)
+    assert listing(sharded / "final") == listing(one_dir / "final")
+    configs = [json.loads((d / "final" / "adapter" / "adapter_config.json").read_text()) for d in (sharded, one_dir)]
+    for c in configs:  # PEFT writes this set in hash order, which differs between any two processes
+        c["target_modules"] = sorted(c["target_modules"])
+    assert configs[0] == configs[1]
+    exported = weights(sharded / "final" / "adapter" / "adapter_model.safetensors")
+    assert exported.keys() == saved.keys() and all(torch.equal(v, saved[k]) for k, v in exported.items())
+
+    # The step-2 checkpoint resumes in one plain process, adapters exactly as saved, and ends where both ended.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(sharded, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_000003")
+    trainer = Trainer(load_config(str(resumed / "config.yaml"), ["train.fsdp=false", *replay]), run_dir=resumed,
+                      resume=True)
+    at_step_2 = weights(resumed / "checkpoints" / "step_000002" / "model.safetensors")
+    assert all(torch.equal(v, at_step_2[k]) for k, v in adapter_state_dict(trainer.model).items())
+    trainer.ctx.engine.calls = 2  # the replay continues at the third recorded call
+    trainer.train()
+    assert_same_training(adapters(without_head(trainer.model.state_dict())), adapters(single), adapters(start))
+
+
+@pytest.mark.slow
+def test_a_one_process_lora_checkpoint_resumes_under_fsdp_on_two_ranks(tmp_path):
+    """SFT is deterministic, so a one-process LoRA run resumed sharded on 2 ranks must end where it ended."""
+    pytest.importorskip("peft")
+    sft = COMMON + ["algo=sft", "model.lora.r=4", "train.steps=4", "train.save_every=2", "train.keep_checkpoints=3"]
+    one = tmp_path / "one"
+    Trainer(load_config(None, sft), run_dir=one).train()
+    resumed = tmp_path / "resumed"
+    shutil.copytree(one, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_000004")
+    shutil.rmtree(resumed / "final")
+    torchrun("train", str(resumed), "resume", "train.fsdp=true")
+    final = Path("final", "adapter", "adapter_model.safetensors")
+    at_step_2 = weights(resumed / "checkpoints" / "step_000002" / "model.safetensors")
+    assert_same_training(weights(resumed / final), weights(one / final), at_step_2)
+
+
+def test_fsdp_refuses_ht_sr_schedules_and_qlora_each_with_its_own_reason():
+    lora = COMMON + ["algo=grpo", "train.fsdp=true", "model.lora.r=4"]
+    with pytest.raises(ValueError, match="HT-SR schedules") as refused:
+        Trainer(load_config(None, lora + ["optim.lr_schedule=llr"]))
+    assert "lora" not in str(refused.value)
+    with pytest.raises(ValueError, match="model.lora.quantize=4bit") as refused:
+        Trainer(load_config(None, lora + ["model.lora.quantize=4bit"]))
+    assert "HT-SR" not in str(refused.value)
+
+
 @pytest.mark.slow
 def test_lora_adapters_train_identically_on_every_rank(tmp_path):
     pytest.importorskip("peft")
