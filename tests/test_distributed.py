@@ -148,7 +148,7 @@ def test_fsdp_lora_trains_only_the_adapters_as_one_process_and_writes_its_files(
 
     grpo = COMMON + ["algo=reinforce_pp", "model.lora.r=4", "rollout.num_generations=4", "train.steps=3",
                      "rollout.max_completion_length=24", "train.micro_batch_size=3", "train.save_every=2",
-                     "data.eval_n=2"]
+                     "data.eval_n=16"]  # 24 held-out problems: with 4 the 3 steps left every greedy answer as it was
     one_dir, sharded = tmp_path / "one", tmp_path / "fsdp"
     one = Trainer(load_config(None, grpo + ["rollout.save_rollouts=true"]), run_dir=one_dir)
     start, start_saved = without_head(one.model.state_dict()), without_head(adapter_state_dict(one.model))
@@ -163,7 +163,7 @@ def test_fsdp_lora_trains_only_the_adapters_as_one_process_and_writes_its_files(
     for k in full.keys() - adapters(full).keys():
         assert torch.equal(full[k], start[k]), k  # the frozen base is bit-identical to the loaded one
     # Generation through the sharded PEFT model: the greedy evaluations at step 0 and at the end are the one-process
-    # run's, and training changed the latter, so decoding saw the trained adapters.
+    # run's, and training changed the latter (measured: 6 -> 7 of 24 right), so decoding saw the trained adapters.
     one_eval, two_eval = ([{k: v for k, v in r.items() if k.startswith("eval/")} for r in (log[0], log[-1])]
                           for log in (records(one_dir), records(sharded)))
     assert one_eval[0] and one_eval[0] != one_eval[1] and two_eval == one_eval
