@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from types import UnionType
 from typing import Any, Callable, Iterable, Literal, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -86,6 +87,16 @@ class RolloutConfig:
     top_k: int = 0
     eval_max_completion_length: int | None = None  # defaults to max_completion_length
     save_rollouts: bool = False  # write each step's rollouts under RUN_DIR/rollouts for --replay
+
+    def __post_init__(self) -> None:
+        if self.engine != "vllm-server":
+            return
+        url = urlsplit(self.vllm_server_url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise ValueError(f"rollout.vllm_server_url={self.vllm_server_url!r} is not an http(s) URL "
+                             f"such as http://localhost:8000")
+        if not self.vllm_server_timeout > 0:
+            raise ValueError(f"rollout.vllm_server_timeout must be > 0 seconds, got {self.vllm_server_timeout}")
 
 
 @dataclass

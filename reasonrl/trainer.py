@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import torch
 
@@ -446,15 +445,9 @@ def make_engine(cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path) -
 
 
 def vllm_server_engine(cfg: Config, tokenizer) -> RolloutEngine:
-    """rollout.engine=vllm-server, after checking its settings; it contacts the server at once."""
+    """rollout.engine=vllm-server (its URL and timeout are checked with the config); it contacts the server at once."""
     from reasonrl.rollout.vllm_server import VLLMServerEngine
 
-    url = urlsplit(cfg.rollout.vllm_server_url)
-    if url.scheme not in ("http", "https") or not url.netloc:
-        raise ValueError(f"rollout.vllm_server_url={cfg.rollout.vllm_server_url!r} is not an http(s) URL "
-                         f"such as http://localhost:8000")
-    if not cfg.rollout.vllm_server_timeout > 0:
-        raise ValueError(f"rollout.vllm_server_timeout must be > 0 seconds, got {cfg.rollout.vllm_server_timeout}")
     if distributed.world_size() > 1:  # each rank would claim rank 0 of the NCCL group that pushes the weights
         raise ValueError("rollout.engine=vllm-server pushes weights from one trainer process; launch without torchrun")
     return VLLMServerEngine(cfg.rollout.vllm_server_url, tokenizer, cfg.rollout.vllm_server_timeout)
