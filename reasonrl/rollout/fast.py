@@ -84,7 +84,7 @@ def _cat_bias(*linears) -> torch.Tensor | None:
 
 def _input_major(weight: torch.Tensor) -> torch.Tensor:
     """The same [out, in] matrix stored [in, out]: F.linear then runs x @ W^T on a contiguous operand, which MKL
-    does 1.3-4x faster than on a transposed one for the few-row matmuls of a decode step (down_proj at 16-64 rows
+    does 1.2-5.5x faster than on a transposed one for the few-row matmuls of a decode step (down_proj at 16-64 rows
     most of all; bench/decode_layout.py)."""
     return weight.t().contiguous().t()
 
