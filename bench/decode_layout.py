@@ -61,6 +61,7 @@ def main() -> None:
     model, tokenizer = load_model("student")
     matmul_table(model)
     engine = fast.FastEngine(model, tokenizer)
+    engine.native = False  # the layouts matter to the PyTorch step; the C step (bench/decode_native.py) reads them too
     layouts = {"[out, in]": lambda weight: weight, "[in, out]": fast._input_major}
     print("\n| setting | [out, in] s | [in, out] s | speed-up |\n|---|---|---|---|")
     for setting in args.settings:

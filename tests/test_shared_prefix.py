@@ -1,6 +1,8 @@
 """The shared-prefix training forward must give HF's logits and gradients, run each distinct prompt once, and step
 aside whenever it cannot stand in for HF's forward exactly."""
 
+import copy
+
 import pytest
 import torch
 from test_fast_engine import SMALL, VARIANTS, random_model
@@ -37,23 +39,32 @@ def hf_logits(model, batch):
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_logits_and_gradients_equal_the_hf_forward(variant):
+    """Measured against HF's forward in float64, our float32 logits and gradients are as close as HF's own float32
+    ones (within 3x of HF's error, or 2e-5 of the largest value: the fused C kernels round differently, so the two
+    float32 paths are not bit-identical, but neither may drift further from the exact result)."""
     model = random_model(VARIANTS[variant]()).train()
+    exact = copy.deepcopy(model).double()
     assert fallback_reason(model) is None
     batch = groups_batch()
     mask = batch["completion_mask"].bool()
     weights = torch.randn(mask.shape)
 
-    def grads(logits_fn):
-        model.zero_grad()
-        logits = logits_fn()
-        (logits.log_softmax(-1).amax(-1) * weights * mask).sum().backward()
-        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    def grads(net, logits_fn):
+        net.zero_grad()
+        logits = logits_fn(net)
+        (logits.log_softmax(-1).amax(-1) * weights.to(logits.dtype) * mask).sum().backward()
+        return logits.detach().double(), {n: p.grad.double() for n, p in net.named_parameters()}
 
-    ours, our_grads = grads(lambda: shared_prefix_logits(model, batch["input_ids"], batch["attention_mask"], mask.shape[1]))
-    theirs, their_grads = grads(lambda: hf_logits(model, batch))
-    assert float((ours - theirs)[mask].abs().max()) < 1e-4 * float(theirs[mask].abs().max())
-    for name, g in their_grads.items():
-        assert torch.allclose(our_grads[name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max())), name
+    def error(ours, truth):  # largest deviation relative to the largest exact value
+        return float((ours - truth).abs().max() / truth.abs().max())
+
+    truth, true_grads = grads(exact, lambda net: hf_logits(net, batch))
+    hf, hf_grads = grads(model, lambda net: hf_logits(net, batch))
+    ours, our_grads = grads(model, lambda net: shared_prefix_logits(net, batch["input_ids"], batch["attention_mask"],
+                                                                    mask.shape[1]))
+    assert error(ours[mask], truth[mask]) <= max(3 * error(hf[mask], truth[mask]), 2e-5)
+    for name, g in true_grads.items():
+        assert error(our_grads[name], g) <= max(3 * error(hf_grads[name], g), 2e-5), name
 
 
 def test_each_distinct_prompt_runs_once(monkeypatch):

@@ -4,7 +4,10 @@ HF `generate` spends most of a small model's decode step in Python (logits proce
 cache objects, module hooks). For tiny models on CPU that overhead is 5-10x the arithmetic, so this engine runs
 the decoder itself with plain tensor ops on the HF module's own parameters (read at every call, so it always
 samples from the weights being trained), a preallocated KV cache, and batch compaction: rows that finished are
-dropped from the batch so the long tail of a group does not pay for the short answers.
+dropped from the batch so the long tail of a group does not pay for the short answers. For float32 models on
+CPU with fused weights, each single-token step after the prefill runs its elementwise work and attention in C
+(rollout/native.py, compiled at first use; 1.5-1.8x faster generation on the shipped student, same tokens drawn),
+and PyTorch ops otherwise.
 
 Supported: Llama, Qwen2, Qwen3 and Mistral-style decoders (RMSNorm, RoPE, GQA, SwiGLU; q/k norms; biases) with
 a static RoPE and no active sliding window, plain or with PEFT LoRA adapters (read as merged weights W + scaling B A,
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
 from reasonrl.lora import effective_weight, unsupported_projection, unwrap
+from reasonrl.rollout import native
 from reasonrl.rollout.base import Rollouts, SamplingParams
 from reasonrl.rollout.hf import HFEngine
 
@@ -103,6 +107,8 @@ def _project(x: torch.Tensor, weights: list[torch.Tensor], biases: list, sizes: 
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if lib := native.applies(x):  # one pass each way (rollout/native.py)
+        return native.RMSNorm.apply(x, weight, eps, lib)
     if x.dtype == torch.float32:  # one fused kernel instead of six ops; HF's float32 path is the same math
         return F.rms_norm(x, weight.shape, weight, eps)
     x32 = x.float()
@@ -157,6 +163,7 @@ class Decoder:
         attn = base.layers[0].self_attn
         self.scaling = getattr(attn, "scaling", self.head_dim**-0.5)
         self.act = base.layers[0].mlp.act_fn
+        self.silu = getattr(cfg, "hidden_act", None) in ("silu", "swish")  # what the C step computes
         self.layers = []
         for layer in base.layers:
             a, m = layer.self_attn, layer.mlp
@@ -184,7 +191,12 @@ class Decoder:
         """Queries [B, H, S, D] and rotated keys / values [B, KV, S, D] of layer `w` for hidden states x [B, S, E];
         cos/sin are [B, 1, S, D]."""
         batch, seq, _ = x.shape
-        q, k, v = _project(_rms_norm(x, w.norm1, self.eps), w.qkv, w.qkv_bias, self.split)
+        normed = _rms_norm(x, w.norm1, self.eps)
+        if len(w.qkv) == 1 and w.q_norm is None and (lib := native.applies(x)):  # RoPE and transposes in one pass
+            qk, v = native.RopeSplit.apply(F.linear(normed, w.qkv[0], w.qkv_bias[0]), cos.squeeze(1), sin.squeeze(1),
+                                           self.heads, self.kv_heads, lib)
+            return *qk.split([self.heads, self.kv_heads], 1), v
+        q, k, v = _project(normed, w.qkv, w.qkv_bias, self.split)
         q = q.view(batch, seq, self.heads, self.head_dim)
         k = k.view(batch, seq, self.kv_heads, self.head_dim)
         if w.q_norm is not None:  # Qwen3: per-head RMSNorm of queries and keys before RoPE
@@ -196,8 +208,13 @@ class Decoder:
         """The residual stream after the output projection of attention output o [B, H, S, D] and the MLP."""
         batch, seq, _ = x.shape
         x = x + F.linear(o.transpose(1, 2).reshape(batch, seq, -1), w.out, w.out_bias)
-        gate, up = _project(_rms_norm(x, w.norm2, self.eps), w.gate_up, w.gate_up_bias, [self.intermediate] * 2)
-        return x + F.linear(self.act(gate) * up, w.down, w.down_bias)
+        normed = _rms_norm(x, w.norm2, self.eps)
+        if len(w.gate_up) == 1 and self.silu and (lib := native.applies(x)):
+            hidden = native.SwiGLU.apply(F.linear(normed, w.gate_up[0], w.gate_up_bias[0]), lib)
+        else:
+            gate, up = _project(normed, w.gate_up, w.gate_up_bias, [self.intermediate] * 2)
+            hidden = self.act(gate) * up
+        return x + F.linear(hidden, w.down, w.down_bias)
 
     def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling,
@@ -222,6 +239,17 @@ class Decoder:
                 o = self.attend(q, keys, values, attn_mask)
             x = self.attention_output_and_mlp(w, x, o)
         return self.logits(x[:, -1])
+
+
+def native_step(decoder: Decoder, k_cache: torch.Tensor):
+    """The fused C decode step for `decoder` (rollout/native.py), or None where it does not apply: no compiler,
+    not float32 on CPU, unfused projections (large models), an activation other than SiLU."""
+    w = decoder.layers[0]
+    if (k_cache.device.type != "cpu" or decoder.dtype != torch.float32 or len(w.qkv) != 1 or len(w.gate_up) != 1
+            or not decoder.silu or decoder.head_dim % 2 or not k_cache[0, 0].is_contiguous()):
+        return None
+    lib = native.kernels()
+    return native.NativeStep(decoder, lib) if lib is not None else None
 
 
 def sample(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -262,6 +290,7 @@ class FastEngine(HFEngine):
         # Drop finished rows once fewer than this share of the batch is running: a compaction copies the running
         # rows' caches, a finished row left in costs its share of every step.
         self.compact_below = compact_below
+        self.native = True  # the fused C step where it applies (rollout/native.py); False keeps PyTorch ops
         self.decode_calls = 0  # forward passes of the decoder, for tests and benchmarks
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, out: Rollouts) -> None:
@@ -307,8 +336,12 @@ class FastEngine(HFEngine):
         tokens, logprobs = torch.full_like(tokens_out, tok.pad_token_id), torch.zeros_like(logprobs_out)
         lengths, done = lengths_out.clone(), finished_out.clone()
         cos_rows, sin_rows = cos_table[positions], sin_table[positions]  # [B, T, D]: per step, a view
-        bias = torch.zeros(real.shape, dtype=decoder.dtype, device=device).masked_fill_(~real, float("-inf"))
-        bias = bias.repeat_interleave(decoder.kv_heads, 0).unsqueeze(1)  # [B * KV, 1, T]: 0 or -inf per key
+        native = self.native and native_step(decoder, k_cache)
+        if native:  # the C step skips each row's left padding: it needs only where its real columns start
+            padding = (~real[:, :width]).sum(-1)
+        else:
+            padding = torch.zeros(real.shape, dtype=decoder.dtype, device=device).masked_fill_(~real, float("-inf"))
+            padding = padding.repeat_interleave(decoder.kv_heads, 0).unsqueeze(1)  # [B * KV, 1, T]: 0 or -inf per key
 
         def flush(which: torch.Tensor) -> None:
             original = rows[which]
@@ -335,9 +368,15 @@ class FastEngine(HFEngine):
                 for cache in (k_cache, v_cache):  # only the columns written so far need to move
                     _shrink(cache[:, :, :, :col], holes, movers, n, dim=1)
                 k_cache, v_cache = k_cache[:, :n], v_cache[:, :n]
-                bias = _shrink(bias.view(-1, decoder.kv_heads * total), holes, movers, n).view(-1, 1, total)
-            logits = decoder.forward(next_tokens.unsqueeze(-1), cos_rows[:, col : col + 1], sin_rows[:, col : col + 1],
-                                     k_cache, v_cache, col, bias[:, :, : col + 1])
+                if native:
+                    padding = _shrink(padding, holes, movers, n)
+                else:
+                    padding = _shrink(padding.view(-1, decoder.kv_heads * total), holes, movers, n).view(-1, 1, total)
+            if native:
+                logits = native(next_tokens, cos_rows[:, col], sin_rows[:, col], k_cache, v_cache, col, padding)
+            else:
+                logits = decoder.forward(next_tokens.unsqueeze(-1), cos_rows[:, col : col + 1],
+                                         sin_rows[:, col : col + 1], k_cache, v_cache, col, padding[:, :, : col + 1])
             self.decode_calls += 1
         flush(torch.ones_like(done))
         logprobs = None if params.greedy else logprobs_out.cpu()
