@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import resource
+import statistics
 import threading
 import time
 
@@ -63,3 +65,38 @@ def step_flops(gather, update) -> dict[str, float]:
         update(batch)
     return {"generate": float(generate), "train": float(counter.get_total_flops()),
             "train_tokens": float(batch.tensors["attention_mask"].sum()) if len(batch) else 0.0}
+
+
+def generation_parser(doc: str, reps: int) -> argparse.ArgumentParser:
+    """The options of the side-by-side generation benches: settings PROMPTSxGENERATIONSxTOKENS, rounds, threads."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--settings", nargs="+", default=["8x8x32", "16x8x64", "4x16x128"])
+    p.add_argument("--reps", type=int, default=reps)
+    p.add_argument("--threads", type=int, default=1)
+    return p
+
+
+def interleaved_generation(engine, tokenizer, setting: str, reps: int, variants: dict) -> tuple[list[float], bool]:
+    """Median seconds for `engine` to sample the setting's completions of arithmetic prompts at temperature 1 under
+    each variant (a callable that switches it on), interleaved and alternating in order, the same seed for every
+    variant in a round; and whether all variants drew the same tokens. The first round warms up."""
+    from reasonrl.models import encode_prompt
+    from reasonrl.rollout.base import SamplingParams
+    from reasonrl.worlds.arith import ArithWorld
+
+    prompts, gens, tokens = map(int, setting.split("x"))
+    world = ArithWorld(levels=[1, 2, 3], seed=0)
+    rows = [encode_prompt(tokenizer, world.example(i).prompt) for i in range(prompts)]
+    params = SamplingParams(max_new_tokens=tokens, temperature=1.0)
+    names, times, same = list(variants), {name: [] for name in variants}, True
+    for rep in range(reps + 1):
+        drawn = []
+        for name in names if rep % 2 else names[::-1]:
+            variants[name]()
+            torch.manual_seed(rep)
+            started = time.perf_counter()
+            drawn.append(engine.generate(rows, gens, params).completion_ids)
+            if rep:
+                times[name].append(time.perf_counter() - started)
+        same &= all(d == drawn[0] for d in drawn)
+    return [statistics.median(times[name]) for name in names], same

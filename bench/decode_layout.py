@@ -10,17 +10,18 @@ with each layout (the same seed for both, so the same tokens are drawn).
 
 from __future__ import annotations
 
-import argparse
-import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from reasonrl.models import encode_prompt, load_model
-from reasonrl.rollout import fast
-from reasonrl.rollout.base import SamplingParams
-from reasonrl.worlds.arith import ArithWorld
+from reasonrl.models import load_model
+from reasonrl.rollout import fast, native
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import generation_parser, interleaved_generation  # noqa: E402
 
 
 def per_call_us(fn, calls: int = 400, rounds: int = 5) -> float:
@@ -52,35 +53,20 @@ def matmul_table(model) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--settings", nargs="+", default=["8x8x32", "16x8x64", "4x16x128"])
-    p.add_argument("--reps", type=int, default=7)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
+    args = generation_parser(__doc__, reps=7).parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model("student")
     matmul_table(model)
     engine = fast.FastEngine(model, tokenizer)
-    engine.native = False  # the layouts matter to the PyTorch step; the C step (bench/decode_native.py) reads them too
-    layouts = {"[out, in]": lambda weight: weight, "[in, out]": fast._input_major}
+    native.enabled = False  # PyTorch ops, whose speed the layout decides (the C kernels: bench/native_kernels.py)
+    input_major = fast._input_major
+    layouts = {"[out, in]": lambda: setattr(fast, "_input_major", lambda weight: weight),
+               "[in, out]": lambda: setattr(fast, "_input_major", input_major)}
     print("\n| setting | [out, in] s | [in, out] s | speed-up |\n|---|---|---|---|")
     for setting in args.settings:
-        prompts, gens, tokens = map(int, setting.split("x"))
-        world = ArithWorld(levels=[1, 2, 3], seed=0)
-        rows = [encode_prompt(tokenizer, world.example(i).prompt) for i in range(prompts)]
-        params = SamplingParams(max_new_tokens=tokens, temperature=1.0)
-        times: dict[str, list[float]] = {name: [] for name in layouts}
-        for rep in range(args.reps + 1):  # the first round warms up
-            for name, layout in layouts.items():
-                fast._input_major = layout
-                torch.manual_seed(rep)
-                started = time.perf_counter()
-                engine.generate(rows, gens, params)
-                if rep:
-                    times[name].append(time.perf_counter() - started)
-        fast._input_major = layouts["[in, out]"]
-        a, b = (statistics.median(times[name]) for name in layouts)
+        (a, b), _ = interleaved_generation(engine, tokenizer, setting, args.reps, layouts)
         print(f"| {setting} | {a:.3f} | {b:.3f} | {a / b:.2f}x |")
+    fast._input_major = input_major
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ the decoder itself with plain tensor ops on the HF module's own parameters (read
 samples from the weights being trained), a preallocated KV cache, and batch compaction: rows that finished are
 dropped from the batch so the long tail of a group does not pay for the short answers. For float32 models on
 CPU with fused weights, each single-token step after the prefill runs its elementwise work and attention in C
-(rollout/native.py, compiled at first use; 1.5-1.8x faster generation on the shipped student, same tokens drawn),
+(rollout/native.py, compiled at first use; 1.5-2.0x faster generation on the shipped student, same tokens drawn),
 and PyTorch ops otherwise.
 
 Supported: Llama, Qwen2, Qwen3 and Mistral-style decoders (RMSNorm, RoPE, GQA, SwiGLU; q/k norms; biases) with
