@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from reasonrl.algos.shared_prefix import shared_prefix_logits
 from reasonrl.models import encode_prompt, load_model
 from reasonrl.rollout import fast, native
 from reasonrl.rollout.base import SamplingParams
@@ -196,3 +197,20 @@ def test_swiglu_function_matches_autograd_of_the_formula(lib):
     theirs = backward_of(lambda t: F.silu(t[..., :20]) * t[..., 20:], [gate_up], grad)
     for a, b in zip(ours[0] + ours[1], theirs[0] + theirs[1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_large_models_keep_pytorch_ops(monkeypatch):
+    """The kernels run on one thread, so models above the fusing size train and decode with PyTorch's ops."""
+    model, tok = load_model("student")
+    applied = []
+    for fn in (native.RMSNorm, native.RopeSplit, native.SwiGLU):
+        monkeypatch.setattr(fn, "apply", lambda *a, _f=fn.apply: applied.append(1) or _f(*a))
+    monkeypatch.setattr(native.NativeStep, "__call__", lambda *a: applied.append(1))
+    ids = torch.tensor([student_prompts(tok)[0] + [5, 6, 7]])
+    shared_prefix_logits(model, ids, torch.ones_like(ids), 3)
+    assert applied  # the student is small: kernels
+    applied.clear()
+    monkeypatch.setattr(fast, "FUSE_BELOW_PARAMS", 0)
+    shared_prefix_logits(model, ids, torch.ones_like(ids), 3)
+    fast.FastEngine(model, tok).generate(student_prompts(tok)[:2], 1, SamplingParams(max_new_tokens=4, greedy=True))
+    assert not applied

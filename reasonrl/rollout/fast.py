@@ -106,8 +106,8 @@ def _project(x: torch.Tensor, weights: list[torch.Tensor], biases: list, sizes: 
     return [F.linear(x, w, b) for w, b in zip(weights, biases)]
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if lib := native.applies(x):  # one pass each way (rollout/native.py)
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, kernels: bool = False) -> torch.Tensor:
+    if kernels and (lib := native.applies(x)):  # one pass each way (rollout/native.py)
         return native.RMSNorm.apply(x, weight, eps, lib)
     if x.dtype == torch.float32:  # one fused kernel instead of six ops; HF's float32 path is the same math
         return F.rms_norm(x, weight.shape, weight, eps)
@@ -164,6 +164,9 @@ class Decoder:
         self.scaling = getattr(attn, "scaling", self.head_dim**-0.5)
         self.act = base.layers[0].mlp.act_fn
         self.silu = getattr(cfg, "hidden_act", None) in ("silu", "swish")  # what the C step computes
+        # Small models (fused) also take the C kernels, which run on one thread: there they beat PyTorch's
+        # dispatches; large models keep PyTorch ops, which split big elementwise work across threads.
+        self.fused = fuse
         self.layers = []
         for layer in base.layers:
             a, m = layer.self_attn, layer.mlp
@@ -191,8 +194,8 @@ class Decoder:
         """Queries [B, H, S, D] and rotated keys / values [B, KV, S, D] of layer `w` for hidden states x [B, S, E];
         cos/sin are [B, 1, S, D]."""
         batch, seq, _ = x.shape
-        normed = _rms_norm(x, w.norm1, self.eps)
-        if len(w.qkv) == 1 and w.q_norm is None and (lib := native.applies(x)):  # RoPE and transposes in one pass
+        normed = _rms_norm(x, w.norm1, self.eps, self.fused)
+        if self.fused and w.q_norm is None and (lib := native.applies(x)):  # RoPE and transposes in one pass
             qk, v = native.RopeSplit.apply(F.linear(normed, w.qkv[0], w.qkv_bias[0]), cos.squeeze(1), sin.squeeze(1),
                                            self.heads, self.kv_heads, lib)
             return *qk.split([self.heads, self.kv_heads], 1), v
@@ -200,7 +203,7 @@ class Decoder:
         q = q.view(batch, seq, self.heads, self.head_dim)
         k = k.view(batch, seq, self.kv_heads, self.head_dim)
         if w.q_norm is not None:  # Qwen3: per-head RMSNorm of queries and keys before RoPE
-            q, k = _rms_norm(q, w.q_norm, self.eps), _rms_norm(k, w.k_norm, self.eps)
+            q, k = _rms_norm(q, w.q_norm, self.eps, self.fused), _rms_norm(k, w.k_norm, self.eps, self.fused)
         q, k = _rotate(torch.cat([q, k], 2).transpose(1, 2), cos, sin).split([self.heads, self.kv_heads], 1)
         return q, k, v.view(batch, seq, self.kv_heads, self.head_dim).transpose(1, 2)
 
@@ -208,8 +211,8 @@ class Decoder:
         """The residual stream after the output projection of attention output o [B, H, S, D] and the MLP."""
         batch, seq, _ = x.shape
         x = x + F.linear(o.transpose(1, 2).reshape(batch, seq, -1), w.out, w.out_bias)
-        normed = _rms_norm(x, w.norm2, self.eps)
-        if len(w.gate_up) == 1 and self.silu and (lib := native.applies(x)):
+        normed = _rms_norm(x, w.norm2, self.eps, self.fused)
+        if self.fused and self.silu and (lib := native.applies(x)):
             hidden = native.SwiGLU.apply(F.linear(normed, w.gate_up[0], w.gate_up_bias[0]), lib)
         else:
             gate, up = _project(normed, w.gate_up, w.gate_up_bias, [self.intermediate] * 2)
@@ -221,7 +224,7 @@ class Decoder:
                                               enable_gqa=self.kv_heads != self.heads)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(_rms_norm(x, self.base.norm.weight, self.eps)).float()
+        return self.model.lm_head(_rms_norm(x, self.base.norm.weight, self.eps, self.fused)).float()
 
     def forward(self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, start: int, attn_mask: torch.Tensor) -> torch.Tensor:
@@ -244,8 +247,7 @@ class Decoder:
 def native_step(decoder: Decoder, k_cache: torch.Tensor):
     """The fused C decode step for `decoder` (rollout/native.py), or None where it does not apply: no compiler,
     not float32 on CPU, unfused projections (large models), an activation other than SiLU."""
-    w = decoder.layers[0]
-    if (k_cache.device.type != "cpu" or decoder.dtype != torch.float32 or len(w.qkv) != 1 or len(w.gate_up) != 1
+    if (k_cache.device.type != "cpu" or decoder.dtype != torch.float32 or not decoder.fused
             or not decoder.silu or decoder.head_dim % 2 or not k_cache[0, 0].is_contiguous()):
         return None
     lib = native.kernels()
