@@ -338,8 +338,8 @@ class FastEngine(HFEngine):
         tokens, logprobs = torch.full_like(tokens_out, tok.pad_token_id), torch.zeros_like(logprobs_out)
         lengths, done = lengths_out.clone(), finished_out.clone()
         cos_rows, sin_rows = cos_table[positions], sin_table[positions]  # [B, T, D]: per step, a view
-        native = self.native and native_step(decoder, k_cache)
-        if native:  # the C step skips each row's left padding: it needs only where its real columns start
+        fused_step = self.native and native_step(decoder, k_cache)
+        if fused_step:  # the C step skips each row's left padding: it needs only where its real columns start
             padding = (~real[:, :width]).sum(-1)
         else:
             padding = torch.zeros(real.shape, dtype=decoder.dtype, device=device).masked_fill_(~real, float("-inf"))
@@ -370,12 +370,12 @@ class FastEngine(HFEngine):
                 for cache in (k_cache, v_cache):  # only the columns written so far need to move
                     _shrink(cache[:, :, :, :col], holes, movers, n, dim=1)
                 k_cache, v_cache = k_cache[:, :n], v_cache[:, :n]
-                if native:
+                if fused_step:
                     padding = _shrink(padding, holes, movers, n)
                 else:
                     padding = _shrink(padding.view(-1, decoder.kv_heads * total), holes, movers, n).view(-1, 1, total)
-            if native:
-                logits = native(next_tokens, cos_rows[:, col], sin_rows[:, col], k_cache, v_cache, col, padding)
+            if fused_step:
+                logits = fused_step(next_tokens, cos_rows[:, col], sin_rows[:, col], k_cache, v_cache, col, padding)
             else:
                 logits = decoder.forward(next_tokens.unsqueeze(-1), cos_rows[:, col : col + 1],
                                          sin_rows[:, col : col + 1], k_cache, v_cache, col, padding[:, :, : col + 1])
