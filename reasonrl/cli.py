@@ -78,7 +78,7 @@ def _run_eval(args) -> int:
     from reasonrl.config import DataConfig
     from reasonrl.data import load_source
     from reasonrl.evaluation import evaluate
-    from reasonrl.models import load_model
+    from reasonrl.models import load_model, model_context
     from reasonrl.rollout.fast import FastEngine
 
     levels = [int(x) for x in args.levels.split(",")] if args.levels else [1, 2, 3]
@@ -86,7 +86,8 @@ def _run_eval(args) -> int:
                           prompt_field=args.prompt_field, answer_field=args.answer_field)
     examples = load_source(args.data, data_cfg, "eval", args.n)  # bad data fails before the model loads
     model, tokenizer = load_model(args.model, args.dtype, args.device)
-    metrics = evaluate(FastEngine(model, tokenizer), tokenizer, examples, args.max_new_tokens)
+    metrics = evaluate(FastEngine(model, tokenizer), tokenizer, examples, args.max_new_tokens,
+                       context=model_context(model))
     print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     return 0
 

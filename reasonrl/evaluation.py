@@ -11,6 +11,18 @@ from reasonrl.rollout.base import RolloutEngine, SamplingParams
 from reasonrl.rollout.collect import example_fields
 
 
+def check_room(prompts: list[list[int]], examples: list[Example], room: int, context: int | None, setting: str) -> None:
+    """A prompt that leaves no room for `room` completion tokens (`setting` names where that number comes from) in
+    the model's context of `context` tokens is an error: past its context a model decodes, but from positions it
+    never saw."""
+    for prompt, example in zip(prompts, examples):
+        if context and len(prompt) + room > context:
+            raise ValueError(
+                f"prompt of {len(prompt)} tokens + {setting}={room} exceeds the model's context of {context} tokens "
+                f"(prompt starts {str(example.prompt)[:60]!r})"
+            )
+
+
 def evaluate(
     engine: RolloutEngine,
     tokenizer,
@@ -18,12 +30,15 @@ def evaluate(
     max_new_tokens: int,
     system_prompt: str | None = None,
     verifier: RewardManager | None = None,
+    context: int | None = None,
 ) -> dict[str, float]:
     """Greedy-decode every example once and verify its answer; returns `accuracy`, `mean_completion_tokens`,
-    `accuracy/level_K` per level, and `truncated_ratio` (completions cut at the length limit)."""
+    `accuracy/level_K` per level, and `truncated_ratio` (completions cut at the length limit). With `context`, a
+    prompt that leaves no room for max_new_tokens is an error."""
     if not examples:
         raise ValueError("evaluation needs at least one example")
     prompts = [encode_prompt(tokenizer, ex.prompt, system_prompt) for ex in examples]
+    check_room(prompts, examples, max_new_tokens, context, "max_new_tokens")
     rollouts = engine.generate(prompts, 1, SamplingParams(max_new_tokens=max_new_tokens, greedy=True))
     texts = [decode_completion(tokenizer, ids) for ids in rollouts.completion_ids]
     verifier = verifier or RewardManager([("accuracy", 1.0)])

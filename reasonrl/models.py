@@ -31,6 +31,11 @@ TINY_SIZES = {
 }
 
 
+def model_context(model: torch.nn.Module) -> int | None:
+    """The model's context length in tokens (None when its config does not say)."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
 def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `corpus`, splitting every digit into its own token so numbers stay column-aligned."""
     tok = Tokenizer(models.BPE())

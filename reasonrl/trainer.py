@@ -24,9 +24,9 @@ from reasonrl.algos.base import Algorithm, TrainBatch
 from reasonrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained_atomic
 from reasonrl.config import Config, config_to_dict, save_config
 from reasonrl.data import Example, PromptStream, load_source
-from reasonrl.evaluation import evaluate
+from reasonrl.evaluation import check_room, evaluate
 from reasonrl.lora import apply_lora
-from reasonrl.models import encode_prompt, load_model, resolve_model_path
+from reasonrl.models import encode_prompt, load_model, model_context, resolve_model_path
 from reasonrl.rewards import RewardError, RewardManager
 from reasonrl.rollout.base import RolloutEngine
 from reasonrl.spectral import LLR, AlphaDecay, build_param_groups
@@ -60,14 +60,8 @@ class Context:
     def encode_prompts(self, examples: list[Example]) -> list[list[int]]:
         """Prompt token ids; a prompt that leaves no room for the completion in the model's context is an error."""
         ids = [encode_prompt(self.tokenizer, ex.prompt, self.config.data.system_prompt) for ex in examples]
-        context = getattr(self.model.config, "max_position_embeddings", None)
-        room = self.config.rollout.max_completion_length
-        for prompt, example in zip(ids, examples):
-            if context and len(prompt) + room > context:
-                raise ValueError(
-                    f"prompt of {len(prompt)} tokens + rollout.max_completion_length={room} exceeds the model's context "
-                    f"of {context} tokens (prompt starts {str(example.prompt)[:60]!r})"
-                )
+        check_room(ids, examples, self.config.rollout.max_completion_length, model_context(self.model),
+                   "rollout.max_completion_length")
         return ids
 
 
@@ -170,6 +164,11 @@ class Trainer:
             self.stream = distributed.ShardedStream(self.stream, self.rank, self.world)
         eval_spec = cfg.data.eval or cfg.data.train
         self.eval_examples = load_source(eval_spec, cfg.data, "eval", cfg.data.eval_n)
+        eval_room = cfg.rollout.eval_max_completion_length or cfg.rollout.max_completion_length
+        check_room([encode_prompt(self.tokenizer, ex.prompt, cfg.data.system_prompt) for ex in self.eval_examples],
+                   self.eval_examples, eval_room, model_context(self.model),
+                   "rollout.eval_max_completion_length" if cfg.rollout.eval_max_completion_length else
+                   "rollout.max_completion_length")  # before the run directory exists, not at the first evaluation
         # Rank 0 names the run directory: the timestamp may differ by a second between ranks.
         self.run_dir = Path(run_dir) if run_dir else Path(distributed.broadcast_json(str(default_run_dir(cfg))))
         engine = make_engine(cfg, self.model, self.tokenizer, self.run_dir)

@@ -202,9 +202,29 @@ def test_reference_model_is_loaded_only_when_beta_is_positive(quick_config, tmp_
     assert kl[-1] > 0  # and drifts from it after updates
 
 
+def test_an_eval_prompt_longer_than_the_context_fails_before_the_run_starts(quick_config, tmp_path):
+    from reasonrl.config import DataConfig
+    from reasonrl.data import load_source
+    from reasonrl.evaluation import evaluate
+    from reasonrl.models import load_model
+    from reasonrl.rollout.fast import FastEngine
+
+    data = tmp_path / "long.jsonl"
+    data.write_text(json.dumps({"prompt": "1+" * 400 + "1", "answer": "401"}) + "\n")
+    with pytest.raises(ValueError, match=r"rollout.max_completion_length=\d+ exceeds the model's context"):
+        Trainer(quick_config(f"data.eval={data}"), run_dir=tmp_path / "long")
+    assert not (tmp_path / "long").exists()
+    with pytest.raises(ValueError, match=r"rollout.eval_max_completion_length=7 exceeds"):
+        Trainer(quick_config(f"data.eval={data}", "rollout.eval_max_completion_length=7"), run_dir=tmp_path / "long")
+    model, tok = load_model("student")
+    examples = load_source(str(data), DataConfig(), "eval", 1)
+    with pytest.raises(ValueError, match="max_new_tokens=8 exceeds the model's context of 512 tokens"):
+        evaluate(FastEngine(model, tok), tok, examples, 8, context=model.config.max_position_embeddings)
+
+
 def test_a_prompt_longer_than_the_context_is_a_clear_error(quick_config, tmp_path):
     data = tmp_path / "long.jsonl"
     data.write_text(json.dumps({"prompt": "1+" * 400 + "1", "answer": "401"}) + "\n")
-    trainer = Trainer(quick_config(f"data.train={data}", f"data.eval={data}"), run_dir=tmp_path / "long")
+    trainer = Trainer(quick_config(f"data.train={data}", "data.eval=world:arith"), run_dir=tmp_path / "long")
     with pytest.raises(ValueError, match="exceeds the model's context"):
         trainer.algo.gather(trainer.ctx)

@@ -41,7 +41,7 @@ from reasonrl.algos.reward_model import (
 )
 from reasonrl.config import AlgoConfig, register_algo_config
 from reasonrl.data import Example
-from reasonrl.models import decode_completion, encode_completion
+from reasonrl.models import decode_completion, encode_completion, model_context
 from reasonrl.rollout.base import SamplingParams
 from reasonrl.rollout.collect import collect_rollouts, rollout_metrics
 
@@ -229,7 +229,7 @@ class DPO(PairwiseDPO):
 
     def _encode(self, ctx) -> list[Pair]:
         """Token ids of every pair; a pair longer than the model's context is an error naming its prompt."""
-        tok, context = ctx.tokenizer, getattr(ctx.model.config, "max_position_embeddings", None)
+        tok, context = ctx.tokenizer, model_context(ctx.model)
         pairs = []
         for prompt, (example, chosen, rejected) in zip(ctx.encode_prompts([ex for ex, _, _ in self.rows]), self.rows):
             pair = Pair(prompt, encode_completion(tok, chosen), encode_completion(tok, rejected))
