@@ -67,6 +67,19 @@ def step_flops(gather, update) -> dict[str, float]:
             "train_tokens": float(batch.tensors["attention_mask"].sum()) if len(batch) else 0.0}
 
 
+def per_call_us(fn, calls: int = 400, rounds: int = 5, pick=min) -> float:
+    """Microseconds per call of `fn`: `rounds` timed loops of `calls` calls after one warm-up call, reduced by
+    `pick` (the best round by default)."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - started) / calls)
+    return pick(times) * 1e6
+
+
 def generation_parser(doc: str, reps: int) -> argparse.ArgumentParser:
     """The options of the side-by-side generation benches: settings PROMPTSxGENERATIONSxTOKENS, rounds, threads."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -11,7 +11,6 @@ with each layout (the same seed for both, so the same tokens are drawn).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,18 +20,7 @@ from reasonrl.models import load_model
 from reasonrl.rollout import fast, native
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import generation_parser, interleaved_generation  # noqa: E402
-
-
-def per_call_us(fn, calls: int = 400, rounds: int = 5) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - started) / calls)
-    return best * 1e6
+from _measure import generation_parser, interleaved_generation, per_call_us  # noqa: E402
 
 
 def matmul_table(model) -> None:

@@ -24,18 +24,7 @@ from reasonrl.models import load_model
 from reasonrl.rollout import fast, native
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import generation_parser, interleaved_generation  # noqa: E402
-
-
-def median_us(fn, calls: int = 200, rounds: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - started) / calls)
-    return statistics.median(times) * 1e6
+from _measure import generation_parser, interleaved_generation, per_call_us  # noqa: E402
 
 
 def step_table(model) -> None:
@@ -53,9 +42,10 @@ def step_table(model) -> None:
             bias = bias.repeat_interleave(kv, 0).unsqueeze(1)
             step = fast.native_step(decoder, k_cache)
             native.enabled = False
-            a = median_us(lambda: decoder.forward(ids[:, None], cos[:, None], sin[:, None], k_cache, v_cache, col, bias))
+            a = per_call_us(lambda: decoder.forward(ids[:, None], cos[:, None], sin[:, None], k_cache, v_cache, col, bias),
+                            200, 7, statistics.median)
             native.enabled = True
-            b = median_us(lambda: step(ids, cos, sin, k_cache, v_cache, col, starts))
+            b = per_call_us(lambda: step(ids, cos, sin, k_cache, v_cache, col, starts), 200, 7, statistics.median)
             print(f"| {rows} | {a:.0f} | {b:.0f} | {a / b:.2f}x |")
 
 

@@ -34,11 +34,13 @@ def test_add_rms_norm_adds_the_residual_in_place_then_normalises(lib):
     torch.manual_seed(0)
     x, delta, weight, out = torch.randn(5, 48), torch.randn(5, 48), torch.randn(48), torch.empty(5, 48)
     expected_x = x + delta
-    lib.add_rms_norm(x.data_ptr(), delta.data_ptr(), weight.data_ptr(), out.data_ptr(), 5, 48, 1e-5)
+    lib.add_rms_norm(x.data_ptr(), delta.data_ptr(), weight.data_ptr(), out.data_ptr(), None, 5, 48, 1e-5)
     torch.testing.assert_close(x, expected_x)
     torch.testing.assert_close(out, rms(expected_x, weight, 1e-5), rtol=1e-5, atol=1e-5)
-    lib.add_rms_norm(x.data_ptr(), None, weight.data_ptr(), out.data_ptr(), 5, 48, 1e-5)  # no residual
+    rstd = torch.empty(5)
+    lib.add_rms_norm(x.data_ptr(), None, weight.data_ptr(), out.data_ptr(), rstd.data_ptr(), 5, 48, 1e-5)  # no residual
     torch.testing.assert_close(x, expected_x)
+    torch.testing.assert_close(rstd, torch.rsqrt(expected_x.pow(2).mean(-1) + 1e-5), rtol=1e-5, atol=1e-6)
 
 
 def test_swiglu_is_silu_of_gate_times_up(lib):
@@ -127,7 +129,7 @@ def test_a_failed_build_warns_once_falls_back_and_leaves_no_file(tmp_path, monke
     monkeypatch.setattr(native, "_loaded", {})
     monkeypatch.setenv("REASONRL_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", "false")  # a compiler that always fails
-    with pytest.warns(UserWarning, match="fused decode kernels unavailable"):
+    with pytest.warns(UserWarning, match="fused CPU kernels unavailable"):
         assert native.kernels() is None
     assert list(tmp_path.iterdir()) == []  # no partial library left behind
     out = fast.FastEngine(model, tok).generate(student_prompts(tok)[:2], 1, SamplingParams(max_new_tokens=8, greedy=True))

@@ -10,28 +10,43 @@ for the whole process): sums are reassociated, so results differ from PyTorch's 
 here relies on infinities (masked keys are skipped, not set to -inf). */
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define MAX_HEAD_DIM 512
 #define MAX_GROUP 64
 
-/* x += delta (when delta is not NULL), then out = x * rsqrt(mean(x^2) + eps) * weight, row by row. */
-void add_rms_norm(float *x, const float *delta, const float *weight, float *out, int64_t rows, int64_t dim,
-                  float eps) {
+/* out = x * rsqrt(squares / dim + eps) * weight for one row of `dim` whose sum of squares is `squares`; returns
+   the rsqrt (the backward needs it). */
+static float scale_row(const float *x, const float *weight, float *out, int64_t dim, float squares, float eps) {
+    float scale = 1.0f / sqrtf(squares / (float)dim + eps);
+    for (int64_t i = 0; i < dim; i++) out[i] = (x[i] * scale) * weight[i];
+    return scale;
+}
+
+static float rms_row(const float *x, const float *weight, float *out, int64_t dim, float eps) {
+    float squares = 0.0f;
+    for (int64_t i = 0; i < dim; i++) squares += x[i] * x[i];
+    return scale_row(x, weight, out, dim, squares, eps);
+}
+
+/* x += delta (when delta is not NULL), then out = RMSNorm(x) * weight, row by row; with rstd (not NULL), each
+   row's rsqrt(mean(x^2) + eps) is kept there for the backward. */
+void add_rms_norm(float *x, const float *delta, const float *weight, float *out, float *rstd, int64_t rows,
+                  int64_t dim, float eps) {
     for (int64_t r = 0; r < rows; r++) {
-        float *xr = x + r * dim, *o = out + r * dim;
-        float squares = 0.0f;
-        if (delta) {
-            const float *d = delta + r * dim;
+        float *xr = x + r * dim, scale;
+        if (delta) {  /* the add and the squares in one pass */
+            float squares = 0.0f;
             for (int64_t i = 0; i < dim; i++) {
-                xr[i] += d[i];
+                xr[i] += delta[r * dim + i];
                 squares += xr[i] * xr[i];
             }
+            scale = scale_row(xr, weight, out + r * dim, dim, squares, eps);
         } else {
-            for (int64_t i = 0; i < dim; i++) squares += xr[i] * xr[i];
+            scale = rms_row(xr, weight, out + r * dim, dim, eps);
         }
-        float scale = 1.0f / sqrtf(squares / (float)dim + eps);
-        for (int64_t i = 0; i < dim; i++) o[i] = (xr[i] * scale) * weight[i];
+        if (rstd) rstd[r] = scale;
     }
 }
 
@@ -40,10 +55,7 @@ static void norm_and_rotate(const float *x, const float *norm, float eps, const 
                             int64_t dim, float *out) {
     float normed[MAX_HEAD_DIM];
     if (norm) {
-        float squares = 0.0f;
-        for (int64_t i = 0; i < dim; i++) squares += x[i] * x[i];
-        float scale = 1.0f / sqrtf(squares / (float)dim + eps);
-        for (int64_t i = 0; i < dim; i++) normed[i] = (x[i] * scale) * norm[i];
+        rms_row(x, norm, normed, dim, eps);
         x = normed;
     }
     int64_t half = dim / 2;
@@ -144,20 +156,8 @@ void swiglu(const float *gate_up, int64_t rows, int64_t inter, float *out) {
     }
 }
 
-/* ---- Training: forward and backward of the same stretches, for torch.autograd.Functions (native.py) ---- */
-
-/* out = x * rstd * weight, rstd[r] = rsqrt(mean(x[r]^2) + eps) kept for the backward. */
-void rms_norm_forward(const float *x, const float *weight, float *out, float *rstd, int64_t rows, int64_t dim,
-                      float eps) {
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * dim;
-        float *o = out + r * dim, squares = 0.0f;
-        for (int64_t i = 0; i < dim; i++) squares += xr[i] * xr[i];
-        float scale = 1.0f / sqrtf(squares / (float)dim + eps);
-        rstd[r] = scale;
-        for (int64_t i = 0; i < dim; i++) o[i] = (xr[i] * scale) * weight[i];
-    }
-}
+/* ---- Training: the backward of the same stretches, for torch.autograd.Functions (native.py); their forward is
+   add_rms_norm (with rstd), rope_split and swiglu ---- */
 
 /* With n = x * rstd and gn = grad * weight: grad_x = rstd * (gn - n * mean(gn * n)); grad_weight (when not NULL)
    = sum over rows of grad * n. */
@@ -190,10 +190,7 @@ void rope_split(float *qkv, float *qk, float *v, const float *cos, const float *
             for (int64_t h = 0; h < rotated; h++) {
                 float *x = row + h * dim, *y = qk + ((b * rotated + h) * seq + t) * dim;
                 if (!inverse) {
-                    for (int64_t i = 0; i < half; i++) {
-                        y[i] = x[i] * c[i] - x[i + half] * s[i];
-                        y[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
-                    }
+                    norm_and_rotate(x, NULL, 0.0f, c, s, dim, y);
                 } else {
                     for (int64_t i = 0; i < half; i++) {
                         x[i] = y[i] * c[i] + y[i + half] * s[i + half];

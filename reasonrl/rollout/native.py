@@ -33,10 +33,9 @@ SOURCE = Path(__file__).with_name("cpu_kernels.c")
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-std=gnu11"]
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
-    "add_rms_norm": ([_P, _P, _P, _P, _I, _I, _F], None),
+    "add_rms_norm": ([_P, _P, _P, _P, _P, _I, _I, _F], None),
     "attention_step": ([_P, _I, _I, _I, _I, _P, _P, _I, _P, _P, _F, _P, _P, _I, _I, _P, _I, _F, _P, _P], ctypes.c_int),
     "swiglu": ([_P, _I, _I, _P], None),
-    "rms_norm_forward": ([_P, _P, _P, _P, _I, _I, _F], None),
     "rms_norm_backward": ([_P, _P, _P, _P, _P, _P, _I, _I], None),
     "rope_split": ([_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, ctypes.c_int], None),
     "swiglu_backward": ([_P, _P, _I, _I, _P], None),
@@ -93,7 +92,7 @@ def kernels() -> ctypes.CDLL | None:
         try:
             _loaded["lib"] = _build()
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-            warnings.warn(f"reasonrl: fused decode kernels unavailable ({e}); decoding with PyTorch ops", stacklevel=2)
+            warnings.warn(f"reasonrl: fused CPU kernels unavailable ({e}); using PyTorch ops", stacklevel=2)
             _loaded["lib"] = None
     return _loaded["lib"]  # type: ignore[return-value]
 
@@ -119,7 +118,8 @@ class NativeStep:
         normed, attended = torch.empty_like(x), x.new_empty(rows, heads * dim)
         hidden = x.new_empty(rows, d.intermediate)
         scores = x.new_empty((heads // kv_heads) * max_len)
-        lib.add_rms_norm(x.data_ptr(), None, d.layers[0].norm1.data_ptr(), normed.data_ptr(), rows, x.shape[1], eps)
+        lib.add_rms_norm(x.data_ptr(), None, d.layers[0].norm1.data_ptr(), normed.data_ptr(), None, rows, x.shape[1],
+                         eps)
         for i, w in enumerate(d.layers):
             qkv = torch.nn.functional.linear(normed, w.qkv[0], w.qkv_bias[0])
             keys, values = k_cache[i], v_cache[i]
@@ -130,12 +130,13 @@ class NativeStep:
             if failed:
                 raise RuntimeError(f"decode kernel rejected the step (code {failed}): dim {dim}, column {col}")
             out = torch.nn.functional.linear(attended, w.out, w.out_bias)
-            lib.add_rms_norm(x.data_ptr(), out.data_ptr(), w.norm2.data_ptr(), normed.data_ptr(), rows, x.shape[1], eps)
+            lib.add_rms_norm(x.data_ptr(), out.data_ptr(), w.norm2.data_ptr(), normed.data_ptr(), None, rows,
+                             x.shape[1], eps)
             gate_up = torch.nn.functional.linear(normed, w.gate_up[0], w.gate_up_bias[0])
             lib.swiglu(gate_up.data_ptr(), rows, d.intermediate, hidden.data_ptr())
             down = torch.nn.functional.linear(hidden, w.down, w.down_bias)
             next_norm = d.layers[i + 1].norm1 if i + 1 < len(d.layers) else d.base.norm.weight
-            lib.add_rms_norm(x.data_ptr(), down.data_ptr(), next_norm.data_ptr(), normed.data_ptr(), rows,
+            lib.add_rms_norm(x.data_ptr(), down.data_ptr(), next_norm.data_ptr(), normed.data_ptr(), None, rows,
                              x.shape[1], eps)
         return d.model.lm_head(normed).float()
 
@@ -153,7 +154,8 @@ class RMSNorm(torch.autograd.Function):
         x, weight = x.contiguous(), weight.contiguous()
         rows, dim = x.numel() // x.shape[-1], x.shape[-1]
         out, rstd = torch.empty_like(x), x.new_empty(rows)
-        lib.rms_norm_forward(x.data_ptr(), weight.data_ptr(), out.data_ptr(), rstd.data_ptr(), rows, dim, eps)
+        # x is only read: add_rms_norm writes to it only when given a residual to add
+        lib.add_rms_norm(x.data_ptr(), None, weight.data_ptr(), out.data_ptr(), rstd.data_ptr(), rows, dim, eps)
         ctx.save_for_backward(x, weight, rstd)
         ctx.lib = lib
         return out
