@@ -23,10 +23,13 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from reasonrl.algos.autothink import sample_modes, save_prompt_mode
+from reasonrl.algos.autothink import autothink_reward, is_thinking, mode_metrics
 from reasonrl.config import load_config
-from reasonrl.models import ASSETS, SHIPPED, load_model
+from reasonrl.data import Example
+from reasonrl.models import ASSETS, SHIPPED, decode_completion, encode_prompt, load_model
+from reasonrl.prompt_modes import save_prompt_mode
 from reasonrl.rollout.base import SamplingParams
+from reasonrl.rollout.collect import example_fields
 from reasonrl.rollout.fast import FastEngine
 from reasonrl.tracking import read_metrics
 from reasonrl.trainer import Trainer
@@ -90,6 +93,18 @@ def run(world: str, levels: tuple[int, ...], overrides: list[str], steps: int, r
     cpu = time.process_time() - started
     done.write_text(json.dumps({"cpu_seconds": cpu}))
     return cpu
+
+
+def sample_modes(engine, tokenizer, examples: list[Example], n: int, params: SamplingParams) -> dict[str, float]:
+    """`mode_metrics` of n sampled completions per example, prompted by the tokenizer's own template; correct means
+    R0 > 0 (the answer after `</think>` is right), so it applies to any prompt mode."""
+    prompts = [encode_prompt(tokenizer, ex.prompt) for ex in examples]
+    rollouts = engine.generate(prompts, n, params)
+    texts = [decode_completion(tokenizer, ids) for ids in rollouts.completion_ids]
+    fields = example_fields(examples, n)
+    scores = autothink_reward([""] * len(texts), texts, fields["answer"], fields["meta"])
+    return mode_metrics([is_thinking(t) for t in texts], [s > 0 for s in scores],
+                        [len(c) for c in rollouts.completion_ids], fields["level"])
 
 
 def measure(model_dir: str | Path, world: str, n_per_level: int, samples: int) -> dict[str, dict[str, float]]:

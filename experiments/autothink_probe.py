@@ -14,10 +14,24 @@ import random
 import statistics
 import sys
 
-from reasonrl.algos.autothink import think_probability
-from reasonrl.models import load_model
+import torch
+
+from reasonrl.models import encode_prompt, load_model
 from reasonrl.worlds.arith import ArithWorld
 from reasonrl.worlds.shortcut import has_borrow, has_carry
+
+
+@torch.no_grad()
+def think_probability(model, tokenizer, prompts: list[str]) -> float:
+    """Mean probability that the first completion token is not `</think>`, exactly from the logits: the think rate
+    of `prompts` (user messages, prompted by the tokenizer's own template) without sampling noise, since a no-think
+    completion opens with `</think>`."""
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    width = max(map(len, ids))
+    x = torch.tensor([[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids], device=next(model.parameters()).device)
+    mask = (x != tokenizer.pad_token_id).long()
+    logits = model(input_ids=x, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    return float(1 - logits[:, -1].softmax(-1)[:, tokenizer.convert_tokens_to_ids("</think>")].mean())
 
 
 # form -> a draw: (expression, whether it belongs to the form); `x` repeats an operand, `2d`/`3d` give operand digits.

@@ -1,13 +1,12 @@
 """Example records, the one shape every data source is turned into, and the loaders that make them.
 
-Sources: embedded worlds, reasoning-gym generators, JSON-lines, parquet and Hugging Face datasets. Bad rows
-are DataErrors naming the file and line, and `PromptStream` makes training data resumable to the example.
+Sources: JSON-lines, parquet and Hugging Face datasets here; embedded worlds (reasonrl/worlds/) and generator
+libraries (reasonrl/sources/, e.g. reasoning-gym) through `load_source`. Bad rows are DataErrors naming the file
+and line, and `PromptStream` makes training data resumable to the example.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
 import json
 import os
 import random
@@ -167,72 +166,6 @@ def _to_example(
     return Example(prompt=prompt, answer=answer, solution=solution, level=level, meta=meta)
 
 
-# Train and eval datasets are seeded this far apart: generators seed entry i with `seed + i`, so nearby
-# seeds would share entries.
-RG_EVAL_SEED_OFFSET = 1_000_000_000
-RG_TRAIN_SIZE = 10_000  # entries a training stream cycles through, generated as they are read
-RG_PROMPT_SUFFIX = " Put the final answer in \\boxed{}."
-
-
-def load_reasoning_gym(name: str, size: int, seed: int) -> list[Example]:
-    """`size` entries of a reasoning-gym generator, with what `reasoning_gym_score` needs to regenerate each."""
-    return [_rg_example(name, size, seed, i) for i in range(size)]
-
-
-def reasoning_gym_score(answer_text: str, meta: dict[str, Any]) -> float:
-    """Score an extracted answer with the generator's own scorer, against the regenerated original entry."""
-    try:
-        name, size, seed, index = meta["rg_name"], meta["rg_size"], meta["rg_seed"], meta["rg_index"]
-    except KeyError as e:
-        raise DataError(f"not a reasoning_gym example: meta has no {e.args[0]!r}") from e
-    dataset = _rg_dataset(name, size, seed)
-    return float(dataset.score_answer(answer_text, _rg_entry(name, size, seed, index)))
-
-
-@functools.lru_cache(maxsize=64)
-def _rg_dataset(name: str, size: int, seed: int) -> Any:
-    import reasoning_gym
-    from reasoning_gym.factory import DATASETS
-
-    if name not in DATASETS:
-        close = difflib.get_close_matches(name, list(DATASETS), n=5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see reasoning_gym.factory.DATASETS"
-        raise DataError(f"unknown reasoning_gym generator {name!r}{hint}")
-    try:
-        return reasoning_gym.create_dataset(name, size=size, seed=seed)
-    except (AssertionError, ValueError, TypeError) as e:  # generators validate their configs with asserts
-        raise DataError(f"reasoning_gym:{name} (size {size}, seed {seed}): {e}") from e
-
-
-@functools.lru_cache(maxsize=65_536)  # scoring regenerates entries; a step scores each one many times
-def _rg_entry(name: str, size: int, seed: int, index: int) -> dict[str, Any]:
-    return _rg_dataset(name, size, seed)[index]
-
-
-def _rg_example(name: str, size: int, seed: int, index: int) -> Example:
-    entry = _rg_entry(name, size, seed, index)
-    meta = {"source": "reasoning_gym", "rg_name": name, "rg_seed": seed, "rg_size": size, "rg_index": index}
-    meta["rg_entry"] = _jsonable(entry)
-    answer = entry.get("answer")
-    return Example(prompt=entry["question"] + RG_PROMPT_SUFFIX, answer="" if answer is None else str(answer), meta=meta)
-
-
-_DROP = object()
-
-
-def _jsonable(x: Any) -> Any:
-    """A JSON-serialisable copy: tuples become lists, numpy values plain ones, anything else is dropped."""
-    if x is None or isinstance(x, (str, bool, int, float)):
-        return x
-    if hasattr(x, "tolist"):  # numpy scalars and arrays
-        return _jsonable(x.tolist())
-    if isinstance(x, dict):
-        return {str(k): v for k, v in ((k, _jsonable(v)) for k, v in x.items()) if v is not _DROP}
-    if isinstance(x, (list, tuple)):
-        return [v for v in map(_jsonable, x) if v is not _DROP]
-    return _DROP
-
-
 def load_source(spec: str, cfg: DataConfig, split: str, n: int | None = None) -> list[Example]:
     """Examples of a source spec: `world:NAME`, `reasoning_gym:NAME`, `FILE.jsonl`, `FILE.parquet` or `hf:NAME[:SPLIT]`.
 
@@ -251,7 +184,10 @@ def load_source(spec: str, cfg: DataConfig, split: str, n: int | None = None) ->
             return world.eval_set(cfg.eval_levels or cfg.levels, cfg.eval_n)
         return [world.example(i) for i in range(_count(spec, n))]
     if kind == "reasoning_gym":
-        return load_reasoning_gym(name, _count(spec, n), cfg.seed + (RG_EVAL_SEED_OFFSET if split == "eval" else 0))
+        from reasonrl.sources import reasoning_gym as rg  # it imports this module for Example
+
+        seed = cfg.seed + (rg.RG_EVAL_SEED_OFFSET if split == "eval" else 0)
+        return rg.load_reasoning_gym(name, _count(spec, n), seed)
     fields = {"prompt_field": cfg.prompt_field, "answer_field": cfg.answer_field, "solution_field": cfg.solution_field}
     if kind == "hf":
         name, _, hf_split = name.rpartition(":") if ":" in name else (name, "", "")
@@ -297,9 +233,9 @@ class PromptStream:
         if spec.startswith("world:"):
             self._size, self._item = None, _world(spec.partition(":")[2], cfg).example
         elif spec.startswith("reasoning_gym:"):
-            name = spec.partition(":")[2]
-            _rg_dataset(name, RG_TRAIN_SIZE, cfg.seed)  # unknown generators fail here, not at the first `next`
-            self._size, self._item = RG_TRAIN_SIZE, functools.partial(_rg_example, name, RG_TRAIN_SIZE, cfg.seed)
+            from reasonrl.sources import reasoning_gym as rg  # it imports this module for Example
+
+            self._size, self._item = rg.RG_TRAIN_SIZE, rg.train_stream_item(spec.partition(":")[2], cfg.seed)
         else:
             examples = load_source(spec, cfg, "train")
             self._size, self._item = len(examples), examples.__getitem__

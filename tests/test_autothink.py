@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from experiments.autothink_probe import think_probability
 from reasonrl.algos.autothink import (
     AutoThink,
     AutoThinkSFT,
@@ -18,16 +19,12 @@ from reasonrl.algos.autothink import (
     length_shaping,
     longest_repeat_run,
     mode_metrics,
-    prompt_mode,
-    prompt_mode_template,
     rescore_direct_correct,
-    save_prompt_mode,
-    think_probability,
-    with_prompt_mode,
 )
 from reasonrl.algos.grpo import GRPO
 from reasonrl.config import load_config
 from reasonrl.models import encode_prompt, load_tokenizer
+from reasonrl.prompt_modes import prompt_mode, prompt_mode_template, save_prompt_mode, with_prompt_mode
 from reasonrl.rollout.base import Rollouts
 from reasonrl.trainer import Trainer
 from reasonrl.worlds.arith import ArithWorld

@@ -16,10 +16,9 @@ from reasonrl.data import (
     PromptStream,
     load_jsonl,
     load_parquet,
-    load_reasoning_gym,
     load_source,
-    reasoning_gym_score,
 )
+from reasonrl.sources.reasoning_gym import load_reasoning_gym, reasoning_gym_score
 
 
 def write_jsonl(tmp_path, *lines: str | dict, name: str = "data.jsonl"):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-import reasonrl.data
+import reasonrl.sources.reasoning_gym
 from reasonrl.config import RewardSpec
 from reasonrl.rewards import (
     RewardError,
@@ -105,7 +105,7 @@ def test_accuracy_scores_reasoning_gym_rows_with_their_scorer(monkeypatch):
         calls.append((answer_text, meta["task"]))
         return 0.5
 
-    monkeypatch.setattr(reasonrl.data, "reasoning_gym_score", fake_score, raising=False)
+    monkeypatch.setattr(reasonrl.sources.reasoning_gym, "reasoning_gym_score", fake_score)
     meta = [{"source": "reasoning_gym", "task": "countdown"}, {"source": "reasoning_gym", "task": "x"}, {}]
     scores = accuracy([""] * 3, [box("3+4"), "no box", box("5")], answer=["7", "1", "5"], meta=meta, verifier=NoPool())
     assert scores == [0.5, 0.0, 1.0]

@@ -17,19 +17,17 @@ The ellipsis prompt: the assistant turn starts with `<think>\\n...\\n`, so the m
     max length per stage 1:2:3 (the paper's 8k, 16k, 24k tokens).
 
 The rest is the GRPO core (algos/grpo.py): group-normalised advantages, clip 0.2, token-mean loss, no KL.
+The prompts come from reasonrl/prompt_modes.py; the evaluation probes are in experiments/autothink*.py.
 `autothink_sft` makes a base model with the method's precondition: under the ellipsis prompt it picks either mode.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import random
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -40,71 +38,10 @@ from reasonrl.algos.grpo import GRPO, GRPOConfig
 from reasonrl.algos.sft import SFT
 from reasonrl.config import AlgoConfig, RewardSpec, register_algo_config
 from reasonrl.data import DataError, Example
-from reasonrl.models import (
-    decode_completion,
-    encode_completion,
-    encode_prompt,
-    load_tokenizer,
-    resolve_model_path,
-)
+from reasonrl.models import encode_completion, encode_prompt
+from reasonrl.prompt_modes import prompt_mode, with_prompt_mode
 from reasonrl.rewards.math import accuracy, find_last_boxed
 from reasonrl.rewards.registry import Scores, register_reward
-from reasonrl.rollout.base import SamplingParams
-from reasonrl.rollout.collect import example_fields
-
-# ---- prompt modes: the assistant prefix after the chat template's generation prompt --------------------------
-
-PROMPT_PREFIXES = {"plain": "", "think": "<think>\n", "ellipsis": "<think>\n...\n"}
-_MODE_MARK = "{#- reasonrl prompt mode -#}"  # where our suffix starts, so a new mode replaces the old one
-_PROBE = [{"role": "user", "content": "x"}]
-
-
-def prompt_mode_template(tokenizer, mode: str) -> str:
-    """The tokenizer's chat template with the generation prompt followed by `PROMPT_PREFIXES[mode]`.
-
-    Works for any template, since the generation prompt is what a template renders last. A template that already
-    opens the think block (DeepSeek-R1's `<|Assistant|><think>\\n`) only gets the rest of the prefix.
-    """
-    if mode not in PROMPT_PREFIXES:
-        raise ValueError(f"unknown prompt mode {mode!r}; choose one of {', '.join(PROMPT_PREFIXES)}")
-    if not tokenizer.chat_template:
-        raise ValueError("prompt modes need a tokenizer with a chat template")
-    base = tokenizer.chat_template.split(_MODE_MARK)[0]
-    rendered = tokenizer.apply_chat_template(_PROBE, chat_template=base, add_generation_prompt=True, tokenize=False)
-    prefix = PROMPT_PREFIXES[mode]
-    if prefix and rendered.endswith("<think>\n"):
-        prefix = prefix.removeprefix("<think>\n")
-    if not prefix:
-        return base
-    # A Jinja string expression, so the template engine's whitespace control cannot touch the newlines.
-    literal = prefix.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
-    return f"{base}{_MODE_MARK}{{% if add_generation_prompt %}}{{{{ '{literal}' }}}}{{% endif %}}"
-
-
-def with_prompt_mode(tokenizer, mode: str):
-    """A shallow copy of `tokenizer` (vocabulary shared) whose chat template prompts in `mode`."""
-    out = copy.copy(tokenizer)
-    out.chat_template = prompt_mode_template(tokenizer, mode)
-    return out
-
-
-def prompt_mode(tokenizer) -> str:
-    """Which mode the tokenizer's template prompts in: ellipsis, think or plain."""
-    rendered = tokenizer.apply_chat_template(_PROBE, add_generation_prompt=True, tokenize=False)
-    return next((m for m in ("ellipsis", "think") if rendered.endswith(PROMPT_PREFIXES[m])), "plain")
-
-
-def save_prompt_mode(model_dir: str, out_dir: str | Path, mode: str) -> Path:
-    """Copy a model folder (or shipped name) with its chat template switched to `mode`, as the paper edits
-    `tokenizer_config.json` before training; every reasonrl path (train, eval, rollouts) then prompts that way."""
-    out = Path(out_dir)
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(resolve_model_path(model_dir), out)
-    tokenizer = load_tokenizer(str(out))
-    tokenizer.chat_template = prompt_mode_template(tokenizer, mode)
-    tokenizer.save_pretrained(out)
-    return out
-
 
 # ---- detection and the base reward R0 --------------------------------------------------------------------------
 
@@ -229,31 +166,6 @@ def mode_metrics(think: list[bool], correct: list[bool], lengths: list[int], lev
     return out
 
 
-def sample_modes(engine, tokenizer, examples: list[Example], n: int, params: SamplingParams) -> dict[str, float]:
-    """`mode_metrics` of n sampled completions per example, prompted by the tokenizer's own template; correct means
-    R0 > 0 (the answer after `</think>` is right), so it applies to any prompt mode."""
-    prompts = [encode_prompt(tokenizer, ex.prompt) for ex in examples]
-    rollouts = engine.generate(prompts, n, params)
-    texts = [decode_completion(tokenizer, ids) for ids in rollouts.completion_ids]
-    fields = example_fields(examples, n)
-    scores = autothink_reward([""] * len(texts), texts, fields["answer"], fields["meta"])
-    return mode_metrics([is_thinking(t) for t in texts], [s > 0 for s in scores],
-                        [len(c) for c in rollouts.completion_ids], fields["level"])
-
-
-@torch.no_grad()
-def think_probability(model, tokenizer, prompts: list[str]) -> float:
-    """Mean probability that the first completion token is not `</think>`, exactly from the logits: the think rate
-    of `prompts` (user messages, prompted by the tokenizer's own template) without sampling noise, since a no-think
-    completion opens with `</think>`."""
-    ids = [encode_prompt(tokenizer, p) for p in prompts]
-    width = max(map(len, ids))
-    x = torch.tensor([[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids], device=next(model.parameters()).device)
-    mask = (x != tokenizer.pad_token_id).long()
-    logits = model(input_ids=x, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
-    return float(1 - logits[:, -1].softmax(-1)[:, tokenizer.convert_tokens_to_ids("</think>")].mean())
-
-
 # ---- the algorithm ----------------------------------------------------------------------------------------------
 
 
@@ -314,7 +226,7 @@ class AutoThink(GRPO):
             if mode != "ellipsis":  # the paper's precondition; a silent plain prompt would train a think-only model
                 raise ValueError(
                     f"algo=autothink needs the ellipsis prompt, but model {ctx.config.model.path!r} prompts in mode "
-                    f"{mode!r}. Use model.path=autothink_base, or write a copy with reasonrl.algos.autothink."
+                    f"{mode!r}. Use model.path=autothink_base, or write a copy with reasonrl.prompt_modes."
                     f"save_prompt_mode(MODEL, OUT_DIR, 'ellipsis') (docs/autothink.md)")
             self.checked_prompt = True
         stage = self.stage_at(ctx.step)

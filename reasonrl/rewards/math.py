@@ -130,7 +130,7 @@ def accuracy(
 
 
 def _reasoning_gym(pred: str | None, meta: dict) -> tuple[float, str, str | None]:
-    from reasonrl.data import reasoning_gym_score  # lazy: data pulls in dataset loaders
+    from reasonrl.sources.reasoning_gym import reasoning_gym_score  # lazy: imports reasoning_gym when called
 
     if pred is None:
         return 0.0, "ok", None
