@@ -35,6 +35,7 @@ import torch
 
 from reasonrl.algos import register_algorithm
 from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.collect import example_fields
 from reasonrl.algos.common import build_sequences
 from reasonrl.algos.grpo import GRPO, GRPOConfig
 from reasonrl.algos.sft import SFT
@@ -50,7 +51,6 @@ from reasonrl.models import (
 from reasonrl.rewards.math import accuracy, find_last_boxed
 from reasonrl.rewards.registry import Scores, register_reward
 from reasonrl.rollout.base import SamplingParams
-from reasonrl.rollout.collect import example_fields
 
 # ---- prompt modes: the assistant prefix after the chat template's generation prompt --------------------------
 
