@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from reasonrl.modeling import decoder, native
 from reasonrl.models import load_model
-from reasonrl.rollout import fast, native
+from reasonrl.rollout import fast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import generation_parser, interleaved_generation, per_call_us  # noqa: E402
@@ -47,14 +48,14 @@ def main() -> None:
     matmul_table(model)
     engine = fast.FastEngine(model, tokenizer)
     native.enabled = False  # PyTorch ops, whose speed the layout decides (the C kernels: bench/native_kernels.py)
-    input_major = fast._input_major
-    layouts = {"[out, in]": lambda: setattr(fast, "_input_major", lambda weight: weight),
-               "[in, out]": lambda: setattr(fast, "_input_major", input_major)}
+    input_major = decoder._input_major
+    layouts = {"[out, in]": lambda: setattr(decoder, "_input_major", lambda weight: weight),
+               "[in, out]": lambda: setattr(decoder, "_input_major", input_major)}
     print("\n| setting | [out, in] s | [in, out] s | speed-up |\n|---|---|---|---|")
     for setting in args.settings:
         (a, b), _ = interleaved_generation(engine, tokenizer, setting, args.reps, layouts)
         print(f"| {setting} | {a:.3f} | {b:.3f} | {a / b:.2f}x |")
-    fast._input_major = input_major
+    decoder._input_major = input_major
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The fused C kernels (rollout/native.py) against PyTorch ops alone, side by side in one process, interleaved,
+"""The fused C kernels (modeling/native.py) against PyTorch ops alone, side by side in one process, interleaved,
 on the shipped student: generation, and the GRPO training forward + backward.
 
     python bench/native_kernels.py [--settings 8x8x32 16x8x64 4x16x128] [--reps 9] [--threads 1]
@@ -20,15 +20,17 @@ from pathlib import Path
 import torch
 
 from reasonrl.config import load_config
+from reasonrl.modeling import native
+from reasonrl.modeling.decoder import Decoder, native_step
 from reasonrl.models import load_model
-from reasonrl.rollout import fast, native
+from reasonrl.rollout import fast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import generation_parser, interleaved_generation, per_call_us  # noqa: E402
 
 
 def step_table(model) -> None:
-    decoder = fast.Decoder(model, decode=True)
+    decoder = Decoder(model, decode=True)
     layers, kv, dim, length, col = len(decoder.layers), decoder.kv_heads, decoder.head_dim, 64, 40
     print("| rows | PyTorch step us | C step us | speed-up |\n|---|---|---|---|")
     with torch.inference_mode():
@@ -40,7 +42,7 @@ def step_table(model) -> None:
             ids, starts = torch.randint(3, 300, (rows,)), torch.randint(0, 8, (rows,))
             bias = torch.zeros(rows, col + 1).masked_fill_(torch.arange(col + 1) < starts[:, None], float("-inf"))
             bias = bias.repeat_interleave(kv, 0).unsqueeze(1)
-            step = fast.native_step(decoder, k_cache)
+            step = native_step(decoder, k_cache)
             native.enabled = False
             a = per_call_us(lambda: decoder.forward(ids[:, None], cos[:, None], sin[:, None], k_cache, v_cache, col, bias),
                             200, 7, statistics.median)

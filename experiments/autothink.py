@@ -29,7 +29,7 @@ from reasonrl.data import Example
 from reasonrl.models import ASSETS, SHIPPED, decode_completion, encode_prompt, load_model
 from reasonrl.prompt_modes import save_prompt_mode
 from reasonrl.rollout.base import SamplingParams
-from reasonrl.rollout.collect import example_fields
+from reasonrl.algos.collect import example_fields
 from reasonrl.rollout.fast import FastEngine
 from reasonrl.tracking import read_metrics
 from reasonrl.trainer import Trainer

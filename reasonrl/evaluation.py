@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from reasonrl.algos.collect import example_fields
 from reasonrl.data import Example
 from reasonrl.models import decode_completion, encode_prompt
 from reasonrl.rewards import RewardManager
 from reasonrl.rollout.base import RolloutEngine, SamplingParams
-from reasonrl.rollout.collect import example_fields
 
 
 def check_room(prompts: list[list[int]], examples: list[Example], room: int, context: int | None, setting: str) -> None:

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-import reasonrl.algos.common as common
+import reasonrl.modeling.logprobs as logprobs
 from reasonrl.algos.dpo import DPOVP, PairwiseDPO, dpo_loss, pair_tensors, sequence_logprobs
 from reasonrl.algos.dpo_pairs import Pair, load_pairs_file, select_pair, vr_score
 from reasonrl.checkpoint import load_checkpoint
@@ -239,8 +239,8 @@ def test_offline_dpo_widens_the_margin_and_scores_the_reference_once(quick_confi
                           "data.eval_n=1", "optim.warmup_steps=0", "algo.beta=0.5")
     trainer = Trainer(config, run_dir=tmp_path / "run")
     reference_rows = []
-    original = common.completion_logits
-    monkeypatch.setattr(common, "completion_logits", lambda model, micro: (
+    original = logprobs.completion_logits
+    monkeypatch.setattr(logprobs, "completion_logits", lambda model, micro: (
         model is trainer.ctx.ref_model and reference_rows.append(micro["input_ids"].shape[0])) or original(model, micro))
     trainer.train()
     assert sum(reference_rows) == 2 * len(rows)  # 4 pairs seen 4 times each, referenced once

@@ -12,7 +12,8 @@ import pytest
 import torch
 from fake_vllm import FakeVLLMServer
 
-from reasonrl.algos.common import build_sequences, completion_logits
+from reasonrl.algos.common import build_sequences
+from reasonrl.modeling.logprobs import completion_logits
 from reasonrl.models import encode_prompt, load_model
 from reasonrl.rollout.base import SamplingParams
 from reasonrl.rollout.fast import FastEngine

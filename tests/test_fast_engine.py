@@ -4,10 +4,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
-from reasonrl.algos.common import build_sequences, completion_logprobs, pad_values
+from reasonrl.algos.common import build_sequences, pad_values
+from reasonrl.modeling.decoder import unsupported_reason
+from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.models import arith_tokenizer, encode_prompt, load_model
 from reasonrl.rollout.base import SamplingParams
-from reasonrl.rollout.fast import FastEngine, sample, unsupported_reason
+from reasonrl.rollout.fast import FastEngine, sample
 from reasonrl.rollout.hf import HFEngine
 from reasonrl.trainer import Trainer
 
@@ -74,13 +76,13 @@ def test_sampled_logprobs_equal_the_training_forward(variant, tokenizer):
 @pytest.mark.parametrize("variant", ["llama-biases", "qwen2-bias", "qwen3-qk-norm"])
 def test_unfused_projections_match_the_fused_ones(variant, tokenizer, monkeypatch):
     """Large models keep q/k/v and gate/up separate (no weight copies); the tokens must not change."""
-    import reasonrl.rollout.fast as fast
+    import reasonrl.modeling.decoder as decoder
 
     model = random_model(VARIANTS[variant]())
     params = SamplingParams(max_new_tokens=24, greedy=True)
     fused = FastEngine(model, tokenizer).generate(prompt_ids(tokenizer), 1, params)
-    monkeypatch.setattr(fast, "FUSE_BELOW_PARAMS", 0)
-    assert len(fast.Decoder(model).layers[0].qkv) == 3
+    monkeypatch.setattr(decoder, "FUSE_BELOW_PARAMS", 0)
+    assert len(decoder.Decoder(model).layers[0].qkv) == 3
     unfused = FastEngine(model, tokenizer).generate(prompt_ids(tokenizer), 1, params)
     assert unfused.completion_ids == fused.completion_ids
     assert unfused.completion_ids == HFEngine(model, tokenizer).generate(prompt_ids(tokenizer), 1, params).completion_ids
@@ -148,15 +150,15 @@ def test_sampler_matches_the_distribution_and_its_filters():
 def test_a_grpo_step_runs_the_model_only_for_the_loss(quick_config, tmp_path, monkeypatch):
     """Regression guard, not timed: generation never goes through HF forward; the update runs one training forward
     per micro-batch (the shared-prefix one for this Llama); the decoder runs once per generated position at most."""
-    import reasonrl.algos.common as common
+    import reasonrl.modeling.logprobs as logprobs
 
     cfg = quick_config("rewards.funcs=format:1.0", "train.micro_batch_size=4", "train.prompts_per_step=2")
     trainer = Trainer(cfg, run_dir=tmp_path / "guard")
     assert isinstance(trainer.ctx.engine, FastEngine)
     calls, shared = [], []
-    original, original_shared = trainer.model.forward, common.shared_prefix_logits
+    original, original_shared = trainer.model.forward, logprobs.shared_prefix_logits
     monkeypatch.setattr(trainer.model, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
-    monkeypatch.setattr(common, "shared_prefix_logits", lambda *a: shared.append(1) or original_shared(*a))
+    monkeypatch.setattr(logprobs, "shared_prefix_logits", lambda *a: shared.append(1) or original_shared(*a))
     batch = trainer.algo.gather(trainer.ctx)
     assert calls == [] and shared == []
     assert 1 <= trainer.ctx.engine.decode_calls <= cfg.rollout.max_completion_length

@@ -7,15 +7,17 @@ import pytest
 import torch
 from test_shared_prefix import groups_batch, hf_logits
 
-from reasonrl.algos.common import build_sequences, completion_logprobs, pad_values
-from reasonrl.algos.shared_prefix import fallback_reason, shared_prefix_logits
+from reasonrl.algos.common import build_sequences, pad_values
 from reasonrl.checkpoint import CheckpointError, load_checkpoint
 from reasonrl.config import LoRAConfig, load_config
 from reasonrl.lora import apply_lora, quantization_config
+from reasonrl.modeling.decoder import unsupported_reason
+from reasonrl.modeling.logprobs import completion_logprobs
+from reasonrl.modeling.shared_prefix import fallback_reason, shared_prefix_logits
 from reasonrl.models import encode_prompt, load_model
 from reasonrl.rewards import register_reward
 from reasonrl.rollout.base import SamplingParams
-from reasonrl.rollout.fast import FastEngine, unsupported_reason
+from reasonrl.rollout.fast import FastEngine
 from reasonrl.rollout.hf import HFEngine
 from reasonrl.tracking import read_metrics
 from reasonrl.trainer import Trainer

@@ -20,10 +20,9 @@ from reasonrl.algos.losses import (
     overlong_mask,
     policy_loss,
     sampler_mismatch,
-    token_entropy,
-    token_logprobs,
     truncated_is_weights,
 )
+from reasonrl.modeling.logprobs import token_entropy, token_logprobs
 
 EPS = 1e-4
 # Two interleaved groups of 3: group 7 has rewards [0, 2, 4], group 3 has [1, 1, 4]; both means are 2.
@@ -406,17 +405,17 @@ def test_gspo_equals_token_level_grpo_for_single_token_sequences() -> None:
 @pytest.mark.parametrize("entropy_grad", [False, True])
 def test_logprobs_and_entropy_in_one_pass_equal_the_separate_ones(entropy_grad, monkeypatch):
     """Sharing the logsumexp changes nothing, in chunks of rows too (a tiny chunk size forces 3 chunks of 2 rows)."""
-    import reasonrl.algos.losses as losses
+    import reasonrl.modeling.logprobs as logprobs
 
-    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 2 * 4 * 7)
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 2 * 4 * 7)
     torch.manual_seed(0)
     logits = (3 * torch.randn(5, 4, 7)).requires_grad_()
     targets = torch.randint(0, 7, (5, 4))
-    logp, entropy = losses.token_logprobs_and_entropy(logits, targets, 0.7, entropy_grad=entropy_grad)
+    logp, entropy = logprobs.token_logprobs_and_entropy(logits, targets, 0.7, entropy_grad=entropy_grad)
     assert entropy.requires_grad == entropy_grad
     (grad_joint,) = torch.autograd.grad((logp.sum() + entropy.sum()) if entropy_grad else logp.sum(), logits)
-    logp_ref = losses.token_logprobs(logits, targets, 0.7)
-    entropy_ref = losses.token_entropy(logits, 0.7)
+    logp_ref = logprobs.token_logprobs(logits, targets, 0.7)
+    entropy_ref = logprobs.token_entropy(logits, 0.7)
     hand = torch.log_softmax(logits / 0.7, -1)  # independent formula
     assert torch.allclose(logp, hand.gather(-1, targets.unsqueeze(-1)).squeeze(-1), atol=1e-6)
     assert torch.allclose(entropy, -(hand.exp() * hand).sum(-1), atol=1e-5)

@@ -1,4 +1,4 @@
-"""The fused C decode kernels (rollout/native.py) against plain PyTorch formulas, and the build's failure modes."""
+"""The fused C decode kernels (modeling/native.py) against plain PyTorch formulas, and the build's failure modes."""
 
 import os
 
@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reasonrl.algos.shared_prefix import shared_prefix_logits
+from reasonrl.modeling import decoder, native
+from reasonrl.modeling.shared_prefix import shared_prefix_logits
 from reasonrl.models import encode_prompt, load_model
-from reasonrl.rollout import fast, native
+from reasonrl.rollout import fast
 from reasonrl.rollout.base import SamplingParams
 
 pytestmark = pytest.mark.skipif(os.environ.get("REASONRL_NATIVE") == "0", reason="REASONRL_NATIVE=0")
@@ -212,7 +213,7 @@ def test_large_models_keep_pytorch_ops(monkeypatch):
     shared_prefix_logits(model, ids, torch.ones_like(ids), 3)
     assert applied  # the student is small: kernels
     applied.clear()
-    monkeypatch.setattr(fast, "FUSE_BELOW_PARAMS", 0)
+    monkeypatch.setattr(decoder, "FUSE_BELOW_PARAMS", 0)
     shared_prefix_logits(model, ids, torch.ones_like(ids), 3)
     fast.FastEngine(model, tok).generate(student_prompts(tok)[:2], 1, SamplingParams(max_new_tokens=4, greedy=True))
     assert not applied

@@ -8,14 +8,11 @@ import torch
 from test_fast_engine import SMALL, VARIANTS, random_model
 from transformers import GPT2Config
 
-import reasonrl.algos.common as common
-from reasonrl.algos.common import (
-    build_sequences,
-    completion_logits,
-    completion_logprobs,
-)
-from reasonrl.algos.shared_prefix import fallback_reason, shared_prefix_logits
-from reasonrl.rollout.fast import Decoder
+import reasonrl.modeling.logprobs as logprobs
+from reasonrl.algos.common import build_sequences
+from reasonrl.modeling.decoder import Decoder
+from reasonrl.modeling.logprobs import completion_logits, completion_logprobs
+from reasonrl.modeling.shared_prefix import fallback_reason, shared_prefix_logits
 
 
 def groups_batch(seed: int = 0, prompts: int = 3, per_prompt: int = 4, vocab: int = 321):
@@ -95,7 +92,7 @@ def test_prompts_are_the_same_when_their_real_tokens_are(monkeypatch):
 
 def test_falls_back_where_it_would_differ_from_hf(monkeypatch):
     calls = []
-    monkeypatch.setattr(common, "shared_prefix_logits", lambda *a: calls.append(1))
+    monkeypatch.setattr(logprobs, "shared_prefix_logits", lambda *a: calls.append(1))
     batch = groups_batch()
     gpt2 = random_model(GPT2Config(vocab_size=321, n_embd=32, n_layer=1, n_head=2, pad_token_id=0))
     assert "gpt2" in fallback_reason(gpt2)

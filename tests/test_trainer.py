@@ -136,11 +136,11 @@ def test_sampler_mismatch_is_logged_and_corrected_by_truncated_importance_sampli
 
 def test_one_update_per_round_needs_no_extra_forward_pass(quick_config, tmp_path, monkeypatch):
     """num_iterations == 1: the loss's forward passes are the only ones (old log-probs = detached current)."""
-    import reasonrl.algos.common as common
+    import reasonrl.modeling.logprobs as logprobs
 
     calls = []
-    original = common.completion_logits
-    monkeypatch.setattr(common, "completion_logits", lambda *a: calls.append(1) or original(*a))
+    original = logprobs.completion_logits
+    monkeypatch.setattr(logprobs, "completion_logits", lambda *a: calls.append(1) or original(*a))
     cfg = quick_config("rewards.funcs=test_digits:1.0", "train.micro_batch_size=4", "train.prompts_per_step=2")
     trainer = Trainer(cfg, run_dir=tmp_path / "fw")
     batch = trainer.algo.gather(trainer.ctx)

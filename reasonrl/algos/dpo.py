@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from reasonrl.algos import register_algorithm
 from reasonrl.algos.base import TrainBatch, trim_padding
-from reasonrl.algos.common import build_sequences, completion_logprobs
+from reasonrl.algos.collect import collect_rollouts, rollout_metrics
+from reasonrl.algos.common import build_sequences
 from reasonrl.algos.dpo_pairs import (
     WRONG_PAIRS, Pair, load_pairs_file, load_round_pairs, save_round_pairs, select_pair, vr_score,
 )
@@ -41,9 +42,9 @@ from reasonrl.algos.reward_model import (
 )
 from reasonrl.config import AlgoConfig, register_algo_config
 from reasonrl.data import Example
+from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.models import decode_completion, encode_completion, model_context
 from reasonrl.rollout.base import SamplingParams
-from reasonrl.rollout.collect import collect_rollouts, rollout_metrics
 
 logger = logging.getLogger("reasonrl")
 

@@ -15,7 +15,8 @@ import torch
 
 from reasonrl.algos import register_algorithm
 from reasonrl.algos.base import TrainBatch
-from reasonrl.algos.common import build_sequences, completion_logprobs, pad_values
+from reasonrl.algos.collect import collect_rollouts, rollout_metrics
+from reasonrl.algos.common import build_sequences, pad_values
 from reasonrl.algos.losses import (
     ADVANTAGE_ESTIMATORS,
     overlong_mask,
@@ -26,9 +27,9 @@ from reasonrl.algos.losses import (
 )
 from reasonrl.config import AlgoConfig, register_algo_config
 from reasonrl.distributed import across_ranks
+from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.rewards import soft_overlong_punishment
 from reasonrl.rollout.base import Rollouts, SamplingParams
-from reasonrl.rollout.collect import collect_rollouts, rollout_metrics
 
 
 @register_algo_config("grpo")

@@ -1,4 +1,4 @@
-"""Token log-probabilities, entropy, KL and the clipped policy losses of the GRPO family.
+"""KL and the clipped policy losses of the GRPO family (token log-probs and entropies: modeling/logprobs.py).
 
 Per-token tensors are [N, C], aligned with the completion tokens; `mask` [N, C] is 1 where a token counts
 in the loss and 0 elsewhere. Following the contract in algos/base.py, every loss is divided by a
@@ -20,66 +20,10 @@ from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS, register_advantage, 
 # The advantage estimators are re-exported so the whole GRPO family imports from one module.
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "LOSS_TYPES", "kl_k3", "overlong_mask", "policy_loss",
-    "register_advantage", "sampler_mismatch", "token_entropy", "token_logprobs", "token_logprobs_and_entropy",
-    "truncated_is_weights", "zero_variance_groups",
+    "register_advantage", "sampler_mismatch", "truncated_is_weights", "zero_variance_groups",
 ]
 
 Totals = Mapping[str, float]
-
-
-# Rows per chunk are chosen so a chunk's float32 working copy of the logits stays near this many elements: small
-# vocabularies go in one chunk (few ops), a 150k vocabulary one row at a time (little memory).
-CHUNK_ELEMENTS = 1 << 22
-
-
-def _rows_per_chunk(logits: torch.Tensor) -> int:
-    return max(1, CHUNK_ELEMENTS // max(1, logits[0].numel())) if len(logits) else 1
-
-
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log pi(target) at every position [N, C], from logits [N, C, V] sampled at `temperature`.
-
-    log_softmax(z / T)[y] = z_y / T - logsumexp(z / T), a chunk of rows at a time in float32, so the working
-    copy stays bounded rather than a whole [N, C, V] log_softmax (and bf16 logits keep float32 accuracy).
-    """
-    rows, size = [], _rows_per_chunk(logits)
-    for chunk, chunk_targets in zip(logits.split(size), targets.split(size)):
-        z = chunk.float() / temperature
-        rows.append(z.gather(-1, chunk_targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, -1))
-    return torch.cat(rows) if rows else logits.new_zeros(targets.shape, dtype=torch.float32)
-
-
-def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of the sampling distribution softmax(z / T) at every position [N, C], a chunk of rows at a time.
-
-    H = -sum_v p_v log p_v  with log p = z - logsumexp(z), z = logits / T (the shift by logsumexp first
-    avoids the cancellation of logsumexp(z) - sum_v p_v z_v when logits are large).
-    """
-    rows = []
-    for chunk in logits.split(_rows_per_chunk(logits)):
-        z = chunk.float() / temperature
-        log_p = z - torch.logsumexp(z, -1, keepdim=True)
-        rows.append(-(log_p.exp() * log_p).sum(-1))
-    return torch.cat(rows) if rows else logits.new_zeros(logits.shape[:2], dtype=torch.float32)
-
-
-def token_logprobs_and_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, entropy_grad: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`token_logprobs` and `token_entropy` sharing one logsumexp per chunk. The entropy is detached unless
-    `entropy_grad` (an entropy bonus needs its gradient); the log-probs keep theirs either way."""
-    logps, entropies, size = [], [], _rows_per_chunk(logits)
-    for chunk, chunk_targets in zip(logits.split(size), targets.split(size)):
-        z = chunk.float() / temperature
-        lse = torch.logsumexp(z, -1, keepdim=True)
-        logps.append(z.gather(-1, chunk_targets.unsqueeze(-1)).squeeze(-1) - lse.squeeze(-1))
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            log_p = z - lse
-            entropies.append(-(log_p.exp() * log_p).sum(-1))
-    if not logps:
-        empty = logits.new_zeros(targets.shape, dtype=torch.float32)
-        return empty, empty.clone()
-    return torch.cat(logps), torch.cat(entropies)
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

@@ -29,12 +29,13 @@ import torch
 from reasonrl.algos import register_algorithm
 from reasonrl.algos.advantages import SCALE_REWARDS, grpo_advantages
 from reasonrl.algos.base import TrainBatch
-from reasonrl.algos.common import build_sequences, completion_logits
+from reasonrl.algos.collect import collect_rollouts, rollout_metrics
+from reasonrl.algos.common import build_sequences
 from reasonrl.algos.losses import AGGREGATIONS, LOSS_TYPES, policy_loss
 from reasonrl.config import AlgoConfig, register_algo_config
+from reasonrl.modeling.logprobs import completion_logits
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.rollout.base import SamplingParams
-from reasonrl.rollout.collect import collect_rollouts, rollout_metrics
 
 HORIZONS = ("full", "progressive", "truncated")
 SIGNALS = ("pg", "direct")
@@ -108,7 +109,7 @@ def token_stats(
     kl_grad: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-position [N, C] quantities of both distributions at `temperature`, one row at a time (a [C, V]
-    working copy, as in algos/losses.py), from one log-softmax of each model:
+    working copy, as in modeling/logprobs.py), from one log-softmax of each model:
       logp, teacher_logp   log-probs of the sampled tokens `targets`
       kl                   KL(pi_theta || pi_T) = sum_v p_v (log p_v - log q_v); with a gradient if `kl_grad`
       entropy              the student's entropy (detached)

@@ -9,9 +9,10 @@ import torch
 
 from reasonrl.algos import register_algorithm
 from reasonrl.algos.base import TrainBatch
-from reasonrl.algos.common import build_sequences, completion_logprobs
+from reasonrl.algos.common import build_sequences
 from reasonrl.config import AlgoConfig, register_algo_config
 from reasonrl.data import DataError, Example
+from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.models import encode_completion
 
 

@@ -30,13 +30,14 @@ import torch
 from reasonrl.algos import register_algorithm
 from reasonrl.algos.advantages import SCALE_REWARDS, grpo_advantages
 from reasonrl.algos.base import TrainBatch
-from reasonrl.algos.common import build_sequences, completion_logprobs
+from reasonrl.algos.collect import collect_rollouts, example_fields, rollout_metrics
+from reasonrl.algos.common import build_sequences
 from reasonrl.algos.losses import LOSS_TYPES, policy_loss
 from reasonrl.config import AlgoConfig, register_algo_config
 from reasonrl.data import DataError, Example
+from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.models import encode_completion
 from reasonrl.rollout.base import SamplingParams
-from reasonrl.rollout.collect import collect_rollouts, example_fields, rollout_metrics
 
 ENTROPY_SIGNS = (-1.0, 0.0, 1.0)
 

@@ -102,7 +102,7 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 class NativeStep:
-    """One decode step of a fused-weight `Decoder` (rollout/fast.py) with the C kernels between its matmuls."""
+    """One decode step of a fused-weight `Decoder` (modeling/decoder.py) with the C kernels between its matmuls."""
 
     def __init__(self, decoder, lib: ctypes.CDLL):
         self.decoder, self.lib = decoder, lib

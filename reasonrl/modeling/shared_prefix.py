@@ -4,7 +4,7 @@ GRPO scores G completions of every prompt and DPO two; HF's forward runs the pro
 the rows that share a prompt are found, each distinct prompt runs once (its keys and values kept per layer), and
 the completions attend to those keys. The logits are the ones a single HF forward over [prompt; completion] gives
 (tests/test_shared_prefix.py checks logits and gradients against HF), but the prompt's share of the compute is
-1/G of HF's. The layer math is the rollout decoder's (rollout/fast.py), so the same architectures are covered
+1/G of HF's. The layer math is the lean decoder's (modeling/decoder.py), so the same architectures are covered
 (Llama, Qwen2, Qwen3, Mistral), plain or with LoRA adapters, which it applies as differentiable merged weights
 W + scaling B A (reasonrl/lora.py). Anything else falls back to the HF forward, as do gradient checkpointing,
 attention dropout and LoRA dropout, which this forward does not implement. `model.reasonrl_forward = "hf"` forces
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from reasonrl.lora import merged_training_reason
-from reasonrl.rollout.fast import (
+from reasonrl.modeling.decoder import (
     Decoder,
     distinct_rows,
     prompt_attention_mask,

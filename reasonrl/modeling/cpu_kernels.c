@@ -1,4 +1,4 @@
-/* Fused float32 CPU kernels (reasonrl/rollout/native.py): one decode step of a Llama-family model, and RMSNorm,
+/* Fused float32 CPU kernels (reasonrl/modeling/native.py): one decode step of a Llama-family model, and RMSNorm,
 RoPE and SwiGLU forward and backward for the training forward.
 
 A decode step of a small model is a few small matmuls and about a hundred elementwise ops, each of which costs
