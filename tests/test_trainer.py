@@ -59,6 +59,23 @@ def test_gradient_checkpointing_gives_the_same_gradients(quick_config, tmp_path)
     assert configured.model.is_gradient_checkpointing
 
 
+def test_unscorable_completions_are_dropped_from_the_loss_but_counted_as_rows(quick_config, tmp_path):
+    # A NaN reward (a failed check) zeroes the row's mask: it adds no token to the loss or to num_tokens, and its
+    # advantage is 0; it still counts in num_seqs. TRL instead keeps such rows in the loss with advantage 0.
+    @register_reward("test_every_other_nan")
+    def every_other_nan(prompts, completions, **kwargs):
+        return [math.nan if i % 2 else 0.1 * i for i in range(len(completions))]
+
+    trainer = Trainer(quick_config("rewards.funcs=test_every_other_nan:1.0"), run_dir=tmp_path / "nan_rows")
+    batch = trainer.algo.gather(trainer.ctx)
+    nan_rows = torch.tensor([bool(math.isnan(r)) for r in batch.extra["rollouts"].rewards])
+    mask = batch.tensors["completion_mask"]
+    assert 0 < int(nan_rows.sum()) < len(nan_rows)
+    assert mask[nan_rows].sum() == 0 and mask[~nan_rows].sum() > 0
+    assert batch.tensors["advantages"][nan_rows].abs().sum() == 0
+    assert batch.totals["num_seqs"] == len(nan_rows) and batch.totals["num_tokens"] == float(mask.sum())
+
+
 def test_dynamic_sampling_never_emits_a_zero_variance_group(quick_config, tmp_path):
     # Reward 1 for completions longer than 6 tokens: some groups are all-0 or all-1 and must be dropped.
     @register_reward("test_long")
