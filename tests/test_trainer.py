@@ -43,6 +43,25 @@ def test_gradient_accumulation_4x2_equals_1x8(quick_config, tmp_path, loss_type)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_kl_estimator_reaches_the_loss(quick_config, tmp_path):
+    # On-policy r = 1, so k3 and k3_is give the same loss, but r's gradient adds k3 to each token's KL gradient.
+    losses, grads = [], []
+    for estimator in ("k3", "k3_is"):
+        torch.manual_seed(0)
+        cfg = quick_config("rewards.funcs=test_digits:1.0", "train.prompts_per_step=2", "algo.beta=0.5",
+                           f"algo.kl_estimator={estimator}")
+        trainer = Trainer(cfg, run_dir=tmp_path / estimator)
+        batch = trainer.algo.gather(trainer.ctx)
+        batch.tensors["ref_logprobs"] -= 0.5  # a reference unlike the policy, so k3 > 0
+        trainer.model.zero_grad(set_to_none=True)
+        loss, _ = trainer.algo.loss(trainer.ctx, batch)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append(trainer.model.model.embed_tokens.weight.grad.clone())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert not torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(quick_config, tmp_path):
     """model.gradient_checkpointing trades compute for memory and must not change the gradients."""
     cfg = quick_config("rewards.funcs=test_digits:1.0", "train.prompts_per_step=2")
