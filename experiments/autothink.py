@@ -24,12 +24,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from reasonrl.algos.autothink import autothink_reward, is_thinking, mode_metrics
+from reasonrl.algos.collect import example_fields
 from reasonrl.config import load_config
 from reasonrl.data import Example
-from reasonrl.models import ASSETS, SHIPPED, decode_completion, encode_prompt, load_model
+from reasonrl.models import (
+    ASSETS,
+    SHIPPED,
+    decode_completion,
+    encode_prompt,
+    load_model,
+)
 from reasonrl.prompt_modes import save_prompt_mode
 from reasonrl.rollout.base import SamplingParams
-from reasonrl.algos.collect import example_fields
 from reasonrl.rollout.fast import FastEngine
 from reasonrl.tracking import read_metrics
 from reasonrl.trainer import Trainer

@@ -4,6 +4,9 @@
         trains through the real Trainer, then every rank writes its own weights to RUN_DIR/rank<R>.safetensors
     torchrun --nproc_per_node 2 tests/dist_worker.py helpers OUT_DIR
         runs the distributed helpers on crafted inputs; every rank writes what it got to OUT_DIR/rank<R>.json
+    torchrun --nproc_per_node 2 tests/dist_worker.py bnpo OUT_DIR
+        the bnpo loss of a fixed batch, each rank its half in micro-batches of 2 rows; rank 0 writes the batch and
+        the summed loss and all-reduced gradient to OUT_DIR/bnpo.json
 """
 
 import json
@@ -15,6 +18,7 @@ import torch
 
 from reasonrl import distributed, fsdp
 from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS
+from reasonrl.algos.losses import policy_loss
 
 
 def train(run_dir: str, args: list[str]) -> None:
@@ -70,6 +74,36 @@ def helpers(out_dir: str) -> None:
     distributed.shutdown()
 
 
+def bnpo(out_dir: str) -> None:
+    """Rank r takes rows 4r..4r+3 of an 8-row batch (equal token counts per pair of rows, ragged rows), in
+    micro-batches of 2, with the step's totals combined over ranks as the trainer combines them."""
+    distributed.init_from_env()
+    r = distributed.rank()
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.arange(5) < torch.tensor([5, 1, 3, 3, 2, 4, 4, 2]).unsqueeze(-1)).float()
+    old = -torch.rand(8, 5, generator=g) * 3
+    batch = {"logp": old + 0.3 * torch.randn(8, 5, generator=g), "old": old,
+             "ref": old + 0.3 * torch.randn(8, 5, generator=g), "adv": torch.randn(8, generator=g), "mask": mask}
+    mine = slice(4 * r, 4 * r + 4)
+    local = {"num_seqs": 4.0, "num_tokens": float(mask[mine].sum()), "max_completion_length": 5.0}
+    totals = distributed.combine_totals(distributed.all_gather_json(local))
+    logp = torch.nn.Parameter(batch["logp"].clone())
+    loss_sum = 0.0
+    for start in range(4 * r, 4 * r + 4, 2):
+        rows = slice(start, start + 2)
+        loss, _ = policy_loss(logp[rows], batch["old"][rows], batch["adv"][rows], mask[rows], loss_type="bnpo",
+                              totals=totals, beta=0.05, ref_logp=batch["ref"][rows])
+        loss.backward()
+        loss_sum += float(loss.detach())
+    distributed.all_reduce_gradients([logp])
+    summed = distributed.sum_across_ranks({"loss": loss_sum})
+    if r == 0:
+        result = {"batch": {k: v.tolist() for k, v in batch.items()}, "totals": totals, "loss": summed["loss"],
+                  "grad": logp.grad.tolist()}
+        Path(out_dir, "bnpo.json").write_text(json.dumps(result))
+    distributed.shutdown()
+
+
 if __name__ == "__main__":
     mode, path, *rest = sys.argv[1:]
-    train(path, rest) if mode == "train" else helpers(path)
+    {"train": lambda: train(path, rest), "helpers": lambda: helpers(path), "bnpo": lambda: bnpo(path)}[mode]()

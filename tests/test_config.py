@@ -294,3 +294,9 @@ def test_any_value_for_a_real_key_parses_or_raises_config_error(key, value):
 @given(text=st.text(max_size=80) | st.one_of(VALUES, st.dictionaries(st.sampled_from(KEYS), VALUES)).map(yaml.dump))
 def test_arbitrary_yaml_document_parses_or_raises_config_error(tmp_path, text):
     only_config_errors(lambda: load_config(write(tmp_path, text)))
+
+
+def test_kl_estimator_is_checked_by_the_grpo_config():
+    assert load_config(overrides=["algo=dapo", "algo.kl_estimator=k3_is"]).algo.kl_estimator == "k3_is"
+    assert load_config(overrides=["algo=grpo"]).algo.kl_estimator == "k3"
+    assert "algo.kl_estimator" in error(["algo=grpo", "algo.kl_estimator=k2"])

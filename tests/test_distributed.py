@@ -13,6 +13,7 @@ import safetensors.torch
 import torch
 
 from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS
+from reasonrl.algos.losses import policy_loss
 from reasonrl.config import load_config
 from reasonrl.models import load_model
 from reasonrl.trainer import Trainer
@@ -256,6 +257,33 @@ def test_helpers_reduce_as_documented(tmp_path):
     assert r0["summed"] == {"x": 3.0} and r0["mean"] == {"y": 1.5, "only0": 1.0, "only1": 1.0}
     assert r0["grad"] == r1["grad"] == [[3.0, 3.0]]  # gradients are summed, not averaged
     assert r0["agree"] and r1["agree"]
+
+
+def test_bnpo_on_two_ranks_equals_one_process(tmp_path):
+    """bnpo's micro-batch weights are shares of the step's rows over every rank: 2 ranks x 2 micro-batches of 2 rows
+    (equal token counts) sum to the one-process, one-micro-batch value (the batch's token mean) and to one process
+    with the same 4 micro-batches, loss and gradient, at the same scale (not 2 or 4 times it)."""
+    torchrun("bnpo", str(tmp_path))
+    out = json.loads((tmp_path / "bnpo.json").read_text())
+    assert out["totals"]["num_seqs"] == 8.0
+    b = {k: torch.tensor(v) for k, v in out["batch"].items()}
+    totals = {"num_seqs": 8.0, "num_tokens": float(b["mask"].sum()), "max_completion_length": 5.0}
+
+    def one_process(rows: list[slice], loss_type: str) -> tuple[float, torch.Tensor]:
+        logp = b["logp"].clone().requires_grad_(True)
+        total = 0.0
+        for r in rows:
+            loss, _ = policy_loss(logp[r], b["old"][r], b["adv"][r], b["mask"][r], loss_type=loss_type,
+                                  totals=totals, beta=0.05, ref_logp=b["ref"][r])
+            loss.backward()
+            total += float(loss.detach())
+        return total, logp.grad
+
+    for rows, loss_type in (([slice(0, 8)], "bnpo"), ([slice(0, 8)], "dapo"),
+                            ([slice(i, i + 2) for i in range(0, 8, 2)], "bnpo")):
+        loss, grad = one_process(rows, loss_type)
+        assert out["loss"] == pytest.approx(loss, abs=1e-6)
+        torch.testing.assert_close(torch.tensor(out["grad"]), grad, atol=1e-6, rtol=0)
 
 
 def test_diverged_replicas_are_detected(tmp_path):

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import reasonrl.modeling.logprobs as logprobs
-from reasonrl.algos.dpo import DPOVP, PairwiseDPO, dpo_loss, pair_tensors, sequence_logprobs
+from reasonrl.algos.dpo import PairwiseDPO, dpo_loss, pair_tensors, sequence_logprobs
 from reasonrl.algos.dpo_pairs import Pair, load_pairs_file, select_pair, vr_score
+from reasonrl.algos.dpo_vp import DPOVP
 from reasonrl.checkpoint import load_checkpoint
 from reasonrl.cli import main
 from reasonrl.config import ConfigError, load_config
@@ -30,11 +31,11 @@ def sigmoid(x: float) -> float:
 # policy chosen/rejected -1.0/-3.0, reference -1.5/-2.0: chosen ratio +0.5, rejected ratio -1.0, z = 1.5.
 
 
-def loss_and_grads(beta: float, label_smoothing: float = 0.0, loss_type: str = "sigmoid"):
+def loss_and_grads(beta: float, label_smoothing: float = 0.0, loss_type: str = "sigmoid", token_counts=None):
     pc = torch.tensor([-1.0], dtype=torch.float64, requires_grad=True)
     pr = torch.tensor([-3.0], dtype=torch.float64, requires_grad=True)
     ref_c, ref_r = torch.tensor([-1.5], dtype=torch.float64), torch.tensor([-2.0], dtype=torch.float64)
-    losses, chosen, rejected = dpo_loss(pc, pr, ref_c, ref_r, beta, label_smoothing, loss_type)
+    losses, chosen, rejected = dpo_loss(pc, pr, ref_c, ref_r, beta, label_smoothing, loss_type, token_counts)
     losses.sum().backward()
     return float(losses.detach()), float(pc.grad), float(pr.grad), float(chosen), float(rejected)
 
@@ -60,6 +61,18 @@ def test_ipo_loss_is_the_squared_distance_to_one_over_two_beta():
     assert (g_chosen, g_rejected) == pytest.approx((1.0, -1.0))  # 2 (z - 1): past the target, IPO pulls back
     loss, g_chosen, _, _, _ = loss_and_grads(beta=0.25, loss_type="ipo")
     assert loss == pytest.approx(0.25) and g_chosen == pytest.approx(-1.0)  # target 2: below it, push on
+
+
+def test_ipo_per_token_mean_divides_each_log_ratio_by_its_length():
+    # chosen ratio +0.5 over 2 tokens, rejected -1.0 over 4: z = 0.25 + 0.25 = 0.5, below beta 0.5's target 1.
+    # L = (z - 1)^2 = 0.25; dL/dz = -1, so d/d log pi(y_w) = -1 / 2 and d/d log pi(y_l) = +1 / 4.
+    loss, g_chosen, g_rejected, r_chosen, r_rejected = loss_and_grads(0.5, loss_type="ipo",
+                                                                      token_counts=torch.tensor([[2, 4]]))
+    assert loss == pytest.approx(0.25)
+    assert (g_chosen, g_rejected) == pytest.approx((-0.5, 0.25))
+    assert (r_chosen, r_rejected) == pytest.approx((0.25, -0.5))  # implicit rewards stay the summed log-ratios
+    with pytest.raises(ValueError, match="ipo"):
+        loss_and_grads(0.5, token_counts=torch.tensor([[2, 4]]))
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
@@ -126,6 +139,21 @@ def test_micro_batches_never_split_a_pair_and_sum_to_the_full_batch_loss(nano, q
         torch.testing.assert_close(grad, results[0][1], rtol=1e-4, atol=1e-6)
 
 
+def test_ipo_logratio_mean_divides_by_each_completions_token_count(nano, quick_config):
+    model, tok = nano
+    algo = PairwiseDPO(quick_config("algo=dpo", "algo.pairs=x.jsonl", "algo.loss_type=ipo", "algo.ipo_logratio=mean"))
+    pairs = arith_pairs(tok, 3)
+    algo.reference_logps(model, pairs, tok.pad_token_id)
+    for p in pairs:
+        p.ref_logps = (p.ref_logps[0] - 1.0, p.ref_logps[1] + 0.5)
+    batch = algo.batch(pairs, tok.pad_token_id, {})
+    loss, _ = algo.loss(type("Ctx", (), {"model": model})(), batch)
+    # By hand: log-ratios 1.0 and -0.5 (the policy is the reference before the shift), each over its own length.
+    z = torch.tensor([1.0 / len(p.chosen_ids) + 0.5 / len(p.rejected_ids) for p in pairs])
+    assert float(loss.detach()) == pytest.approx(float(((z - 1 / (2 * 0.1)) ** 2).mean()), rel=1e-5)
+    assert len({len(p.chosen_ids) for p in pairs} | {len(p.rejected_ids) for p in pairs}) > 1  # lengths differ
+
+
 # ---- verifiable scores and pair rules on crafted samples ---------------------------------------------------------
 
 
@@ -184,7 +212,8 @@ def test_wrong_pairs_option_keeps_only_the_pairs_it_names(wrong_pairs, scores, e
 
 
 @pytest.mark.parametrize("override", ["algo.loss_type=hinge", "algo.beta=0", "algo.label_smoothing=0.5",
-                                      "algo.wrong_pairs=some", "algo.temperatures=[]", "algo.rounds=0"])
+                                      "algo.wrong_pairs=some", "algo.temperatures=[]", "algo.rounds=0",
+                                      "algo.ipo_logratio=median", "algo.ipo_logratio=mean"])
 def test_invalid_settings_are_config_errors(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
         load_config(None, ["algo=dpo_vp", override])

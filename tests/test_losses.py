@@ -15,6 +15,7 @@ from reasonrl.algos.advantages import (
     zero_variance_groups,
 )
 from reasonrl.algos.losses import (
+    KL_ESTIMATORS,
     LOSS_TYPES,
     kl_k3,
     overlong_mask,
@@ -199,10 +200,14 @@ def test_loss_value_and_gradient_at_ratio_one(loss_type: str, value: float, grad
     assert all(metrics[f"clip_ratio/{k}_mean"] == 0 for k in ("low", "high", "region"))
 
 
-def test_bnpo_normalises_by_the_micro_batch_not_the_batch() -> None:
-    totals = {**TOTALS, "num_tokens": 10}  # as if this micro-batch were half of a 10-token batch
-    close(loss_and_grad(torch.zeros(2, 3), ADV, MASK, loss_type="bnpo", totals=totals)[0], 1 / 5)
-    close(loss_and_grad(torch.zeros(2, 3), ADV, MASK, loss_type="dapo", totals=totals)[0], 1 / 10)
+def test_bnpo_weighs_the_micro_batch_token_mean_by_its_share_of_rows() -> None:
+    # As if these 2 rows were a quarter of an 8-row, 20-token batch: bnpo takes this micro-batch's own token mean
+    # (1 / 5) times 2 / 8, where dapo divides by the batch's 20 tokens.
+    totals = {**TOTALS, "num_seqs": 8, "num_tokens": 20}
+    loss, g, _ = loss_and_grad(torch.zeros(2, 3), ADV, MASK, loss_type="bnpo", totals=totals)
+    close(loss, 1 / 5 * 2 / 8)
+    close(g, [[-1 / 20] * 3, [0.1, 0.1, 0.0]])  # -A / 5 tokens * 1/4
+    close(loss_and_grad(torch.zeros(2, 3), ADV, MASK, loss_type="dapo", totals=totals)[0], 1 / 20)
 
 
 def test_clipping_zeroes_the_gradient_where_the_bound_binds() -> None:
@@ -297,20 +302,57 @@ def test_importance_weights_scale_each_tokens_surrogate() -> None:
     close(plain, -2.0)  # weights of 1 are the uncorrected loss
 
 
+def test_k3_is_weighs_the_kl_by_the_importance_ratio_with_its_gradient() -> None:
+    # pi = 1/2, pi_ref = 1/4, A = 0 (the surrogate adds nothing), beta 0.1, dapo over 1 token.
+    # k3 = 1/2 + ln 2 - 1; d k3 / d logp = 1 - pi_ref / pi = 1/2. With r = pi / pi_old:
+    #   value r k3,  d (r k3) / d logp = r k3 + r / 2 = r ln 2.
+    k3 = 0.5 + math.log(2) - 1
+    ref, totals = torch.tensor([[math.log(0.25)]]), {"num_seqs": 1, "num_tokens": 1, "max_completion_length": 1}
+    for old, r in ((None, 1.0), (math.log(0.4), 1.25)):  # on-policy (old = sg(logp)), then pi_old = 0.4
+        logp = torch.tensor([[math.log(0.5)]], requires_grad=True)
+        old_logp = logp.detach() if old is None else torch.tensor([[old]])
+        loss, m = policy_loss(logp, old_logp, torch.zeros(1), torch.ones(1, 1), loss_type="dapo", totals=totals,
+                              beta=0.1, ref_logp=ref, kl_estimator="k3_is")
+        loss.backward()
+        close(loss, 0.1 * r * k3)
+        close(logp.grad, [[0.1 * r * math.log(2)]])  # plain k3 would give 0.1 * 0.5 on-policy
+        close(m["kl"], r * k3)
+
+
+def test_k3_is_under_gspo_uses_the_sequence_ratio_as_trl_does() -> None:
+    # One row of 2 tokens, A = 0, beta 0.1, sequence mean over 1 row. pi = [1/2, 1/2], pi_ref = [1/4, 1/2]:
+    # k3 = [ln 2 - 1/2, 0], d k3 / d logp = [1/2, 0]. Log-ratios [0.1, 0.3]: s = exp(mean) = e^0.2, ds/dlogp_t = s / 2.
+    #   loss = 0.1 * s * (k3_1 + k3_2) / 2,  d loss / d logp_t = 0.05 * (s * k3'_t + s / 2 * (k3_1 + k3_2)).
+    logp = torch.log(torch.tensor([[0.5, 0.5]])).requires_grad_(True)
+    old = logp.detach() - torch.tensor([[0.1, 0.3]])
+    ref = torch.log(torch.tensor([[0.25, 0.5]]))
+    totals = {"num_seqs": 1, "num_tokens": 2, "max_completion_length": 2}
+    loss, _ = policy_loss(logp, old, torch.zeros(1), torch.ones(1, 2), loss_type="gspo", totals=totals, beta=0.1,
+                          ref_logp=ref, kl_estimator="k3_is")
+    loss.backward()
+    s, k = math.exp(0.2), math.log(2) - 0.5
+    close(loss, 0.1 * s * k / 2)
+    close(logp.grad, [[0.05 * (s * 0.5 + s / 2 * k), 0.05 * (s / 2 * k)]])
+
+
 def test_invalid_arguments_are_errors() -> None:
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="dr_grpo"):
         policy_loss(x, x, ADV, MASK, loss_type="ppo", totals=TOTALS)
     with pytest.raises(ValueError, match="ref_logp"):
         policy_loss(x, x, ADV, MASK, loss_type="grpo", totals=TOTALS, beta=0.1)
+    with pytest.raises(ValueError, match="k3_is"):
+        policy_loss(x, x, ADV, MASK, loss_type="grpo", totals=TOTALS, kl_estimator="k2")
 
 
+@pytest.mark.parametrize("kl_estimator", KL_ESTIMATORS)
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_garbage_in_padding_never_reaches_loss_or_gradient(loss_type: str) -> None:
+def test_garbage_in_padding_never_reaches_loss_or_gradient(loss_type: str, kl_estimator: str) -> None:
     logp = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -2.0, float("-inf")]], requires_grad=True)
     old = torch.tensor([[-1.1, -2.0, -2.9], [-1.0, -2.1, float("nan")]])
     ref = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -2.0, float("inf")]])
-    loss, m = policy_loss(logp, old, ADV, MASK, loss_type=loss_type, totals=TOTALS, beta=0.1, ref_logp=ref)
+    loss, m = policy_loss(logp, old, ADV, MASK, loss_type=loss_type, totals=TOTALS, beta=0.1, ref_logp=ref,
+                          kl_estimator=kl_estimator)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logp.grad).all() and logp.grad[1, 2] == 0
     assert all(torch.isfinite(v) for v in m.values())
@@ -361,21 +403,76 @@ def assert_same(x: tuple, y: tuple) -> None:
     assert x[2].keys() == y[2].keys() and all(abs(x[2][k] - y[2][k]) < 1e-6 for k in x[2])
 
 
+@pytest.mark.parametrize("kl_estimator", KL_ESTIMATORS)
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "gspo"])
-def test_micro_batches_sum_to_the_full_batch(loss_type: str) -> None:
+def test_micro_batches_sum_to_the_full_batch(loss_type: str, kl_estimator: str) -> None:
     b = random_batch()
-    totals, kw = totals_of(b, 6), {"loss_type": loss_type, "beta": 0.05, "epsilon_high": 0.28}
+    totals = totals_of(b, 6)
+    kw = {"loss_type": loss_type, "beta": 0.05, "epsilon_high": 0.28, "kl_estimator": kl_estimator}
     assert_same(run(b, [slice(0, 8)], totals, **kw), run(b, [slice(i, i + 2) for i in range(0, 8, 2)], totals, **kw))
 
 
-def test_bnpo_is_not_accumulation_exact_on_ragged_batches() -> None:
-    # Each micro-batch divides by its own token count, so a token in a short micro-batch weighs more
-    # than in a long one, and the sum counts each micro-batch mean once: not the full-batch token mean.
+def splits(sizes: list[int]) -> list[slice]:
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return [slice(a, a + n) for a, n in zip(starts, sizes)]
+
+
+def trl_bnpo(b: dict[str, torch.Tensor], rows: list[slice], **kw) -> tuple:
+    """TRL's bnpo on micro-batches `rows` (an independent path): each micro-batch's own token mean (dapo over its
+    own tokens), divided by the number of micro-batches, summed."""
+    logp = b["logp"].clone().requires_grad_(True)
+    total = 0.0
+    for r in rows:
+        own = {"num_seqs": r.stop - r.start, "num_tokens": float(b["mask"][r].sum()), "max_completion_length": 6}
+        loss, _ = policy_loss(logp[r], b["old"][r], b["adv"][r], b["mask"][r], ref_logp=b["ref"][r], totals=own,
+                              loss_type="dapo", **kw)
+        (loss / len(rows)).backward()
+        total += float(loss.detach()) / len(rows)
+    return total, logp.grad
+
+
+@pytest.mark.parametrize("sizes", [[4, 4], [2, 2, 2, 2]])
+def test_bnpo_equal_micro_batches_sum_to_the_one_micro_batch_value(sizes: list[int]) -> None:
+    # Ragged rows whose pairs and quadruples hold the same token count (6 and 12): equal micro-batches. The summed
+    # loss and gradient equal the one-micro-batch value (the batch's token mean: dapo), not a multiple of it.
     b = random_batch()
+    b["mask"] = (torch.arange(5) < torch.tensor([5, 1, 3, 3, 2, 4, 4, 2]).unsqueeze(-1)).float()
+    totals, kw = totals_of(b, 6), {"beta": 0.05, "epsilon_high": 0.28}
+    whole = run(b, splits([8]), totals, loss_type="bnpo", **kw)
+    split = run(b, splits(sizes), totals, loss_type="bnpo", **kw)
+    assert_same(split, whole)
+    assert_same(whole, full_batch(b, "dapo", **kw))
+    trl = trl_bnpo(b, splits(sizes), **kw)  # TRL's mean of micro-batch means
+    assert abs(split[0] - trl[0]) < 1e-6
+    torch.testing.assert_close(split[1], trl[1], atol=1e-6, rtol=0)
+
+
+def test_bnpo_one_row_micro_batches_are_not_scaled_by_their_number() -> None:
+    # Equal-length rows, one per micro-batch: before the row weights the sum was 8 times the full-batch value.
+    b = random_batch()
+    b["mask"] = (torch.arange(5) < 3).float().expand(8, 5).clone()
     totals = totals_of(b, 6)
-    whole = run(b, [slice(0, 8)], totals, loss_type="bnpo")
-    split = run(b, [slice(i, i + 2) for i in range(0, 8, 2)], totals, loss_type="bnpo")
-    assert not torch.allclose(whole[1], split[1], atol=1e-3)
+    whole = run(b, splits([8]), totals, loss_type="bnpo")
+    split = run(b, splits([1] * 8), totals, loss_type="bnpo")
+    assert_same(split, whole)
+    assert abs(whole[0]) > 1e-3  # a real value, so 8x would show
+
+
+def test_bnpo_on_ragged_micro_batches_is_the_row_weighted_mean_of_micro_batch_means() -> None:
+    # Micro-batches of 3, 1 and 4 ragged rows: the sum is sum_k (n_k / 8) m_k for micro-batch token means m_k,
+    # the full batch is sum_k (T_k / T) m_k; both are convex combinations of the m_k, so they differ by at most
+    # max_k m_k - min_k m_k.
+    b = random_batch()
+    totals, rows = totals_of(b, 6), splits([3, 1, 4])
+    split = run(b, rows, totals, loss_type="bnpo")
+    means = [trl_bnpo(b, [r])[0] for r in rows]  # one micro-batch each: its own token mean
+    expected = sum((r.stop - r.start) / 8 * m for r, m in zip(rows, means))
+    assert abs(split[0] - expected) < 1e-6
+    grad = sum((r.stop - r.start) / 8 * trl_bnpo(b, [r])[1] for r in rows)
+    torch.testing.assert_close(split[1], grad, atol=1e-6, rtol=0)
+    whole = run(b, splits([8]), totals, loss_type="bnpo")[0]
+    assert abs(whole - sum(float(b["mask"][r].sum()) / totals["num_tokens"] * m for r, m in zip(rows, means))) < 1e-6
+    assert abs(split[0] - whole) <= max(means) - min(means)
 
 
 def test_grpo_and_dr_grpo_coincide_at_full_length() -> None:

@@ -10,7 +10,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from reasonrl.algos.dpo import is_unlabeled
+from reasonrl.algos.dpo_vp import is_unlabeled
 from reasonrl.algos.reward_model import (
     RewardModel, load_reward_model, rm_loss, rm_metrics, save_reward_model, score_samples, select_rm_pair,
     train_reward_model,

@@ -136,6 +136,20 @@ def test_srft_loss_is_the_sum_of_the_hand_computed_terms():
     assert m["srft/demo_nll"] == pytest.approx((LN2 + LN4) / 2)
 
 
+def test_bnpo_weighs_the_on_policy_term_by_the_share_of_rollouts_not_of_all_rows():
+    # The batch above as one micro-batch: 2 rollout rows of num_seqs 2 give bnpo weight 1, so its on-policy term is
+    # the rollout token mean, dapo's value; counting the demonstration row would scale it by 3/2.
+    logp = torch.log(t64([[0.5, 0.5], [0.25, 0.9], [0.5, 0.25]]))
+    h = t64([[1.0, 2.0], [0.5, 7.0], [1.0, 0.0]])
+    t = {"completion_mask": t64([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]),
+         "demo_mask": t64([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]),
+         "advantages": t64([1.0, -1.0, 0.5])}
+    totals = {"num_tokens": 3.0, "num_seqs": 2.0, "max_completion_length": 2.0, "demo_tokens": 2.0,
+              "positive_tokens": 2.0, "all_tokens": 5.0}
+    _, m = srft_loss(logp, h, t, totals, SRFTConfig(loss_type="bnpo"))
+    assert m["srft/onpolicy_loss"] == pytest.approx(-(1 * 0.1 * math.e + 1 * 0.1 * math.exp(2) - 1) / 3)
+
+
 # ---- on a tiny random model ---------------------------------------------------------------------------------
 
 

@@ -43,6 +43,25 @@ def test_gradient_accumulation_4x2_equals_1x8(quick_config, tmp_path, loss_type)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_kl_estimator_reaches_the_loss(quick_config, tmp_path):
+    # On-policy r = 1, so k3 and k3_is give the same loss, but r's gradient adds k3 to each token's KL gradient.
+    losses, grads = [], []
+    for estimator in ("k3", "k3_is"):
+        torch.manual_seed(0)
+        cfg = quick_config("rewards.funcs=test_digits:1.0", "train.prompts_per_step=2", "algo.beta=0.5",
+                           f"algo.kl_estimator={estimator}")
+        trainer = Trainer(cfg, run_dir=tmp_path / estimator)
+        batch = trainer.algo.gather(trainer.ctx)
+        batch.tensors["ref_logprobs"] -= 0.5  # a reference unlike the policy, so k3 > 0
+        trainer.model.zero_grad(set_to_none=True)
+        loss, _ = trainer.algo.loss(trainer.ctx, batch)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append(trainer.model.model.embed_tokens.weight.grad.clone())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert not torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(quick_config, tmp_path):
     """model.gradient_checkpointing trades compute for memory and must not change the gradients."""
     cfg = quick_config("rewards.funcs=test_digits:1.0", "train.prompts_per_step=2")
@@ -57,6 +76,23 @@ def test_gradient_checkpointing_gives_the_same_gradients(quick_config, tmp_path)
     configured = Trainer(quick_config("rewards.funcs=test_digits:1.0", "model.gradient_checkpointing=true"),
                          run_dir=tmp_path / "gc")
     assert configured.model.is_gradient_checkpointing
+
+
+def test_unscorable_completions_are_dropped_from_the_loss_but_counted_as_rows(quick_config, tmp_path):
+    # A NaN reward (a failed check) zeroes the row's mask: it adds no token to the loss or to num_tokens, and its
+    # advantage is 0; it still counts in num_seqs. TRL instead keeps such rows in the loss with advantage 0.
+    @register_reward("test_every_other_nan")
+    def every_other_nan(prompts, completions, **kwargs):
+        return [math.nan if i % 2 else 0.1 * i for i in range(len(completions))]
+
+    trainer = Trainer(quick_config("rewards.funcs=test_every_other_nan:1.0"), run_dir=tmp_path / "nan_rows")
+    batch = trainer.algo.gather(trainer.ctx)
+    nan_rows = torch.tensor([bool(math.isnan(r)) for r in batch.extra["rollouts"].rewards])
+    mask = batch.tensors["completion_mask"]
+    assert 0 < int(nan_rows.sum()) < len(nan_rows)
+    assert mask[nan_rows].sum() == 0 and mask[~nan_rows].sum() > 0
+    assert batch.tensors["advantages"][nan_rows].abs().sum() == 0
+    assert batch.totals["num_seqs"] == len(nan_rows) and batch.totals["num_tokens"] == float(mask.sum())
 
 
 def test_dynamic_sampling_never_emits_a_zero_variance_group(quick_config, tmp_path):

@@ -29,6 +29,6 @@ def make_algorithm(config: "Config") -> "Algorithm":
     return ALGORITHMS[name](config)
 
 
-from reasonrl.algos import dpo, grpo, sft, srft  # noqa: E402,F401  (registration)
+from reasonrl.algos import dpo, dpo_vp, grpo, sft, srft  # noqa: E402,F401  (registration)
 from reasonrl.algos import opd  # noqa: E402,F401
 from reasonrl.algos import autothink  # noqa: E402,F401

@@ -19,6 +19,7 @@ from reasonrl.algos.collect import collect_rollouts, rollout_metrics
 from reasonrl.algos.common import build_sequences, pad_values
 from reasonrl.algos.losses import (
     ADVANTAGE_ESTIMATORS,
+    KL_ESTIMATORS,
     overlong_mask,
     policy_loss,
     sampler_mismatch,
@@ -42,6 +43,7 @@ class GRPOConfig(AlgoConfig):
     epsilon: float = 0.2
     epsilon_high: float | None = None  # clip-higher (DAPO: 0.28); None means epsilon
     beta: float = 0.0  # KL coefficient; the reference model is loaded only when > 0
+    kl_estimator: str = "k3"  # k3 (DeepSeekMath, verl) | k3_is: k3 * pi/pi_old (TRL's default use_bias_correction_kl)
     num_iterations: int = 1  # optimizer steps per generation round (mu); > 1 stores old log-probs
     dynamic_sampling: bool = False
     max_resample_rounds: int = 3
@@ -51,6 +53,10 @@ class GRPOConfig(AlgoConfig):
     # Truncated importance sampling against the rollout engine's own log-probs (TIS cap C; 0 = off, 2 in the
     # paper). Needed when the engine's numerics differ from the trainer's (vLLM, bf16); the mismatch is logged.
     tis_cap: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"algo.kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
 
 
 @register_algo_config("dr_grpo")
@@ -194,7 +200,7 @@ class GRPO:
             logp, old, t["advantages"].to(device), mask, loss_type=self.cfg.loss_type, epsilon=self.cfg.epsilon,
             epsilon_high=self.cfg.epsilon_high, beta=self.cfg.beta,
             ref_logp=t["ref_logprobs"].to(device) if "ref_logprobs" in t else None, totals=micro.totals,
-            is_weights=is_weights,
+            is_weights=is_weights, kl_estimator=self.cfg.kl_estimator,
         )
         if sampling is not None and not self.params.greedy:  # greedy rollouts carry no sampling log-probs
             metrics |= sampler_mismatch(old, sampling, mask, micro.totals["num_tokens"])

@@ -19,7 +19,7 @@ from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS, register_advantage, 
 
 # The advantage estimators are re-exported so the whole GRPO family imports from one module.
 __all__ = [
-    "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "LOSS_TYPES", "kl_k3", "overlong_mask", "policy_loss",
+    "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "KL_ESTIMATORS", "LOSS_TYPES", "kl_k3", "overlong_mask", "policy_loss",
     "register_advantage", "sampler_mismatch", "truncated_is_weights", "zero_variance_groups",
 ]
 
@@ -31,6 +31,13 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     divergence", k3; DeepSeekMath eq. 4): pi_ref/pi - log(pi_ref/pi) - 1."""
     log_r = ref_logp - logp
     return log_r.exp() - log_r - 1
+
+
+# k3: Schulman's estimator, as DeepSeekMath and verl ("low_var_kl", clamped there to [-10, 10]) use it.
+# k3_is: k3 times the importance ratio pi / pi_old, TRL's `use_bias_correction_kl` (its default; DeepSeek-V3.2,
+# arXiv:2512.02556): the samples come from pi_old, so the weight makes the KL gradient the unbiased gradient of
+# KL(pi || pi_ref). The ratio carries gradient, so the term differs from k3 even on-policy, where its value is 1.
+KL_ESTIMATORS = ("k3", "k3_is")
 
 
 def overlong_mask(finished: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -79,9 +86,11 @@ def _token_mean(per_token: torch.Tensor, mask: torch.Tensor, totals: Totals) -> 
 
 
 def _local_token_mean(per_token: torch.Tensor, mask: torch.Tensor, totals: Totals) -> torch.Tensor:
-    """BNPO as TRL defines it: DAPO's formula over this micro-batch's own tokens. Not accumulation-exact:
-    summing micro-batch losses weights each micro-batch equally instead of each token (kept for parity)."""
-    return per_token.sum() / mask.sum().clamp(min=1)
+    """BNPO as TRL defines it: DAPO's formula over this micro-batch's own tokens, weighted by the micro-batch's share
+    of the batch's rows, n_k / totals["num_seqs"]. TRL divides each micro-batch mean by the accumulation steps and
+    averages over ranks, i.e. weights 1/K with K equal micro-batches; the row share is that weight for equal
+    micro-batches on any number of ranks, and keeps the weights summing to 1 when length buckets make them ragged."""
+    return per_token.sum() / mask.sum().clamp(min=1) * (len(mask) / totals["num_seqs"])
 
 
 AGGREGATIONS: dict[str, Aggregation] = {
@@ -92,6 +101,14 @@ AGGREGATIONS: dict[str, Aggregation] = {
     "gspo": _sequence_mean,
 }
 LOSS_TYPES = tuple(AGGREGATIONS)
+
+
+def _kl_importance_weight(log_ratio: torch.Tensor, mask: torch.Tensor, sequence: bool) -> torch.Tensor:
+    """The ratio k3_is multiplies the KL by, with its gradient: per token exp(log pi - log pi_old), or for GSPO
+    TRL's sequence-level weight exp(1/|y_i| sum_t log-ratio) [N, 1], broadcast onto every token of the row."""
+    if sequence:
+        return (log_ratio.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)).exp()
+    return log_ratio.exp()
 
 
 def _sequence_log_ratio(logp: torch.Tensor, log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -115,29 +132,32 @@ def policy_loss(
     beta: float = 0.0,
     ref_logp: torch.Tensor | None = None,
     is_weights: torch.Tensor | None = None,
+    kl_estimator: str = "k3",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate loss of one micro-batch, normalised by batch-global `totals`, and its metrics.
 
     Per token (PPO, Schulman et al. 2017; GRPO, DeepSeekMath eq. 3), with r = pi / pi_old:
-        l_t = -min(r_t A, clip(r_t, 1 - epsilon, 1 + epsilon_high) A) + beta * KL_k3(pi || pi_ref)_t
+        l_t = -min(r_t A, clip(r_t, 1 - epsilon, 1 + epsilon_high) A) + beta * KL_t,
+    KL_t = k3(pi || pi_ref)_t, or with kl_estimator="k3_is" (TRL's default) r_t * k3_t (see KL_ESTIMATORS).
     epsilon_high > epsilon is DAPO's clip-higher (sec. 3.1); None means symmetric. For "gspo", r_t is the
     sequence ratio s_i,t (GSPO-token). `loss_type` chooses the aggregation (see AGGREGATIONS).
     `advantages` is one value per completion [N] or per token [N, C] (e.g. SRFT's entropy-weighted advantages).
     Metrics are sums over masked tokens divided by totals["num_tokens"]: micro-batch values sum to the
-    batch value. `kl` is reported whenever `ref_logp` is given; it enters the loss only when beta > 0.
+    batch value. `kl` (KL_t) is reported whenever `ref_logp` is given; it enters the loss only when beta > 0.
     `is_weights` [N, C] (detached, e.g. `truncated_is_weights`) multiply each token's surrogate term.
     """
     if loss_type not in AGGREGATIONS:
         raise ValueError(f"unknown loss_type {loss_type!r}; valid: {', '.join(LOSS_TYPES)}")
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp (log-probs of the reference model)")
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"unknown kl_estimator {kl_estimator!r}; valid: {', '.join(KL_ESTIMATORS)}")
     eps_high = epsilon if epsilon_high is None else epsilon_high
     on = mask > 0
     # Padding may hold any value (even inf); zero it before exp so neither loss nor gradient sees it.
     logp, old_logp = torch.where(on, logp, 0.0), torch.where(on, old_logp, 0.0)
-    log_ratio = logp - old_logp
-    if loss_type == "gspo":
-        log_ratio = _sequence_log_ratio(logp, log_ratio, mask)
+    token_log_ratio = logp - old_logp
+    log_ratio = _sequence_log_ratio(logp, token_log_ratio, mask) if loss_type == "gspo" else token_log_ratio
     ratio = log_ratio.exp()
     adv = (advantages if advantages.dim() == 2 else advantages.unsqueeze(-1)).to(ratio.dtype)
     per_token = -torch.min(ratio * adv, ratio.clamp(1 - epsilon, 1 + eps_high) * adv)
@@ -146,6 +166,8 @@ def policy_loss(
     metrics: dict[str, torch.Tensor] = {}
     if ref_logp is not None:
         kl = kl_k3(logp, torch.where(on, ref_logp, 0.0))
+        if kl_estimator == "k3_is":
+            kl = kl * _kl_importance_weight(token_log_ratio, mask, sequence=loss_type == "gspo")
         metrics["kl"] = kl.detach().sum() / totals["num_tokens"]
         if beta > 0:
             per_token = per_token + beta * kl

@@ -136,7 +136,9 @@ def srft_loss(
     sft = sft_term(logp, w_sft, demo_mask, totals["demo_tokens"])
     off = cfg.offpolicy_coef * offpolicy_term(logp, adv, demo_mask, totals["demo_tokens"], cfg.offpolicy_shaping)
     # With one update per round the sampling policy is the current one: rho = pi / sg(pi) = 1, gradient intact.
-    on, clip_metrics = policy_loss(logp, logp.detach(), positive_weighted(adv, w_rl), on_mask,
+    # Only the rollout rows (a demonstration holds at least its EOS): bnpo weighs by the share of totals["num_seqs"].
+    rows = demo_mask.sum(-1) == 0
+    on, clip_metrics = policy_loss(logp[rows], logp[rows].detach(), positive_weighted(adv, w_rl)[rows], on_mask[rows],
                                    loss_type=cfg.loss_type, totals=totals, epsilon=cfg.epsilon,
                                    epsilon_high=cfg.epsilon_high)
     bonus = entropy_bonus(entropy, on_mask + demo_mask, totals["all_tokens"], cfg.entropy_coef)
