@@ -42,9 +42,7 @@ def _run_training(args, algo: str | None) -> int:
     try:
         final = trainer.train()
     finally:
-        from reasonrl.distributed import shutdown
-
-        shutdown()
+        trainer.parallel.shutdown()
     if not trainer.is_main:  # under torchrun, rank 0 reports
         return 0
     from reasonrl.tracking import read_metrics
