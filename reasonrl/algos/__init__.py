@@ -32,3 +32,4 @@ def make_algorithm(config: "Config") -> "Algorithm":
 from reasonrl.algos import dpo, grpo, sft, srft  # noqa: E402,F401  (registration)
 from reasonrl.algos import opd  # noqa: E402,F401
 from reasonrl.algos import autothink  # noqa: E402,F401
+from reasonrl.algos import pretrain  # noqa: E402,F401
