@@ -167,7 +167,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: only before and after training
     save_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
-    log_every: int = 1
+    log_every: int = 1  # a metrics record every N steps, each step metric averaged over them (evals always)
     seed: int = 0
     output_dir: str = "runs/{algo}-{time}"
     max_nan_steps: int = 3  # steps in a row with NaN/inf loss or gradients, or NaN rewards on every row, before a stop
@@ -179,6 +179,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.spectral_every < 0:
             raise ValueError(f"train.spectral_every must be >= 0 (0 turns monitoring off), got {self.spectral_every}")
+        if self.log_every < 1:
+            raise ValueError(f"train.log_every must be >= 1 (a record every N steps), got {self.log_every}")
 
 
 @dataclass

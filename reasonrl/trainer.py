@@ -153,8 +153,6 @@ class Trainer:
             if cfg.rollout.save_rollouts:
                 raise ValueError("rollout.save_rollouts records one process's calls; record a one-process run and "
                                  "replay it on several ranks instead (docs/scaling.md)")
-        if cfg.train.log_every < 1:
-            raise ValueError(f"train.log_every must be >= 1 (a record every N steps), got {cfg.train.log_every}")
         # Everything that can fail on bad input happens before the run directory exists.
         build_model = getattr(self.algo, "build_model", None)
         if build_model is not None:
