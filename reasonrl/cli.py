@@ -43,6 +43,7 @@ HEADLINES = (("accuracy", "eval accuracy: {:.1%} before, {:.1%} after"),
 
 def _config(args, overrides: list[str], config_path: str | None, base=None):
     """The command's config: `base`, the YAML file, then its flags' aliases, then `key=value` overrides."""
+    import reasonrl.algos  # noqa: F401  (the algorithms register their config sections)
     from reasonrl.config import load_config
 
     aliases = ALIASES.get(args.command, {})

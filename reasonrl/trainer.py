@@ -11,7 +11,6 @@ import math
 import random
 import signal
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from reasonrl.algos import make_algorithm
 from reasonrl.algos.base import Algorithm, TrainBatch
 from reasonrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained_atomic
 from reasonrl.config import Config, config_to_dict, save_config
+from reasonrl.context import Context
 from reasonrl.data import Example, PromptStream, load_source
 from reasonrl.distributed import combine_means, combine_sums, combine_totals
 from reasonrl.evaluation import check_room, evaluate
@@ -32,7 +32,6 @@ from reasonrl.rewards import RewardError, RewardManager
 from reasonrl.rollout.base import RolloutEngine
 from reasonrl.spectral import LLR, AlphaDecay, build_param_groups
 from reasonrl.spectral.monitor import alpha_metrics
-from reasonrl.timing import StepTimer
 from reasonrl.tracking import Tracker
 
 logger = logging.getLogger("reasonrl")
@@ -40,30 +39,6 @@ logger = logging.getLogger("reasonrl")
 
 class TrainingError(RuntimeError):
     """A run cannot go on (e.g. too many non-finite steps in a row); a checkpoint of the last good state is saved."""
-
-
-@dataclass
-class Context:
-    """What an algorithm sees of the run."""
-
-    config: Config
-    model: torch.nn.Module
-    tokenizer: Any
-    stream: PromptStream
-    engine: RolloutEngine | None = None
-    rewards: RewardManager | None = None
-    ref_model: torch.nn.Module | None = None
-    run_dir: Path | None = None
-    step: int = 0
-    state: dict[str, Any] = field(default_factory=dict)  # algorithm state that must survive a resume
-    timer: StepTimer = field(default_factory=StepTimer)  # algorithms time their own phases (generate, reward)
-
-    def encode_prompts(self, examples: list[Example]) -> list[list[int]]:
-        """Prompt token ids; a prompt that leaves no room for the completion in the model's context is an error."""
-        ids = [encode_prompt(self.tokenizer, ex.prompt, self.config.data.system_prompt) for ex in examples]
-        check_room(ids, examples, self.config.rollout.max_completion_length, model_context(self.model),
-                   "rollout.max_completion_length")
-        return ids
 
 
 def lr_lambda(optim_cfg, total_steps: int):

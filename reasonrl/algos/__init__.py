@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from reasonrl.config import ALGO_CONFIGS
+
 if TYPE_CHECKING:
     from reasonrl.algos.base import Algorithm
     from reasonrl.config import Config
@@ -26,6 +28,10 @@ def make_algorithm(config: "Config") -> "Algorithm":
     name = config.algo.name
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}; known: {sorted(ALGORITHMS)}")
+    options = ALGO_CONFIGS.get(name)
+    if options is not None and not isinstance(config.algo, options):  # e.g. the default, loaded before registration
+        raise ValueError(f"config.algo is a {type(config.algo).__name__}, not {name}'s {options.__name__}: the config "
+                         f"was loaded before reasonrl.algos registered it; import reasonrl.algos before load_config")
     return ALGORITHMS[name](config)
 
 

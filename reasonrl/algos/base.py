@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from reasonrl.trainer import Context
+    from reasonrl.context import Context
 
 
 @dataclass
