@@ -15,7 +15,6 @@ mean α over training. Reproduce:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -29,11 +28,12 @@ from matplotlib.figure import Figure
 from reasonrl.config import config_to_dict, load_config
 from reasonrl.models import load_model
 from reasonrl.plot import write_keeping_notes
-from reasonrl.pretrain import PretrainOptions, pretrain, pretrain_config
+from reasonrl.algos.pretrain import pretrain_config
 from reasonrl.spectral import alpha_ratios, analyze_path, weight_modules
 from reasonrl.spectral.esd import layer_and_type
 from reasonrl.tracking import read_metrics
 from reasonrl.trainer import lr_lambda
+from reasonrl.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTES = "<!-- notes: kept when the experiment rewrites this file -->"
@@ -48,34 +48,33 @@ SETTINGS = {
 
 
 def run(size: str, setting: str, seed: int, args, extra: list[str]) -> Path:
-    """One pretraining run; with --reuse, a finished run with the same config and options is not redone."""
+    """One pretraining run; with --reuse, a finished run with the same config is not redone."""
     steps = args.steps
     overrides = SETTINGS[setting] + extra + [
         f"train.steps={steps}", f"train.seed={seed}", f"train.eval_every={args.eval_every}",
         f"train.spectral_every={args.eval_every}", f"train.log_every={args.eval_every}", "train.progress=false",
         # α re-measured 20 times per run: the paper's 500 steps are for runs of 10k+ steps.
         f"optim.alphadecay_every={max(1, steps // 20)}", f"optim.warmup_steps={max(1, steps // 20)}",
+        f"algo.size={size}", f"algo.seq_len={args.seq_len}", f"algo.batch_size={args.batch_size}",
+        f"algo.corpus_chars={args.corpus_chars}", f"algo.vocab_size={args.vocab_size}",
+        f"algo.eval_tokens={args.eval_tokens}",
     ]
-    opts = PretrainOptions(size=size, seq_len=args.seq_len, batch_size=args.batch_size, corpus_chars=args.corpus_chars,
-                           vocab_size=args.vocab_size, eval_tokens=args.eval_tokens)
     cfg = load_config(None, overrides, base=pretrain_config())
     run_dir = args.out / f"{size}-{setting}-seed{seed}"
-    if not (args.reuse and finished(run_dir, cfg, opts)):
-        pretrain(cfg, opts, run_dir)
+    if not (args.reuse and finished(run_dir, cfg)):
+        Trainer(cfg, run_dir=run_dir).train()
     return run_dir
 
 
-def finished(run_dir: Path, cfg, opts: PretrainOptions) -> bool:
-    """Whether `run_dir` holds a completed run of this config and these options.
+def finished(run_dir: Path, cfg) -> bool:
+    """Whether `run_dir` holds a completed run of this config (the pretraining options are its algo section).
 
     Every setting the saved config has must match; settings added to Config since then (new keys) are ignored,
     so a run stays reusable across library versions that only grew the config.
     """
     try:
         same_cfg = _within(yaml.safe_load((run_dir / "config.yaml").read_text()), config_to_dict(cfg))
-        info = json.loads((run_dir / "pretrain.json").read_text())
-        same_opts = all(info.get(k) == v for k, v in vars(opts).items())
-        return same_cfg and same_opts and (run_dir / "final").is_dir() and evals(run_dir)[-1]["step"] == cfg.train.steps
+        return same_cfg and (run_dir / "final").is_dir() and evals(run_dir)[-1]["step"] == cfg.train.steps
     except (OSError, IndexError, KeyError):
         return False
 
@@ -247,8 +246,8 @@ def main() -> None:
         pngs.append(plot_mean(runs, size, seeds, "eval/perplexity", "held-out perplexity",
                               results / f"htsr-{size}-perplexity.png", log=True))
         pngs.append(plot_mean(runs, size, seeds, "spectral/alpha_mean", "mean Hill α", results / f"htsr-{size}-alpha.png"))
-    params = {size: json.loads((runs[size, "uniform", 0] / "pretrain.json").read_text())["parameters"]
-              for size in args.sizes}
+    params = {size: sum(p.numel() for p in load_model(str(runs[size, "uniform", 0] / "final"), "float32", "cpu")[0]
+                        .parameters()) for size in args.sizes}
     command = "experiments/htsr.py" + (" --quick" if args.quick else "")
     text = (
         f"# HT-SR schedules in miniature\n\nMade by `OMP_NUM_THREADS=1 .venv/bin/python {command}` (one thread): "

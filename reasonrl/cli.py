@@ -1,4 +1,9 @@
-"""Command line: `reasonrl train | sft | eval | plot | spectrum | pretrain`. Thin: parse arguments, then call the library."""
+"""Command line: `reasonrl train | sft | eval | pretrain | plot | spectrum`. Thin: parse arguments, then call the library.
+
+train, sft, eval and pretrain share one grammar: `--config FILE` and dotted `key=value` overrides (the keys of
+reasonrl/config.py); their short flags (`eval --data`, `pretrain --size` ...) are aliases of config keys, applied
+before the overrides. plot and spectrum read a run or a model folder and take no config.
+"""
 
 from __future__ import annotations
 
@@ -16,52 +21,80 @@ USAGE_EXAMPLES = """examples:
   reasonrl train --resume runs/grpo-20261122-101500
   reasonrl sft --config configs/student.yaml --export reasonrl/assets/student
   reasonrl eval --model runs/grpo-.../final --data world:arith --levels 1,2,3,4,5
+  reasonrl eval --model X --data qa.jsonl data.prompt_field=question rollout.eval_max_completion_length=64
   reasonrl plot runs/grpo-...
   reasonrl spectrum student --modules mlp.down_proj   alpha of every weight matrix; ESD plots of chosen ones
   reasonrl pretrain --size tiny optim.weight_decay_schedule=alphadecay   tiny LM on the World English Bible
 """
 
+# Short flags of each command -> the config key each one sets (argparse dest -> dotted key).
+ALIASES = {
+    "eval": {"model": "model.path", "data": "data.eval", "n": "data.eval_n", "levels": "data.eval_levels",
+             "max_new_tokens": "rollout.eval_max_completion_length", "prompt_field": "data.prompt_field",
+             "answer_field": "data.answer_field", "dtype": "model.dtype", "device": "model.device",
+             "seed": "data.seed"},
+    "pretrain": {"size": "algo.size", "vocab_size": "algo.vocab_size", "seq_len": "algo.seq_len",
+                 "batch_size": "algo.batch_size", "corpus_chars": "algo.corpus_chars"},
+}
+# The first eval metric that a run logs of these is its headline: (key, how `before` and `after` are printed).
+HEADLINES = (("accuracy", "eval accuracy: {:.1%} before, {:.1%} after"),
+             ("perplexity", "held-out perplexity: {:.1f} before, {:.1f} after"))
+
+
+def _config(args, overrides: list[str], config_path: str | None, base=None):
+    """The command's config: `base`, the YAML file, then its flags' aliases, then `key=value` overrides."""
+    import reasonrl.algos  # noqa: F401  (the algorithms register their config sections)
+    from reasonrl.config import load_config
+
+    aliases = ALIASES.get(args.command, {})
+    flags = [f"{key}={getattr(args, dest)}" for dest, key in aliases.items() if getattr(args, dest) is not None]
+    return load_config(config_path, flags + overrides, base=base)
+
 
 def _run_training(args, algo: str | None) -> int:
-    from reasonrl.config import load_config
     from reasonrl.trainer import Trainer
 
     overrides = list(args.overrides)
     if algo and not any(o.startswith(("algo=", "algo.name=")) for o in overrides):
         overrides.insert(0, f"algo={algo}")
-    if args.replay:
+    if getattr(args, "replay", None):
         recorded = Path(args.replay) / "rollouts" if (Path(args.replay) / "rollouts").is_dir() else Path(args.replay)
         overrides += ["rollout.engine=replay", f"rollout.replay_dir={recorded}"]
     config_path = args.config
     if args.resume and not config_path:
         config_path = str(Path(args.resume) / "config.yaml")
-    config = load_config(config_path, overrides)
+    base = None
+    if args.command == "pretrain":
+        from reasonrl.algos.pretrain import pretrain_config
+
+        base = pretrain_config()
+    config = _config(args, overrides, config_path, base)
     if args.quiet:
         config.train.progress = False
     trainer = Trainer(config, run_dir=args.resume or args.output_dir, resume=bool(args.resume))
     try:
         final = trainer.train()
     finally:
-        from reasonrl.distributed import shutdown
-
-        shutdown()
+        trainer.parallel.shutdown()
     if not trainer.is_main:  # under torchrun, rank 0 reports
         return 0
     from reasonrl.tracking import read_metrics
 
-    records = [r for r in read_metrics(trainer.run_dir) if "eval/accuracy" in r]
     summary = {"run_dir": str(trainer.run_dir)}
     if trainer.stopped_at is not None:  # SIGTERM / SIGINT: a checkpoint of this step was saved; exit 0
         print(f"reasonrl {args.command}: stopped by signal after step {trainer.stopped_at} (checkpoint saved); "
               f"continue with: reasonrl {args.command} --resume {trainer.run_dir}", file=sys.stderr)
         print(json.dumps({**summary, "stopped_at_step": trainer.stopped_at}))
         return 0
-    if records:
-        summary["accuracy_before"] = records[0]["eval/accuracy"]
-        summary["accuracy_after"] = records[-1]["eval/accuracy"]
-        summary.update({k.removeprefix("eval/"): v for k, v in final.items()})
-        print(f"eval accuracy: {summary['accuracy_before']:.1%} before, {summary['accuracy_after']:.1%} after "
-              f"(run directory: {trainer.run_dir})")
+    rows = read_metrics(trainer.run_dir)
+    for key, line in HEADLINES:
+        records = [r for r in rows if f"eval/{key}" in r]
+        if records:
+            summary[f"{key}_before"], summary[f"{key}_after"] = records[0][f"eval/{key}"], records[-1][f"eval/{key}"]
+            summary.update({k.removeprefix("eval/"): v for k, v in final.items()})
+            print(f"{line.format(summary[f'{key}_before'], summary[f'{key}_after'])} "
+                  f"(run directory: {trainer.run_dir})")
+            break
     if args.export:
         export = Path(args.export)
         tmp = export.with_name(export.name + ".tmp")
@@ -74,19 +107,25 @@ def _run_training(args, algo: str | None) -> int:
     return 0
 
 
+def eval_defaults():
+    """`reasonrl eval`'s base config: completions of up to 128 tokens (training's eval default is shorter)."""
+    from reasonrl.config import Config, RolloutConfig
+
+    return Config(rollout=RolloutConfig(eval_max_completion_length=128))
+
+
 def _run_eval(args) -> int:
-    from reasonrl.config import DataConfig
     from reasonrl.data import load_source
     from reasonrl.evaluation import evaluate
     from reasonrl.models import load_model, model_context
     from reasonrl.rollout.fast import FastEngine
 
-    levels = [int(x) for x in args.levels.split(",")] if args.levels else [1, 2, 3]
-    data_cfg = DataConfig(levels=levels, eval_levels=levels, eval_n=args.n, seed=args.seed,
-                          prompt_field=args.prompt_field, answer_field=args.answer_field)
-    examples = load_source(args.data, data_cfg, "eval", args.n)  # bad data fails before the model loads
-    model, tokenizer = load_model(args.model, args.dtype, args.device)
-    metrics = evaluate(FastEngine(model, tokenizer), tokenizer, examples, args.max_new_tokens,
+    cfg = _config(args, list(args.overrides), args.config, eval_defaults())
+    data, rollout = cfg.data, cfg.rollout
+    examples = load_source(data.eval or data.train, data, "eval", data.eval_n)  # bad data fails before the model loads
+    model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device)
+    metrics = evaluate(FastEngine(model, tokenizer), tokenizer, examples,
+                       rollout.eval_max_completion_length or rollout.max_completion_length, data.system_prompt,
                        context=model_context(model))
     print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     return 0
@@ -112,20 +151,14 @@ def _run_spectrum(args) -> int:
     return 0
 
 
-def _run_pretrain(args) -> int:
-    from reasonrl.config import load_config
-    from reasonrl.pretrain import PretrainOptions, pretrain, pretrain_config
-
-    opts = PretrainOptions(size=args.size, vocab_size=args.vocab_size, seq_len=args.seq_len,
-                           batch_size=args.batch_size, corpus_chars=args.corpus_chars)
-    config = load_config(args.config, args.overrides, base=pretrain_config())
-    if args.quiet:
-        config.train.progress = False
-    summary = pretrain(config, opts, args.output_dir)
-    print(f"held-out perplexity: {summary['perplexity_before']:.1f} before, {summary['perplexity_after']:.1f} after "
-          f"(run directory: {summary['run_dir']})")
-    print(json.dumps(summary))
-    return 0
+def _add_run_options(p: argparse.ArgumentParser, config_help: str = "YAML config file") -> None:
+    """What every training command takes: a config, overrides, a run directory, resume and export."""
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest valid checkpoint")
+    p.add_argument("--output-dir", help="run directory (default: runs/ALGO-TIME)")
+    p.add_argument("--export", metavar="DIR", help="copy the final model folder here when done")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. algo.beta=0.01")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,25 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("train", "RL training (GRPO family by default)"), ("sft", "supervised fine-tuning on demonstrations")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", help="YAML config file")
-        p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest valid checkpoint")
-        p.add_argument("--output-dir", help="run directory (default: runs/ALGO-TIME)")
-        p.add_argument("--export", metavar="DIR", help="copy the final model folder here when done")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        _add_run_options(p)
         p.add_argument("--replay", metavar="DIR", help="train on rollouts recorded with rollout.save_rollouts=true "
                        "(RUN_DIR or RUN_DIR/rollouts) instead of generating")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. algo.beta=0.01")
+    # Short flags default to None: only a flag given sets its config key (ALIASES), so the config's value stands.
     p = sub.add_parser("eval", help="greedy accuracy of a model on a dataset; last line is JSON")
-    p.add_argument("--model", default="student", help="model directory or shipped name (student, teacher)")
-    p.add_argument("--data", default="world:arith", help="world:arith | FILE.jsonl | reasoning_gym:NAME")
-    p.add_argument("--n", type=int, default=50, help="examples per level (worlds) or in total")
-    p.add_argument("--levels", help="comma-separated world levels, e.g. 1,2,3")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--prompt-field", default="prompt")
-    p.add_argument("--answer-field", default="answer")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", help="YAML config file (model, data and rollout sections)")
+    p.add_argument("--model", help="model.path: model directory or shipped name (default: student)")
+    p.add_argument("--data", help="data.eval: world:arith | FILE.jsonl | reasoning_gym:NAME (default: data.train)")
+    p.add_argument("--n", type=int, help="data.eval_n: examples per level (worlds) or in total (default: 50)")
+    p.add_argument("--levels", help="data.eval_levels: comma-separated world levels, e.g. 1,2,3")
+    p.add_argument("--max-new-tokens", type=int, help="rollout.eval_max_completion_length (default: 128)")
+    p.add_argument("--prompt-field", help="data.prompt_field")
+    p.add_argument("--answer-field", help="data.answer_field")
+    p.add_argument("--dtype", help="model.dtype")
+    p.add_argument("--device", help="model.device")
+    p.add_argument("--seed", type=int, help="data.seed")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.prompt_field=question")
     p = sub.add_parser("plot", help="PNG learning curves of a run")
     p.add_argument("run_dir")
     p.add_argument("--out", help="output folder (default: RUN_DIR/plots)")
@@ -164,16 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-eigs", type=int, default=50, help="modules with fewer eigenvalues are reported, not fitted")
     p.add_argument("--xmin-pos", type=float, default=2, help="median Hill: x_min at eigenvalue index N/xmin_pos")
     p.add_argument("--device", default="auto")
-    p = sub.add_parser("pretrain", help="pretrain a tiny Llama on the World English Bible; held-out perplexity")
-    p.add_argument("--config", help="YAML config file (optim and train sections; pretraining defaults otherwise)")
-    p.add_argument("--output-dir", help="run directory (default: runs/pretrain-TIME)")
-    p.add_argument("--size", default="tiny", help="tiny model size: nano, tiny or small")
-    p.add_argument("--vocab-size", type=int, default=2048, help="byte-level BPE trained on the training split")
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step")
-    p.add_argument("--corpus-chars", type=int, default=0, help="use only the first N characters (0: all)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.steps=2000 optim.lr_schedule=llr")
+    p = sub.add_parser("pretrain", help="pretrain a tiny Llama on the World English Bible (algo=pretrain); "
+                       "held-out perplexity")
+    _add_run_options(p, "YAML config file (pretraining defaults otherwise: lr 3e-3 cosine, 1000 steps)")
+    p.add_argument("--size", help="algo.size: tiny model size nano, tiny or small (default: tiny)")
+    p.add_argument("--vocab-size", type=int, help="algo.vocab_size: byte-level BPE trained on the training split")
+    p.add_argument("--seq-len", type=int, help="algo.seq_len: tokens per window (default: 128)")
+    p.add_argument("--batch-size", type=int, help="algo.batch_size: windows per optimizer step (default: 16)")
+    p.add_argument("--corpus-chars", type=int, help="algo.corpus_chars: only the first N characters (0: all)")
     return parser
 
 
@@ -181,21 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come before or after options (`train --quiet a=1 --config f b=2`), so collect them from both.
     args, extra = parser.parse_known_args(argv)
-    stray = [x for x in extra if x.startswith("-") or "=" not in x or args.command not in ("train", "sft", "pretrain")]
+    stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.command in ("train", "sft"):
-            return _run_training(args, "sft" if args.command == "sft" else None)
+        if args.command in ("train", "sft", "pretrain"):
+            return _run_training(args, None if args.command == "train" else args.command)
         if args.command == "eval":
             return _run_eval(args)
         if args.command == "spectrum":
             return _run_spectrum(args)
-        if args.command == "pretrain":
-            return _run_pretrain(args)
         return _run_plot(args)
     except (ValueError, OSError, RuntimeError) as e:
         # Bad input, a missing file or a full disk gets one clear line, not a traceback to decode.

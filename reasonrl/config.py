@@ -1,7 +1,9 @@
 """Typed configuration: dataclasses, YAML files and dotted overrides (`algo.beta=0.0`).
 
 Unknown keys are errors that name the key and suggest close matches. The `algo` section's dataclass is
-chosen by `algo.name` from the algorithm registry, so each algorithm owns its own options.
+chosen by `algo.name` from the registry the algorithm modules fill (`register_algo_config`), so each algorithm owns
+its own options. A leaf: it imports nothing else of reasonrl. Importing `reasonrl.algos` registers the built-in
+algorithms; the trainer and the CLI do it, and a script that calls `load_config` alone imports it first.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from reasonrl.spectral.schedule import MAPPINGS
-
+# The α -> ratio maps of the HT-SR schedulers (implemented in reasonrl/spectral/schedule.py), named here for validation.
+MAPPINGS = ("linear", "sqrt", "log2", "sigmoid", "layer_linear", "layer_sigmoid")
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -167,7 +169,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: only before and after training
     save_every: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
-    log_every: int = 1
+    log_every: int = 1  # a metrics record every N steps, each step metric averaged over them (evals always)
     seed: int = 0
     output_dir: str = "runs/{algo}-{time}"
     max_nan_steps: int = 3  # steps in a row with NaN/inf loss or gradients, or NaN rewards on every row, before a stop
@@ -179,6 +181,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.spectral_every < 0:
             raise ValueError(f"train.spectral_every must be >= 0 (0 turns monitoring off), got {self.spectral_every}")
+        if self.log_every < 1:
+            raise ValueError(f"train.log_every must be >= 1 (a record every N steps), got {self.log_every}")
 
 
 @dataclass
@@ -224,7 +228,6 @@ def load_config(
     path: str | os.PathLike | None = None, overrides: Iterable[str] = (), base: Config | None = None
 ) -> Config:
     """`base` (default: the defaults), then the YAML file at `path`, then `section.key=value` overrides, in order."""
-    _import_algos()
     draft = _Draft(base if base is not None else Config())
     if path is not None:
         try:
@@ -257,15 +260,6 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def _import_algos() -> None:
-    # Algorithm modules register their config dataclasses on import; tolerate only the package being absent.
-    try:
-        import reasonrl.algos  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name != "reasonrl.algos":
-            raise
-
-
 def _parse_yaml(text: str, what: str) -> Any:
     try:
         return yaml.safe_load(text)
@@ -280,7 +274,8 @@ def _algo_class(name: str) -> type[AlgoConfig]:
         return AlgoConfig
     close = difflib.get_close_matches(name, list(ALGO_CONFIGS), n=3)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ConfigError(f"unknown algorithm {name!r}{hint} (registered: {', '.join(sorted(ALGO_CONFIGS)) or 'none'})")
+    raise ConfigError(f"unknown algorithm {name!r}{hint} (registered: {', '.join(sorted(ALGO_CONFIGS)) or 'none'}; "
+                      f"the built-in algorithms register when reasonrl.algos is imported)")
 
 
 @functools.cache

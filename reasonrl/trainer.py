@@ -11,19 +11,20 @@ import math
 import random
 import signal
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from reasonrl import distributed, fsdp
+from reasonrl import parallel
 from reasonrl.algos import make_algorithm
 from reasonrl.algos.base import Algorithm, TrainBatch
 from reasonrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained_atomic
 from reasonrl.config import Config, config_to_dict, save_config
+from reasonrl.context import Context
 from reasonrl.data import Example, PromptStream, load_source
+from reasonrl.distributed import combine_means, combine_sums, combine_totals
 from reasonrl.evaluation import check_room, evaluate
 from reasonrl.lora import apply_lora
 from reasonrl.models import encode_prompt, load_model, model_context, resolve_model_path
@@ -31,7 +32,6 @@ from reasonrl.rewards import RewardError, RewardManager
 from reasonrl.rollout.base import RolloutEngine
 from reasonrl.spectral import LLR, AlphaDecay, build_param_groups
 from reasonrl.spectral.monitor import alpha_metrics
-from reasonrl.timing import StepTimer
 from reasonrl.tracking import Tracker
 
 logger = logging.getLogger("reasonrl")
@@ -39,30 +39,6 @@ logger = logging.getLogger("reasonrl")
 
 class TrainingError(RuntimeError):
     """A run cannot go on (e.g. too many non-finite steps in a row); a checkpoint of the last good state is saved."""
-
-
-@dataclass
-class Context:
-    """What an algorithm sees of the run."""
-
-    config: Config
-    model: torch.nn.Module
-    tokenizer: Any
-    stream: PromptStream
-    engine: RolloutEngine | None = None
-    rewards: RewardManager | None = None
-    ref_model: torch.nn.Module | None = None
-    run_dir: Path | None = None
-    step: int = 0
-    state: dict[str, Any] = field(default_factory=dict)  # algorithm state that must survive a resume
-    timer: StepTimer = field(default_factory=StepTimer)  # algorithms time their own phases (generate, reward)
-
-    def encode_prompts(self, examples: list[Example]) -> list[list[int]]:
-        """Prompt token ids; a prompt that leaves no room for the completion in the model's context is an error."""
-        ids = [encode_prompt(self.tokenizer, ex.prompt, self.config.data.system_prompt) for ex in examples]
-        check_room(ids, examples, self.config.rollout.max_completion_length, model_context(self.model),
-                   "rollout.max_completion_length")
-        return ids
 
 
 def lr_lambda(optim_cfg, total_steps: int):
@@ -129,13 +105,18 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    """Runs one algorithm on one model. Build with a Config; `train()` returns the final eval metrics."""
+    """Runs one algorithm on one model. Build with a Config; `train()` returns the final eval metrics.
+
+    Algorithms may supply three optional hooks, each replacing one default: `build_model(config) -> (model,
+    tokenizer)` (default: load model.path), `make_stream(config)` (default: the prompts of data.train; anything
+    with next(n) and state_dict/load_state_dict) and `evaluate(ctx) -> metrics` (default: greedy accuracy on the
+    eval prompts). Pretraining (algos/pretrain.py) uses all three.
+    """
 
     def __init__(self, config: Config, run_dir: str | Path | None = None, resume: bool = False):
         self.config = cfg = config
-        distributed.init_from_env()  # under torchrun: join the process group (docs/scaling.md)
-        self.rank, self.world = distributed.rank(), distributed.world_size()
-        self.is_main = self.rank == 0
+        self.parallel = parallel.from_config(cfg)  # under torchrun: joins the process group (docs/scaling.md)
+        self.rank, self.world, self.is_main = self.parallel.rank, self.parallel.world, self.parallel.is_main
         seed_everything(cfg.train.seed + self.rank)  # ranks sample independently; rank 0 is the one-process run
         self.algo: Algorithm = make_algorithm(cfg)
         if self.world > 1:
@@ -148,30 +129,28 @@ class Trainer:
                 raise ValueError("rollout.save_rollouts records one process's calls; record a one-process run and "
                                  "replay it on several ranks instead (docs/scaling.md)")
         # Everything that can fail on bad input happens before the run directory exists.
-        if cfg.train.fsdp:
-            fsdp.check_config(cfg)
-        self.model, self.tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device, cfg.model.lora.quantize)
+        build_model = getattr(self.algo, "build_model", None)
+        if build_model is not None:
+            self.model, self.tokenizer = build_model(cfg)
+        else:
+            self.model, self.tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device,
+                                                    cfg.model.lora.quantize)
         if cfg.model.lora.r:  # only the adapters train (reasonrl/lora.py)
             self.model = apply_lora(self.model, cfg.model.lora)
-        distributed.broadcast_parameters(self.model)  # identical replicas from step 0 (e.g. LoRA's random A)
-        if cfg.train.fsdp:
-            fsdp.shard(self.model)  # before the optimizer, which must hold the sharded parameters
+        self.parallel.prepare(self.model)  # replicas: rank 0's weights everywhere; FSDP: sharded, before the optimizer
         self.model.train()
         if cfg.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.stream = PromptStream(cfg.data.train, cfg.data)
-        if self.world > 1:
-            self.stream = distributed.ShardedStream(self.stream, self.rank, self.world)
-        eval_spec = cfg.data.eval or cfg.data.train
-        self.eval_examples = load_source(eval_spec, cfg.data, "eval", cfg.data.eval_n)
-        eval_room = cfg.rollout.eval_max_completion_length or cfg.rollout.max_completion_length
-        check_room([encode_prompt(self.tokenizer, ex.prompt, cfg.data.system_prompt) for ex in self.eval_examples],
-                   self.eval_examples, eval_room, model_context(self.model),
-                   "rollout.eval_max_completion_length" if cfg.rollout.eval_max_completion_length else
-                   "rollout.max_completion_length")  # before the run directory exists, not at the first evaluation
+        make_stream = getattr(self.algo, "make_stream", None)
+        stream = make_stream(cfg) if make_stream is not None else PromptStream(cfg.data.train, cfg.data)
+        self.stream = self.parallel.shard_stream(stream)
+        self.own_eval = getattr(self.algo, "evaluate", None)  # the algorithm's own evaluation, if it has one
+        self.eval_examples = [] if self.own_eval else self._eval_examples()
         # Rank 0 names the run directory: the timestamp may differ by a second between ranks.
-        self.run_dir = Path(run_dir) if run_dir else Path(distributed.broadcast_json(str(default_run_dir(cfg))))
-        engine = make_engine(cfg, self.model, self.tokenizer, self.run_dir)
+        self.run_dir = Path(run_dir) if run_dir else Path(self.parallel.broadcast(str(default_run_dir(cfg))))
+        engine = None
+        if self.algo.needs_rollouts or not self.own_eval:
+            engine = make_engine(cfg, self.model, self.tokenizer, self.run_dir, self.parallel)
         rewards = RewardManager.from_config(cfg.rewards) if self.algo.needs_rollouts else None
         # One verifier for every evaluation, so a math-verify worker pool is started at most once per run.
         self.eval_verifier = RewardManager([("accuracy", 1.0)], timeout=cfg.rewards.timeout)
@@ -192,14 +171,24 @@ class Trainer:
         if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
 
+    def _eval_examples(self) -> list[Example]:
+        """The eval prompts, checked against the model's context before the run directory exists, not at the first
+        evaluation."""
+        cfg = self.config
+        examples = load_source(cfg.data.eval or cfg.data.train, cfg.data, "eval", cfg.data.eval_n)
+        room = cfg.rollout.eval_max_completion_length or cfg.rollout.max_completion_length
+        check_room([encode_prompt(self.tokenizer, ex.prompt, cfg.data.system_prompt) for ex in examples],
+                   examples, room, model_context(self.model),
+                   "rollout.eval_max_completion_length" if cfg.rollout.eval_max_completion_length else
+                   "rollout.max_completion_length")
+        return examples
+
     def _resume(self) -> None:
         checkpoint = latest_checkpoint(self.run_dir)
         if checkpoint is None:
             raise FileNotFoundError(f"--resume: no valid checkpoint under {self.run_dir / 'checkpoints'}")
-        restore = None
-        if fsdp.is_sharded(self.model):
-            restore = lambda weights, optim: fsdp.load_full_state(self.model, self.optimizer, weights, optim)  # noqa: E731
-        state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler, restore)
+        state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
+                                self.parallel.restorer(self.model, self.optimizer))
         self.start_step = int(state["step"])
         self.stream.load_state_dict(state["stream"])
         self.ctx.state = state.get("algo", {})
@@ -228,33 +217,34 @@ class Trainer:
         return metrics
 
     def _eval(self) -> dict[str, float]:
-        sharded = fsdp.is_sharded(self.model)  # every rank must join the weight gathering; rank 0 reports
-        if not self.eval_examples or not (self.is_main or sharded):  # replicas hold the same weights: rank 0 evaluates
+        """`eval/`-prefixed metrics on rank 0: the algorithm's own evaluation, or greedy accuracy on the eval prompts."""
+        if not self.parallel.joins_eval or not (self.own_eval or self.eval_examples):
             return {}
         rcfg = self.config.rollout
-        with fsdp.gathered(self.model):
-            metrics = evaluate(
-                self.ctx.engine, self.tokenizer, self.eval_examples,
-                rcfg.eval_max_completion_length or rcfg.max_completion_length, self.config.data.system_prompt,
-                self.eval_verifier,
-            )
+        with self.parallel.gathered(self.model):
+            if self.own_eval:
+                metrics = self.own_eval(self.ctx)
+            else:
+                metrics = evaluate(
+                    self.ctx.engine, self.tokenizer, self.eval_examples,
+                    rcfg.eval_max_completion_length or rcfg.max_completion_length, self.config.data.system_prompt,
+                    self.eval_verifier,
+                )
         return {f"eval/{k}": v for k, v in metrics.items()} if self.is_main else {}
 
     def _update(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step per algorithm update; non-finite losses or gradients skip the step. With several
-        ranks, gradients and loss metrics are summed over them before clipping (distributed.py)."""
+        ranks, gradients and loss metrics are summed over them before clipping (parallel.py)."""
         sums: dict[str, float] = {}
         params = [p for p in self.model.parameters() if p.requires_grad]
-        sharded = fsdp.is_sharded(self.model)
         for update in range(self.algo.num_updates(batch)):
-            with fsdp.gathered(self.model):
+            with self.parallel.gathered(self.model):
                 if len(batch):  # a rank may have no rows this step; it still joins the gradient sum
                     self.algo.prepare_update(self.ctx, batch, update)
             self.optimizer.zero_grad(set_to_none=True)
             update_sums, timer = {"loss": 0.0}, self.ctx.timer
             micros = list(batch.micro_batches(self.config.train.micro_batch_size))
-            # Under FSDP each backward is a collective: count every rank's passes before the first of them.
-            passes = max(distributed.all_gather_json(len(micros))) if sharded else len(micros)
+            passes = self.parallel.backward_passes(len(micros))
             for micro in micros:
                 with timer.section("forward"):
                     loss, metrics = self.algo.loss(self.ctx, micro)
@@ -264,12 +254,9 @@ class Trainer:
                 for k, v in metrics.items():
                     update_sums[k] = update_sums.get(k, 0.0) + float(v)
             with timer.section("optimizer"):
-                if sharded:  # FSDP summed the gradients in each backward; every rank must run as many
-                    fsdp.pad_backward_passes(self.model, passes - len(micros))
-                else:
-                    distributed.all_reduce_gradients(params)
-                grad_norm = fsdp.grad_norm(torch.nn.utils.clip_grad_norm_(params, self.config.optim.max_grad_norm))
-            update_sums = distributed.sum_across_ranks(update_sums)  # each rank's share of the global values
+                self.parallel.reduce_gradients(self.model, params, len(micros), passes)
+                grad_norm = self.parallel.clip_grad_norm(params, self.config.optim.max_grad_norm)
+            update_sums = self.parallel.sum_across_ranks(update_sums)  # each rank's share of the global values
             loss_total = update_sums.pop("loss")
             for k, v in update_sums.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -295,10 +282,8 @@ class Trainer:
 
     def _save(self, step: int) -> Path | None:
         """Rank 0 writes the checkpoint of `step`; every rank first checks the replicas still hold the same weights."""
-        full = {}
-        if fsdp.is_sharded(self.model):  # rank 0 writes the full states, the files a one-process run writes
-            full["model_state"], full["optimizer_state"] = fsdp.full_state(self.model, self.optimizer)
-        elif not distributed.replicas_agree(self.model):
+        full = self.parallel.full_state(self.model, self.optimizer)  # sharded: the files a one-process run writes
+        if not self.parallel.replicas_agree(self.model):
             raise TrainingError(f"step {step}: the data-parallel replicas hold different weights (a rank diverged)")
         if not self.is_main:
             return None
@@ -307,9 +292,7 @@ class Trainer:
 
     def _export(self) -> None:
         """RUN_DIR/final, an HF model folder (gathered on rank 0 when the model is sharded)."""
-        model = self.model
-        if fsdp.is_sharded(model):
-            model = fsdp.unsharded_copy(model)  # collective; a plain copy on rank 0
+        model = self.parallel.exported(self.model)
         if self.is_main:
             save_pretrained_atomic(model, self.tokenizer, self.run_dir / "final", self.config.model.path,
                                    self.config.model.dtype)
@@ -337,11 +320,11 @@ class Trainer:
                 "rewards/failed": float(e.result.failed), "rewards/timeout": float(e.result.timeout),
                 "train/skipped_reward_failure": 1.0})
         # One collective for everything the step needs to agree on (totals, metrics, who has data or failed).
-        parts = distributed.all_gather_json({"totals": batch.totals, "metrics": batch.metrics,
-                                             "has_data": len(batch) > 0, "failed": failure is not None})
-        batch.totals = distributed.combine_totals([p["totals"] for p in parts])
-        metrics = distributed.combine_means([{k: v for k, v in p["metrics"].items() if k not in COUNTS} for p in parts])
-        metrics |= distributed.combine_sums([{k: v for k, v in p["metrics"].items() if k in COUNTS} for p in parts])
+        parts = self.parallel.all_gather({"totals": batch.totals, "metrics": batch.metrics,
+                                          "has_data": len(batch) > 0, "failed": failure is not None})
+        batch.totals = combine_totals([p["totals"] for p in parts])
+        metrics = combine_means([{k: v for k, v in p["metrics"].items() if k not in COUNTS} for p in parts])
+        metrics |= combine_sums([{k: v for k, v in p["metrics"].items() if k in COUNTS} for p in parts])
         has_data = any(p["has_data"] for p in parts)
         if not has_data and any(p["failed"] for p in parts):
             self._count_failed_rewards(failure)
@@ -350,7 +333,28 @@ class Trainer:
     def _request_stop(self, signum, frame) -> None:
         self.stop_requested = True
 
+    def _train_step(self, step: int) -> dict[str, float]:
+        """One step: gather, update, and the step's own metrics."""
+        self.ctx.step = step
+        started = time.perf_counter()
+        with self.parallel.gathered(self.model):  # generation and scoring: no collectives inside
+            batch, metrics, has_data = self._gather()
+        if has_data:
+            metrics.update(self._update(batch))
+            if self.ctx.engine is not None:  # an engine with its own copy of the weights (vLLM) takes them
+                self.ctx.engine.sync_weights(self.model)
+        else:
+            self._step_schedules()
+            metrics["train/skipped_empty_batch"] = 1.0
+        metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
+        metrics["step_time"] = time.perf_counter() - started
+        metrics.update(self.ctx.timer.pop(metrics["step_time"]))
+        return metrics
+
     def train(self) -> dict[str, float]:
+        """Run the remaining steps. A record is logged every train.log_every steps with each step metric's mean over
+        the steps since the last record that reported it; steps with an evaluation, HT-SR values or a checkpoint,
+        and the last step, always end a record (so a resume never loses a partial one)."""
         cfg = self.config.train
         tracker = Tracker(self.run_dir, cfg.report_to, config_to_dict(self.config), cfg.steps, cfg.progress,
                           resume_step=self.start_step) if self.is_main else NullTracker()
@@ -359,27 +363,17 @@ class Trainer:
             if self.start_step == 0:
                 tracker.log(0, self._eval() | self._spectral_metrics(0))
             step = saved = self.start_step
+            window = MetricWindow()
             for step in range(self.start_step + 1, cfg.steps + 1):
-                self.ctx.step = step
-                started = time.perf_counter()
-                with fsdp.gathered(self.model):  # generation and scoring: no collectives inside
-                    batch, metrics, has_data = self._gather()
-                if has_data:
-                    metrics.update(self._update(batch))
-                    if self.ctx.engine is not None:  # an engine with its own copy of the weights (vLLM) takes them
-                        self.ctx.engine.sync_weights(self.model)
-                else:
-                    self._step_schedules()
-                    metrics["train/skipped_empty_batch"] = 1.0
-                metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
-                metrics["step_time"] = time.perf_counter() - started
-                metrics.update(self.ctx.timer.pop(metrics["step_time"]))
-                metrics.update(self._spectral_metrics(step))  # after step_time: monitoring is not training time
+                window.add(self._train_step(step))
+                events = self._spectral_metrics(step)  # after step_time: monitoring is not training time
                 if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-                    metrics.update(self._eval())
-                tracker.log(step, metrics)
-                self.stop_requested = distributed.any_rank(self.stop_requested)  # torchrun signals every rank
-                if (cfg.save_every and step % cfg.save_every == 0) or self.stop_requested:
+                    events |= self._eval()
+                self.stop_requested = self.parallel.any_rank(self.stop_requested)  # torchrun signals every rank
+                save = bool(cfg.save_every and step % cfg.save_every == 0) or self.stop_requested
+                if events or save or step % cfg.log_every == 0 or step == cfg.steps:
+                    tracker.log(step, window.pop() | events)
+                if save:
                     self._save(step)
                     saved = step
                 if self.stop_requested:
@@ -396,6 +390,24 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             tracker.close()
+
+
+class MetricWindow:
+    """Step metrics since the last record: each key's mean over the steps that reported it (train.log_every)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def pop(self) -> dict[str, float]:
+        means = {k: v / self.counts[k] for k, v in self.sums.items()}
+        self.sums, self.counts = {}, {}
+        return means
 
 
 # Gather metrics that count things are summed over ranks; the others (means, rates) are averaged.
@@ -417,8 +429,11 @@ def default_run_dir(cfg: Config) -> Path:
     return Path(cfg.train.output_dir.format(algo=cfg.algo.name, time=stamp))
 
 
-def make_engine(cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path) -> RolloutEngine:
-    """The configured engine; with rollout.save_rollouts every sampling call is recorded under RUN_DIR/rollouts."""
+def make_engine(cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path,
+                strategy: parallel.Single | None = None) -> RolloutEngine:
+    """The configured engine (replay and vllm-server need to know the ranks of `strategy`, default one process);
+    with rollout.save_rollouts every sampling call is recorded under RUN_DIR/rollouts."""
+    strategy = strategy or parallel.Single()
     from reasonrl.rollout.fast import FastEngine
     from reasonrl.rollout.hf import HFEngine
     from reasonrl.rollout.replay import RecordingEngine, ReplayEngine
@@ -431,22 +446,22 @@ def make_engine(cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path) -
         return VLLMEngine(model, tokenizer, str(resolve_model_path(cfg.model.path)),
                           cfg.rollout.vllm_gpu_memory_utilization, cfg.rollout.vllm_sleep, cfg.train.seed)
     if cfg.rollout.engine == "vllm-server":
-        engine = vllm_server_engine(cfg, tokenizer)
+        engine = vllm_server_engine(cfg, tokenizer, strategy.world)
     else:
         engine = HFEngine(model, tokenizer) if cfg.rollout.engine == "hf" else FastEngine(model, tokenizer)
     if cfg.rollout.engine == "replay":
         if not cfg.rollout.replay_dir:
             raise ValueError("rollout.engine=replay needs rollout.replay_dir (the rollouts/ folder of a recorded run)")
-        engine = ReplayEngine(cfg.rollout.replay_dir, live=engine, rank=distributed.rank(), world=distributed.world_size())
+        engine = ReplayEngine(cfg.rollout.replay_dir, live=engine, rank=strategy.rank, world=strategy.world)
     if cfg.rollout.save_rollouts:
         engine = RecordingEngine(engine, run_dir / "rollouts")
     return engine
 
 
-def vllm_server_engine(cfg: Config, tokenizer) -> RolloutEngine:
+def vllm_server_engine(cfg: Config, tokenizer, world: int = 1) -> RolloutEngine:
     """rollout.engine=vllm-server (its URL and timeout are checked with the config); it contacts the server at once."""
     from reasonrl.rollout.vllm_server import VLLMServerEngine
 
-    if distributed.world_size() > 1:  # each rank would claim rank 0 of the NCCL group that pushes the weights
+    if world > 1:  # each rank would claim rank 0 of the NCCL group that pushes the weights
         raise ValueError("rollout.engine=vllm-server pushes weights from one trainer process; launch without torchrun")
     return VLLMServerEngine(cfg.rollout.vllm_server_url, tokenizer, cfg.rollout.vllm_server_timeout)

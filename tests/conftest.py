@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import reasonrl.algos  # noqa: F401  (registers the algorithms' config sections, as the trainer and the CLI do)
 from reasonrl.config import load_config
 from reasonrl.models import arith_tokenizer, tiny_model
 

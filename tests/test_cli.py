@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from transformers import AutoModelForCausalLM
 
 from reasonrl.cli import main
@@ -60,3 +61,36 @@ def test_sft_on_world_demonstrations_lowers_the_loss(nano_dir, tmp_path, capsys)
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+
+
+def test_eval_takes_config_files_and_dotted_overrides_with_its_flags_as_aliases(nano_dir, tmp_path, capsys):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"Compute {i}+1.", "answer": f"{i + 1}"}) for i in range(4)))
+    flags = ["eval", "--model", str(nano_dir), "--data", str(data), "--prompt-field", "question",
+             "--max-new-tokens", "6", "--n", "3"]
+    assert main(flags) == 0
+    by_flags = last_json(capsys.readouterr().out)
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"model:\n  path: {nano_dir}\ndata:\n  eval: {data}\n  eval_n: 3\n")
+    assert main(["eval", "--config", str(config), "data.prompt_field=question",
+                 "rollout.eval_max_completion_length=6"]) == 0
+    assert last_json(capsys.readouterr().out) == by_flags
+    assert by_flags["n"] == 3 and by_flags["mean_completion_tokens"] <= 6
+    # Overrides come after the flags' aliases, so a key=value wins over its flag.
+    assert main([*flags, "rollout.eval_max_completion_length=2"]) == 0
+    assert last_json(capsys.readouterr().out)["mean_completion_tokens"] <= 2
+
+
+def test_eval_unknown_key_is_the_same_error_with_a_suggestion_as_train(nano_dir, capsys):
+    assert main(["eval", "--model", str(nano_dir), "data.prompt_feild=question"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("reasonrl eval: error: unknown config key 'data.prompt_feild'")
+    assert "did you mean 'data.prompt_field'" in err[0]
+    assert main(["eval", "--n", "0", "--levels", "1,x"]) == 2  # an alias value is checked like the key's own
+    assert "data.eval_levels" in capsys.readouterr().err
+
+
+def test_commands_without_a_config_refuse_overrides(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["plot", str(tmp_path), "train.steps=2"])
+    assert "unrecognized arguments: train.steps=2" in capsys.readouterr().err

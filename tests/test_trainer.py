@@ -131,6 +131,24 @@ def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(quick_config, 
             assert resumed[step][key] == pytest.approx(full[step][key], rel=1e-5, abs=1e-7), (step, key)
 
 
+def test_log_every_averages_step_metrics_over_each_record_and_always_logs_evals_and_checkpoints(quick_config, tmp_path):
+    overrides = ("rewards.funcs=test_digits:1.0", "train.steps=7", "train.eval_every=5")
+    Trainer(quick_config(*overrides), run_dir=tmp_path / "every").train()
+    Trainer(quick_config(*overrides, "train.log_every=3", "train.save_every=4"), run_dir=tmp_path / "sparse").train()
+    every = run_metrics(tmp_path / "every")
+    rows = [json.loads(line) for line in (tmp_path / "sparse" / "metrics.jsonl").read_text().splitlines()]
+    # Records end at multiples of 3, at the checkpoint (4), the eval (5) and the last step (7); evals at 0, 5, 7.
+    assert [r["step"] for r in rows if "loss" in r] == [3, 4, 5, 6, 7]
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 5, 7]
+    sparse = run_metrics(tmp_path / "sparse")
+    for step, covered in ((3, [1, 2, 3]), (4, [4]), (6, [6]), (7, [7])):
+        for key in ("loss", "reward", "grad_norm"):
+            mean = sum(every[s][key] for s in covered) / len(covered)
+            assert sparse[step][key] == pytest.approx(mean, rel=1e-5, abs=1e-7), (step, key)
+    with pytest.raises(ValueError, match="train.log_every must be >= 1"):
+        Trainer(quick_config("train.log_every=0"), run_dir=tmp_path / "never")
+
+
 def test_replayed_rollouts_reproduce_the_recorded_losses(quick_config, tmp_path):
     recorded = quick_config("rewards.funcs=test_digits:1.0", "rollout.save_rollouts=true", "train.steps=3")
     Trainer(recorded, run_dir=tmp_path / "rec").train()

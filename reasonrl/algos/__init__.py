@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from reasonrl.config import ALGO_CONFIGS
+
 if TYPE_CHECKING:
     from reasonrl.algos.base import Algorithm
     from reasonrl.config import Config
@@ -26,9 +28,14 @@ def make_algorithm(config: "Config") -> "Algorithm":
     name = config.algo.name
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}; known: {sorted(ALGORITHMS)}")
+    options = ALGO_CONFIGS.get(name)
+    if options is not None and not isinstance(config.algo, options):  # e.g. the default, loaded before registration
+        raise ValueError(f"config.algo is a {type(config.algo).__name__}, not {name}'s {options.__name__}: the config "
+                         f"was loaded before reasonrl.algos registered it; import reasonrl.algos before load_config")
     return ALGORITHMS[name](config)
 
 
 from reasonrl.algos import dpo, dpo_vp, grpo, sft, srft  # noqa: E402,F401  (registration)
 from reasonrl.algos import opd  # noqa: E402,F401
 from reasonrl.algos import autothink  # noqa: E402,F401
+from reasonrl.algos import pretrain  # noqa: E402,F401

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from reasonrl.trainer import Context
+    from reasonrl.context import Context
 
 
 @dataclass
@@ -95,6 +95,9 @@ class Algorithm(Protocol):
 
     An algorithm whose own schedule fixes the step count (DPO-VP: rounds x steps per round) sets
     `config.train.steps` in its constructor, which runs before the trainer sizes its LR schedule.
+    Optional, used by the trainer when present (algos/pretrain.py has all three): `build_model(config) -> (model,
+    tokenizer)` instead of loading model.path, `make_stream(config)` instead of data.train's prompts, and
+    `evaluate(ctx) -> metrics` instead of greedy accuracy; `data_parallel = False` refuses torchrun.
     """
 
     name: str

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from reasonrl.config import MAPPINGS
 from reasonrl.spectral.esd import ALL_KINDS, layer_and_type, spectra, weight_modules
-
-MAPPINGS = ("linear", "sqrt", "log2", "sigmoid", "layer_linear", "layer_sigmoid")
 
 
 def alpha_ratios(alphas: Sequence[float], mapping: str = "linear", min_ratio: float = 0.5, max_ratio: float = 1.5,
