@@ -131,6 +131,13 @@ def test_llama_embeddings_head_and_norms_go_to_adamw_and_lora_adapters_to_muon()
     optimizer, _, _ = build_optimizer(lora, cfg, total_steps=10)
     assert [g["muon"] for g in optimizer.param_groups] == [True]  # only the adapters train, all 2-D hidden
     assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(p.requires_grad for p in lora.parameters())
+    before = {n: p.detach().clone() for n, p in lora.named_parameters() if p.requires_grad}
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    lora(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()  # B starts at zero, so A's first gradient is zero: Muon must leave it finite (unchanged)
+    after = dict(lora.named_parameters())
+    assert all(torch.isfinite(after[n]).all() for n in before)
+    assert all(not torch.equal(after[n], before[n]) for n in before if "lora_B" in n)
 
 
 def test_fsdp_refuses_muon():
