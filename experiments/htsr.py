@@ -27,12 +27,12 @@ from matplotlib.figure import Figure
 
 from reasonrl.config import config_to_dict, load_config
 from reasonrl.models import load_model
+from reasonrl.optim import lr_lambda
 from reasonrl.plot import write_keeping_notes
 from reasonrl.algos.pretrain import pretrain_config
 from reasonrl.spectral import alpha_ratios, analyze_path, weight_modules
 from reasonrl.spectral.esd import layer_and_type
 from reasonrl.tracking import read_metrics
-from reasonrl.trainer import lr_lambda
 from reasonrl.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def run(size: str, setting: str, seed: int, args, extra: list[str]) -> Path:
         f"train.steps={steps}", f"train.seed={seed}", f"train.eval_every={args.eval_every}",
         f"train.spectral_every={args.eval_every}", f"train.log_every={args.eval_every}", "train.progress=false",
         # α re-measured 20 times per run: the paper's 500 steps are for runs of 10k+ steps.
-        f"optim.alphadecay_every={max(1, steps // 20)}", f"optim.warmup_steps={max(1, steps // 20)}",
+        f"optim.alphadecay.every={max(1, steps // 20)}", f"optim.warmup_steps={max(1, steps // 20)}",
         f"algo.size={size}", f"algo.seq_len={args.seq_len}", f"algo.batch_size={args.batch_size}",
         f"algo.corpus_chars={args.corpus_chars}", f"algo.vocab_size={args.vocab_size}",
         f"algo.eval_tokens={args.eval_tokens}",
@@ -111,7 +111,7 @@ def llr_mean_multiplier(run_dir: Path) -> float:
     for record in read_metrics(run_dir):
         alphas = {k.removeprefix("llr/alpha/"): v for k, v in record.items() if k.startswith("llr/alpha/")}
         if alphas:
-            ratios = alpha_ratios(list(alphas.values()), optim.llr_mapping, optim.llr_min_ratio, optim.llr_max_ratio,
+            ratios = alpha_ratios(list(alphas.values()), optim.llr.mapping, optim.llr.min_ratio, optim.llr.max_ratio,
                                   [layer_and_type(n)[0] for n in alphas])
             targets.append((record["step"], dict(zip(alphas, ratios.tolist()))))
     base = lr_lambda(optim, steps)
@@ -122,7 +122,7 @@ def llr_mean_multiplier(run_dir: Path) -> float:
         while targets and targets[0][0] < update:
             ramp_start, target = targets.pop(0)
             start = {n: current.get(n, target[n]) for n in target}
-        done = 1.0 if optim.llr_ramp <= 1 else min(1.0, (update - ramp_start) / optim.llr_ramp)
+        done = 1.0 if optim.llr.ramp <= 1 else min(1.0, (update - ramp_start) / optim.llr.ramp)
         current = {n: start[n] + (target[n] - start[n]) * done for n in target}
         mean = (sum(sizes[n] * r for n, r in current.items()) + total - sum(sizes[n] for n in current)) / total
         lr_sum += base(update - 1)  # LambdaLR: update u uses the factor of step u - 1

@@ -74,14 +74,32 @@ class DataConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """vLLM engines (docs/scaling.md): colocated (rollout.engine=vllm) or a separate server (engine=vllm-server)."""
+
+    gpu_memory_utilization: float = 0.3  # share of the GPU vLLM may take (colocated with training)
+    sleep: bool = True  # free vLLM's KV cache and offload its weights while training
+    server_url: str = "http://localhost:8000"  # engine=vllm-server: a running `vllm serve`
+    server_timeout: float = 600.0  # seconds one request to the server may take before the run stops
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"rollout.vllm.gpu_memory_utilization must be in (0, 1], "
+                             f"got {self.gpu_memory_utilization}")
+        url = urlsplit(self.server_url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise ValueError(f"rollout.vllm.server_url={self.server_url!r} is not an http(s) URL "
+                             f"such as http://localhost:8000")
+        if not self.server_timeout > 0:
+            raise ValueError(f"rollout.vllm.server_timeout must be > 0 seconds, got {self.server_timeout}")
+
+
+@dataclass
 class RolloutConfig:
     # auto (lean decoder for Llama/Qwen/Mistral, else HF generate) | hf | replay | vllm | vllm-server
     engine: str = "auto"
     replay_dir: str | None = None
-    vllm_gpu_memory_utilization: float = 0.3  # share of the GPU vLLM may take (colocated with training)
-    vllm_sleep: bool = True  # free vLLM's KV cache and offload its weights while training
-    vllm_server_url: str = "http://localhost:8000"  # engine=vllm-server: a running `vllm serve` (docs/scaling.md)
-    vllm_server_timeout: float = 600.0  # seconds one request to the server may take before the run stops
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     num_generations: int = 8
     max_completion_length: int = 64
     temperature: float = 1.0
@@ -89,16 +107,6 @@ class RolloutConfig:
     top_k: int = 0
     eval_max_completion_length: int | None = None  # defaults to max_completion_length
     save_rollouts: bool = False  # write each step's rollouts under RUN_DIR/rollouts for --replay
-
-    def __post_init__(self) -> None:
-        if self.engine != "vllm-server":
-            return
-        url = urlsplit(self.vllm_server_url)
-        if url.scheme not in ("http", "https") or not url.netloc:
-            raise ValueError(f"rollout.vllm_server_url={self.vllm_server_url!r} is not an http(s) URL "
-                             f"such as http://localhost:8000")
-        if not self.vllm_server_timeout > 0:
-            raise ValueError(f"rollout.vllm_server_timeout must be > 0 seconds, got {self.vllm_server_timeout}")
 
 
 @dataclass
@@ -114,8 +122,70 @@ class RewardConfig:
     num_workers: int = 1
 
 
+def _check_ratios(key: str, every: int, min_ratio: float, max_ratio: float, mapping: str) -> None:
+    """The checks AlphaDecay's and LLR's options share; `key` names the group in the message."""
+    if every < 1:
+        raise ValueError(f"{key}.every must be >= 1 (steps between α measurements), got {every}")
+    if not 0 < min_ratio <= max_ratio:
+        raise ValueError(f"{key}.min_ratio and .max_ratio need 0 < min_ratio <= max_ratio, "
+                         f"got {min_ratio} and {max_ratio}")
+    if mapping not in MAPPINGS:
+        raise ValueError(f"{key}.mapping={mapping!r}; choose one of {', '.join(MAPPINGS)}")
+
+
+@dataclass
+class AlphaDecayConfig:
+    """optim.weight_decay_schedule=alphadecay (docs/spectral.md): weight decay per module from its α."""
+
+    every: int = 500  # re-measure α every N steps
+    min_ratio: float = 0.6666  # wd multiplier of the smallest α (the paper's s1)
+    max_ratio: float = 3.0  # wd multiplier of the largest α (s2; the AdamW scripts use 5)
+    mapping: str = "linear"  # linear | sqrt | log2 | sigmoid | layer_linear | layer_sigmoid
+
+    def __post_init__(self) -> None:
+        _check_ratios("optim.alphadecay", self.every, self.min_ratio, self.max_ratio, self.mapping)
+
+
+@dataclass
+class LLRConfig:
+    """optim.lr_schedule=llr (docs/spectral.md): lr multipliers per module from its α, on top of optim.schedule."""
+
+    every: int = 40  # re-measure α every N steps
+    ramp: int = 20  # steps over which a new multiplier is eased in
+    until: float = 0.2  # fraction of train.steps after which multipliers are frozen
+    min_ratio: float = 1.0  # lr multiplier of the smallest α
+    max_ratio: float = 3.0  # lr multiplier of the largest α (and of embedding/head)
+    mapping: str = "linear"
+
+    def __post_init__(self) -> None:
+        _check_ratios("optim.llr", self.every, self.min_ratio, self.max_ratio, self.mapping)
+        if self.ramp < 0 or not 0 <= self.until <= 1:
+            raise ValueError(f"optim.llr.ramp must be >= 0 and optim.llr.until in [0, 1], "
+                             f"got {self.ramp} and {self.until}")
+
+
+@dataclass
+class MuonConfig:
+    """optim.name=muon (reasonrl/optim.py): torch.optim.Muon on 2-D hidden weights, AdamW on the rest."""
+
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5  # Newton-Schulz iterations that orthogonalise each update
+    # match_rms_adamw (Moonlight): updates at AdamW's RMS, so optim.lr and optim.weight_decay serve both optimizers;
+    # original (Keller Jordan): RMS sqrt(max(1, rows/cols)), which wants a Muon lr of its own (about 0.02)
+    adjust_lr_fn: str = "match_rms_adamw"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.momentum < 1 or self.ns_steps < 1:
+            raise ValueError(f"optim.muon needs 0 <= momentum < 1 and ns_steps >= 1, "
+                             f"got momentum={self.momentum}, ns_steps={self.ns_steps}")
+        if self.adjust_lr_fn not in ("match_rms_adamw", "original"):
+            raise ValueError(f"optim.muon.adjust_lr_fn={self.adjust_lr_fn!r}; choose match_rms_adamw or original")
+
+
 @dataclass
 class OptimConfig:
+    name: str = "adamw"  # adamw | muon (Muon on 2-D hidden weights, AdamW on the rest; see optim.muon)
     lr: float = 5e-5
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
@@ -124,41 +194,30 @@ class OptimConfig:
     warmup_steps: int = 5
     min_lr_ratio: float = 0.0
     max_grad_norm: float = 1.0
+    muon: MuonConfig = field(default_factory=MuonConfig)
     # HT-SR schedules (docs/spectral.md): per-module weight decay / lr multipliers from each weight matrix's
     # power-law exponent α. Their `every` counts trainer steps (one scheduler step per step).
     weight_decay_schedule: str = "uniform"  # uniform | alphadecay (scales weight_decay per module)
-    alphadecay_every: int = 500  # re-measure α every N steps
-    alphadecay_min_ratio: float = 0.6666  # wd multiplier of the smallest α (the paper's s1)
-    alphadecay_max_ratio: float = 3.0  # wd multiplier of the largest α (s2; the AdamW scripts use 5)
-    alphadecay_mapping: str = "linear"  # linear | sqrt | log2 | sigmoid | layer_linear | layer_sigmoid
+    alphadecay: AlphaDecayConfig = field(default_factory=AlphaDecayConfig)
     lr_schedule: str = "uniform"  # uniform | llr (per-module multipliers on top of `schedule`)
-    llr_every: int = 40  # re-measure α every N steps
-    llr_ramp: int = 20  # steps over which a new multiplier is eased in
-    llr_until: float = 0.2  # fraction of train.steps after which multipliers are frozen
-    llr_min_ratio: float = 1.0  # lr multiplier of the smallest α
-    llr_max_ratio: float = 3.0  # lr multiplier of the largest α (and of embedding/head)
-    llr_mapping: str = "linear"
+    llr: LLRConfig = field(default_factory=LLRConfig)
 
     def __post_init__(self) -> None:
-        choices = {"weight_decay_schedule": ("uniform", "alphadecay"), "lr_schedule": ("uniform", "llr"),
-                   "alphadecay_mapping": MAPPINGS, "llr_mapping": MAPPINGS}
+        choices = {"name": ("adamw", "muon"), "weight_decay_schedule": ("uniform", "alphadecay"),
+                   "lr_schedule": ("uniform", "llr")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"optim.{key}={getattr(self, key)!r}; choose one of {', '.join(allowed)}")
-        for prefix in ("alphadecay", "llr"):
-            every, lo, hi = (getattr(self, f"{prefix}_{k}") for k in ("every", "min_ratio", "max_ratio"))
-            if every < 1:
-                raise ValueError(f"optim.{prefix}_every must be >= 1 (steps between α measurements), got {every}")
-            if not 0 < lo <= hi:
-                raise ValueError(f"optim.{prefix}_min_ratio and _max_ratio need 0 < min_ratio <= max_ratio, "
-                                 f"got {lo} and {hi}")
-        if self.llr_ramp < 0 or not 0 <= self.llr_until <= 1:
-            raise ValueError(f"optim.llr_ramp must be >= 0 and optim.llr_until in [0, 1], "
-                             f"got {self.llr_ramp} and {self.llr_until}")
         if self.weight_decay_schedule == "alphadecay" and self.weight_decay <= 0:
             # AlphaDecay multiplies the base decay: with none there is nothing to redistribute.
             raise ValueError("optim.weight_decay_schedule=alphadecay scales optim.weight_decay per module, "
                              f"which is {self.weight_decay}; set optim.weight_decay > 0 (e.g. 0.1)")
+
+
+# Keys that moved into a group: the old name is an error that names the new one.
+RENAMED = {f"optim.{group}_{f.name}": f"optim.{group}.{f.name}"
+           for group, cls in (("alphadecay", AlphaDecayConfig), ("llr", LLRConfig)) for f in fields(cls)}
+RENAMED |= {f"rollout.vllm_{f.name}": f"rollout.vllm.{f.name}" for f in fields(VLLMConfig)}
 
 
 @dataclass
@@ -379,6 +438,8 @@ def _apply(cls: type, partial: dict[str, Any], prefix: str, obj: Any = None) -> 
 
 
 def _unknown_key(prefix: str, name: str, valid: Iterable[str]) -> ConfigError:
+    if prefix + name in RENAMED:
+        return ConfigError(f"{prefix}{name} was renamed {RENAMED[prefix + name]}")
     # match on the last component: the shared section prefix would make every key look close
     valid = list(valid)
     close = [prefix + c for c in difflib.get_close_matches(name, valid, n=3)]

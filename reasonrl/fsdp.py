@@ -46,6 +46,10 @@ def check_config(cfg) -> None:
     if cfg.optim.weight_decay_schedule != "uniform" or cfg.optim.lr_schedule != "uniform":
         raise ValueError("train.fsdp does not combine with HT-SR schedules (optim.lr_schedule, "
                          "optim.weight_decay_schedule) yet: they measure full weight matrices, which FSDP shards")
+    if cfg.optim.name == "muon":
+        raise ValueError("train.fsdp does not combine with optim.name=muon: Muon orthogonalises each whole weight "
+                         "matrix (Newton-Schulz), which FSDP shards over the ranks; use optim.name=adamw with FSDP, "
+                         "or Muon with plain data parallelism (train.fsdp=false)")
     if cfg.model.lora.quantize != "none":
         raise ValueError(f"train.fsdp does not combine with model.lora.quantize={cfg.model.lora.quantize} (QLoRA): "
                          f"sharding bitsandbytes' quantised weights (CUDA only) is untested here; use plain LoRA "
@@ -167,7 +171,7 @@ def load_full_state(model: torch.nn.Module, optimizer, model_state: dict, optimi
 
 
 def _trained_names(model: torch.nn.Module) -> list[str]:
-    """Names of the parameters the optimizer holds, in its order (trainer.build_optimizer: requires_grad ones)."""
+    """Names of the parameters the optimizer holds, in its order (optim.build_optimizer: requires_grad ones)."""
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 

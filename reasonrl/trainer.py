@@ -28,9 +28,9 @@ from reasonrl.distributed import combine_means, combine_sums, combine_totals
 from reasonrl.evaluation import check_room, evaluate
 from reasonrl.lora import apply_lora
 from reasonrl.models import encode_prompt, load_model, model_context, resolve_model_path
+from reasonrl.optim import build_optimizer, initial_schedule_metrics, step_schedules
 from reasonrl.rewards import RewardError, RewardManager
 from reasonrl.rollout.base import RolloutEngine
-from reasonrl.spectral import LLR, AlphaDecay, build_param_groups
 from reasonrl.spectral.monitor import alpha_metrics
 from reasonrl.tracking import Tracker
 
@@ -41,62 +41,6 @@ class TrainingError(RuntimeError):
     """A run cannot go on (e.g. too many non-finite steps in a row); a checkpoint of the last good state is saved."""
 
 
-def lr_lambda(optim_cfg, total_steps: int):
-    """Warmup then constant, linear or cosine decay to min_lr_ratio, as a multiplier of the base lr."""
-
-    def factor(step: int) -> float:
-        if step < optim_cfg.warmup_steps:
-            return (step + 1) / (optim_cfg.warmup_steps + 1)
-        progress = min(1.0, (step - optim_cfg.warmup_steps) / max(1, total_steps - optim_cfg.warmup_steps))
-        floor = optim_cfg.min_lr_ratio
-        if optim_cfg.schedule == "cosine":
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        if optim_cfg.schedule == "linear":
-            return floor + (1 - floor) * (1 - progress)
-        if optim_cfg.schedule == "constant":
-            return 1.0
-        raise ValueError(f"unknown optim.schedule {optim_cfg.schedule!r}; choose constant, linear or cosine")
-
-    return factor
-
-
-def build_optimizer(model: torch.nn.Module, optim_cfg, total_steps: int):
-    """AdamW, its lr schedule (LLR on top of it with optim.lr_schedule=llr) and AlphaDecay (or None).
-
-    With an HT-SR schedule on, every weight matrix gets its own param group (`build_param_groups`) so the
-    schedulers can write its lr / weight_decay; otherwise one group, as before.
-    """
-    spectral = optim_cfg.weight_decay_schedule != "uniform" or optim_cfg.lr_schedule != "uniform"
-    params = build_param_groups(model) if spectral else [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
-                                  weight_decay=optim_cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim_cfg, total_steps))
-    if optim_cfg.lr_schedule == "llr":  # a drop-in scheduler: steps the LambdaLR itself, checkpoints both
-        scheduler = LLR(optimizer, model, total_steps=total_steps, base_scheduler=scheduler, every=optim_cfg.llr_every,
-                        ramp=optim_cfg.llr_ramp, until=optim_cfg.llr_until, min_ratio=optim_cfg.llr_min_ratio,
-                        max_ratio=optim_cfg.llr_max_ratio, mapping=optim_cfg.llr_mapping)
-    alphadecay = None
-    if optim_cfg.weight_decay_schedule == "alphadecay":
-        alphadecay = AlphaDecay(optimizer, model, every=optim_cfg.alphadecay_every,
-                                min_ratio=optim_cfg.alphadecay_min_ratio, max_ratio=optim_cfg.alphadecay_max_ratio,
-                                mapping=optim_cfg.alphadecay_mapping)
-    return optimizer, scheduler, alphadecay
-
-
-def step_schedules(scheduler, alphadecay: AlphaDecay | None) -> dict[str, float]:
-    """Advance the lr schedule and AlphaDecay by one step; return α and ratios of those that re-measured α."""
-    spectral = [s for s in (scheduler, alphadecay) if isinstance(s, (LLR, AlphaDecay))]
-    before = [s.alphas for s in spectral]
-    scheduler.step()
-    if alphadecay is not None:
-        alphadecay.step()
-    # A re-measurement assigns a new `alphas` dict, so a changed identity marks the steps worth logging.
-    return {k: v for s, old in zip(spectral, before) if s.alphas is not old for k, v in s.metrics().items()}
-
-
-def initial_schedule_metrics(scheduler, alphadecay: AlphaDecay | None) -> dict[str, float]:
-    """α and ratios the HT-SR schedulers assigned at construction, for the step-0 record."""
-    return {k: v for s in (scheduler, alphadecay) if isinstance(s, (LLR, AlphaDecay)) for k, v in s.metrics().items()}
 
 
 def seed_everything(seed: int) -> None:
@@ -444,7 +388,7 @@ def make_engine(cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path,
         from reasonrl.rollout.vllm import VLLMEngine
 
         return VLLMEngine(model, tokenizer, str(resolve_model_path(cfg.model.path)),
-                          cfg.rollout.vllm_gpu_memory_utilization, cfg.rollout.vllm_sleep, cfg.train.seed)
+                          cfg.rollout.vllm.gpu_memory_utilization, cfg.rollout.vllm.sleep, cfg.train.seed)
     if cfg.rollout.engine == "vllm-server":
         engine = vllm_server_engine(cfg, tokenizer, strategy.world)
     else:
@@ -464,4 +408,4 @@ def vllm_server_engine(cfg: Config, tokenizer, world: int = 1) -> RolloutEngine:
 
     if world > 1:  # each rank would claim rank 0 of the NCCL group that pushes the weights
         raise ValueError("rollout.engine=vllm-server pushes weights from one trainer process; launch without torchrun")
-    return VLLMServerEngine(cfg.rollout.vllm_server_url, tokenizer, cfg.rollout.vllm_server_timeout)
+    return VLLMServerEngine(cfg.rollout.vllm.server_url, tokenizer, cfg.rollout.vllm.server_timeout)

@@ -89,7 +89,7 @@ def test_pretrain_cli_with_htsr_schedules_lowers_held_out_perplexity(tmp_path, c
     argv = ["pretrain", "--size", "nano", "--vocab-size", "512", "--seq-len", "32", "--batch-size", "8",
             "--corpus-chars", "60000", "--output-dir", str(run), "--quiet", "train.steps=60", "train.eval_every=30",
             "train.spectral_every=30", "optim.warmup_steps=5", "optim.weight_decay_schedule=alphadecay",
-            "optim.alphadecay_every=20", "optim.lr_schedule=llr"]
+            "optim.alphadecay.every=20", "optim.lr_schedule=llr"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # Measured: about 500 (uniform over the vocabulary) before, 100-120 after 60 steps.

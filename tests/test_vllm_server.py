@@ -245,26 +245,27 @@ def test_a_failed_weight_update_stops_generation_and_resumes_the_server(server, 
 
 def test_config_selects_the_server_engine_and_checks_its_keys(server, student, tmp_path):
     model, tok = student
-    config = load_config(None, ["rollout.engine=vllm-server", f"rollout.vllm_server_url={server.url}",
-                                "rollout.vllm_server_timeout=30"])
+    config = load_config(None, ["rollout.engine=vllm-server", f"rollout.vllm.server_url={server.url}",
+                                "rollout.vllm.server_timeout=30"])
     engine = make_engine(config, model, tok, tmp_path)
     assert isinstance(engine, VLLMServerEngine) and engine.url == server.url and engine.timeout == 30.0
-    bad = {"rollout.vllm_server_url=localhost:8000": "rollout.vllm_server_url='localhost:8000' is not an http",
-           "rollout.vllm_server_timeout=0": "rollout.vllm_server_timeout must be > 0"}
+    bad = {"rollout.vllm.server_url=localhost:8000": "rollout.vllm.server_url='localhost:8000' is not an http",
+           "rollout.vllm.server_timeout=0": "rollout.vllm.server_timeout must be > 0",
+           "rollout.vllm_server_url=http://x:1": "rollout.vllm_server_url was renamed rollout.vllm.server_url"}
     for override, message in bad.items():
         with pytest.raises(ConfigError, match=message):  # at load time, before any weights are read
             load_config(None, ["rollout.engine=vllm-server", override])
     with pytest.raises(ValueError, match="choose auto, hf, replay, vllm or vllm-server"):
         make_engine(load_config(None, ["rollout.engine=vllm_server"]), model, tok, tmp_path)
-    with pytest.raises(ConfigError, match="did you mean 'rollout.vllm_server_url'"):
-        load_config(None, ["rollout.vllm_server_uri=http://localhost:8000"])
+    with pytest.raises(ConfigError, match="did you mean 'rollout.vllm.server_url'"):
+        load_config(None, ["rollout.vllm.server_uri=http://localhost:8000"])
 
 
 def test_trainer_stops_before_the_run_starts_when_the_server_is_down(quick_config, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = quick_config("rollout.engine=vllm-server", f"rollout.vllm_server_url=http://127.0.0.1:{port}")
+    config = quick_config("rollout.engine=vllm-server", f"rollout.vllm.server_url=http://127.0.0.1:{port}")
     with pytest.raises(VLLMServerError, match="cannot reach"):
         Trainer(config)
     assert not (tmp_path / "run").exists()

@@ -105,9 +105,9 @@ class VLLMServerEngine:
             reason = getattr(e, "reason", e)
             if isinstance(reason, TimeoutError):
                 raise VLLMServerError(f"vLLM server {url} did not answer within {self.timeout} s "
-                                      f"(rollout.vllm_server_timeout)") from None
+                                      f"(rollout.vllm.server_timeout)") from None
             raise VLLMServerError(f"cannot reach the vLLM server at {url} ({reason}); start it (docs/scaling.md) "
-                                  f"or point rollout.vllm_server_url at it") from None
+                                  f"or point rollout.vllm.server_url at it") from None
         except (OSError, http.client.HTTPException) as e:  # the connection broke mid-answer
             raise VLLMServerError(f"vLLM server {url} dropped the connection: {e!r}") from None
         try:
