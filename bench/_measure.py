@@ -37,8 +37,11 @@ class RSSSampler:
 
     def result(self) -> dict[str, float]:
         high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        return {"peak_mb": max(high_water, self.peak), "baseline_mb": self.baseline,
-                "growth_mb": self.peak - self.baseline}
+        return {
+            "peak_mb": max(high_water, self.peak),
+            "baseline_mb": self.baseline,
+            "growth_mb": self.peak - self.baseline,
+        }
 
 
 def matmul_peak_flops(threads: int, n: int = 2048, repeats: int = 5) -> float:
@@ -63,8 +66,11 @@ def step_flops(gather, update) -> dict[str, float]:
     generate = counter.get_total_flops()
     with FlopCounterMode(display=False) as counter:
         update(batch)
-    return {"generate": float(generate), "train": float(counter.get_total_flops()),
-            "train_tokens": float(batch.tensors["attention_mask"].sum()) if len(batch) else 0.0}
+    return {
+        "generate": float(generate),
+        "train": float(counter.get_total_flops()),
+        "train_tokens": float(batch.tensors["attention_mask"].sum()) if len(batch) else 0.0,
+    }
 
 
 def per_call_us(fn, calls: int = 400, rounds: int = 5, pick=min) -> float:

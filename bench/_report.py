@@ -91,8 +91,10 @@ def scaling_table(scaling: dict) -> list[str]:
         b = breakdown(runs)
         times = [t for r in runs for t in r["step_times"]]
         tokens = [t for r in runs for t in r["tokens"]]
-        lines.append(f"| {setting} | {statistics.median(times):.3f} | {statistics.mean(tokens):.0f} "
-                     f"| {b['generate']:.3f} | {b['forward'] + b['backward']:.3f} |")
+        lines.append(
+            f"| {setting} | {statistics.median(times):.3f} | {statistics.mean(tokens):.0f} "
+            f"| {b['generate']:.3f} | {b['forward'] + b['backward']:.3f} |"
+        )
     return lines
 
 
@@ -100,7 +102,9 @@ def learning_table(learning: dict) -> list[str]:
     lines = ["| library | seed | mean reward, first 5 steps | mean reward, last 10 steps |", "|---|---|---|---|"]
     for lib, runs in learning.items():
         for seed, rewards in runs:
-            lines.append(f"| {lib} | {seed} | {statistics.mean(rewards[:5]):.3f} | {statistics.mean(rewards[-10:]):.3f} |")
+            lines.append(
+                f"| {lib} | {seed} | {statistics.mean(rewards[:5]):.3f} | {statistics.mean(rewards[-10:]):.3f} |"
+            )
     return lines
 
 

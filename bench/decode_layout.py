@@ -21,14 +21,17 @@ from reasonrl.models import load_model
 from reasonrl.rollout import fast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import generation_parser, interleaved_generation, per_call_us  # noqa: E402
+from _measure import generation_parser, interleaved_generation, per_call_us
 
 
 def matmul_table(model) -> None:
     cfg = model.config
-    shapes = {"qkv": (cfg.hidden_size, (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim),
-              "o_proj": (cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size),
-              "gate_up": (cfg.hidden_size, 2 * cfg.intermediate_size), "down": (cfg.intermediate_size, cfg.hidden_size)}
+    shapes = {
+        "qkv": (cfg.hidden_size, (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim),
+        "o_proj": (cfg.num_attention_heads * cfg.head_dim, cfg.hidden_size),
+        "gate_up": (cfg.hidden_size, 2 * cfg.intermediate_size),
+        "down": (cfg.intermediate_size, cfg.hidden_size),
+    }
     print("| projection (in -> out) | rows | [out, in] us | [in, out] us | ratio |\n|---|---|---|---|---|")
     with torch.inference_mode():
         for name, (n_in, n_out) in shapes.items():
@@ -49,8 +52,10 @@ def main() -> None:
     engine = fast.FastEngine(model, tokenizer)
     native.enabled = False  # PyTorch ops, whose speed the layout decides (the C kernels: bench/native_kernels.py)
     input_major = decoder._input_major
-    layouts = {"[out, in]": lambda: setattr(decoder, "_input_major", lambda weight: weight),
-               "[in, out]": lambda: setattr(decoder, "_input_major", input_major)}
+    layouts = {
+        "[out, in]": lambda: setattr(decoder, "_input_major", lambda weight: weight),
+        "[in, out]": lambda: setattr(decoder, "_input_major", input_major),
+    }
     print("\n| setting | [out, in] s | [in, out] s | speed-up |\n|---|---|---|---|")
     for setting in args.settings:
         (a, b), _ = interleaved_generation(engine, tokenizer, setting, args.reps, layouts)

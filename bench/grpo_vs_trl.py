@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import RSSSampler, _rss_mb, matmul_peak_flops, step_flops  # noqa: E402
+from _measure import RSSSampler, _rss_mb, matmul_peak_flops, step_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ["8x8x32", "16x8x64", "4x16x128"]  # prompts x generations x max completion tokens
@@ -55,13 +55,27 @@ def run_reasonrl(prompts: int, gens: int, length: int, steps: int, seed: int, ou
     logs: list[dict] = []
     rss: list[float] = []
     trainer_mod.Tracker = TimedTracker
-    cfg = load_config(None, [
-        f"train.prompts_per_step={prompts}", f"rollout.num_generations={gens}",
-        f"rollout.max_completion_length={length}", "rollout.temperature=1.0", f"optim.lr={LR}",
-        "optim.warmup_steps=0", "optim.schedule=constant", "algo.loss_type=dapo", "algo.beta=0.0",
-        "algo.num_iterations=1", f"train.micro_batch_size={prompts * gens}", "data.eval_n=0",
-        f"train.steps={steps}", "train.progress=false", f"train.seed={seed}", f"model.gradient_checkpointing={gc}",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"train.prompts_per_step={prompts}",
+            f"rollout.num_generations={gens}",
+            f"rollout.max_completion_length={length}",
+            "rollout.temperature=1.0",
+            f"optim.lr={LR}",
+            "optim.warmup_steps=0",
+            "optim.schedule=constant",
+            "algo.loss_type=dapo",
+            "algo.beta=0.0",
+            "algo.num_iterations=1",
+            f"train.micro_batch_size={prompts * gens}",
+            "data.eval_n=0",
+            f"train.steps={steps}",
+            "train.progress=false",
+            f"train.seed={seed}",
+            f"model.gradient_checkpointing={gc}",
+        ],
+    )
     trainer = trainer_mod.Trainer(cfg, run_dir=out_dir)
     sampler = RSSSampler()
     start = time.perf_counter()
@@ -94,7 +108,9 @@ def run_trl(prompts: int, gens: int, length: int, steps: int, seed: int, out_dir
     # in both libraries, so reward curves differ only by sampling noise and the update itself.
     stream = PromptStream("world:arith", load_config(None, [f"train.seed={seed}"]).data)
     examples = stream.next(prompts * steps)
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": ex.prompt}], "answer": ex.answer} for ex in examples])
+    data = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": ex.prompt}], "answer": ex.answer} for ex in examples]
+    )
 
     def reward(prompts, completions, answer, **kwargs):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
@@ -114,17 +130,45 @@ def run_trl(prompts: int, gens: int, length: int, steps: int, seed: int, out_dir
                 seen.append(dict(logs))
 
     args = GRPOConfig(
-        output_dir=out_dir, per_device_train_batch_size=prompts * gens, gradient_accumulation_steps=1,
-        num_generations=gens, max_completion_length=length, temperature=1.0, top_p=1.0, learning_rate=LR,
-        lr_scheduler_type="constant", warmup_steps=0, loss_type="dapo", beta=0.0, num_iterations=1, epsilon=0.2,
-        scale_rewards="group", max_steps=steps, logging_steps=1, report_to="none", save_strategy="no",
-        use_cpu=True, seed=seed, max_grad_norm=1.0, weight_decay=0.0, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=out_dir,
+        per_device_train_batch_size=prompts * gens,
+        gradient_accumulation_steps=1,
+        num_generations=gens,
+        max_completion_length=length,
+        temperature=1.0,
+        top_p=1.0,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        loss_type="dapo",
+        beta=0.0,
+        num_iterations=1,
+        epsilon=0.2,
+        scale_rewards="group",
+        max_steps=steps,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        seed=seed,
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
         # GRPOConfig defaults to bf16 autocast and gradient checkpointing; reasonrl trains in float32 without
         # checkpointing unless asked, so both are set explicitly to match.
-        bf16=False, gradient_checkpointing=gc, shuffle_dataset=False,
+        bf16=False,
+        gradient_checkpointing=gc,
+        shuffle_dataset=False,
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data, processing_class=tokenizer,
-                           callbacks=[Timing()])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=[Timing()],
+    )
     sampler = RSSSampler()
     start = time.perf_counter()
     with sampler:
@@ -147,7 +191,9 @@ def worker(args) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = fn(*parse_setting(args.settings[0]), args.warmup + args.steps, args.seed, tmp, args.gradient_checkpointing)
+        result = fn(
+            *parse_setting(args.settings[0]), args.warmup + args.steps, args.seed, tmp, args.gradient_checkpointing
+        )
     print("RESULT " + json.dumps(result))
 
 
@@ -155,15 +201,29 @@ def worker(args) -> None:
 
 
 def spawn(lib: str, setting: str, args, seed: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", lib, "--settings", setting, "--warmup", str(args.warmup),
-           "--steps", str(args.steps), "--seed", str(seed), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        lib,
+        "--settings",
+        setting,
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--seed",
+        str(seed),
+        "--threads",
+        str(args.threads),
+    ]
     cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{lib} {setting} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = json.loads(lines[-1][len("RESULT ") :])
     w = args.warmup  # warm-up steps are excluded from every statistic
     out = {**out, "step_times": out["step_times"][w:], "tokens": out["tokens"][w:], "all_rewards": out["rewards"]}
     per_step = out["rss"]["per_step"]
@@ -217,8 +277,10 @@ def main() -> None:
         for rep in range(args.reps):
             for lib in ("trl", "reasonrl") if rep % 2 == 0 else ("reasonrl", "trl"):  # alternate who goes first
                 runs[lib].append(spawn(lib, setting, args, args.seed + rep))
-                print(f"  {setting} rep {rep} {lib}: {statistics.median(runs[lib][-1]['step_times']):.3f} s/step",
-                      flush=True)
+                print(
+                    f"  {setting} rep {rep} {lib}: {statistics.median(runs[lib][-1]['step_times']):.3f} s/step",
+                    flush=True,
+                )
         results[setting] = {lib: summarize(r) for lib, r in runs.items()}
         results[setting]["runs"] = runs
     scaling = {}
@@ -234,8 +296,10 @@ def main() -> None:
             for seed in range(args.learning_seeds):
                 run = spawn(lib, args.learning_setting, long, args.seed + seed)
                 learning[lib].append((args.seed + seed, run["all_rewards"]))
-                print(f"  learning {lib} seed {seed}: last-10 reward {statistics.mean(run['all_rewards'][-10:]):.3f}",
-                      flush=True)
+                print(
+                    f"  learning {lib} seed {seed}: last-10 reward {statistics.mean(run['all_rewards'][-10:]):.3f}",
+                    flush=True,
+                )
     text = write_report(results, args, peak, scaling, learning)
     print(text)
     if not args.no_write:

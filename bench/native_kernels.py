@@ -26,7 +26,7 @@ from reasonrl.models import load_model
 from reasonrl.rollout import fast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import generation_parser, interleaved_generation, per_call_us  # noqa: E402
+from _measure import generation_parser, interleaved_generation, per_call_us
 
 
 def step_table(model) -> None:
@@ -44,8 +44,12 @@ def step_table(model) -> None:
             bias = bias.repeat_interleave(kv, 0).unsqueeze(1)
             step = native_step(decoder, k_cache)
             native.enabled = False
-            a = per_call_us(lambda: decoder.forward(ids[:, None], cos[:, None], sin[:, None], k_cache, v_cache, col, bias),
-                            200, 7, statistics.median)
+            a = per_call_us(
+                lambda: decoder.forward(ids[:, None], cos[:, None], sin[:, None], k_cache, v_cache, col, bias),
+                200,
+                7,
+                statistics.median,
+            )
             native.enabled = True
             b = per_call_us(lambda: step(ids, cos, sin, k_cache, v_cache, col, starts), 200, 7, statistics.median)
             print(f"| {rows} | {a:.0f} | {b:.0f} | {a / b:.2f}x |")
@@ -57,11 +61,23 @@ def training_table(settings: list[str], reps: int, run_dir: str) -> None:
     print("\n| setting | PyTorch fwd+bwd s | C kernels fwd+bwd s | speed-up |\n|---|---|---|---|")
     for setting in settings:
         prompts, gens, tokens = map(int, setting.split("x"))
-        cfg = load_config(None, [
-            f"train.prompts_per_step={prompts}", f"rollout.num_generations={gens}",
-            f"rollout.max_completion_length={tokens}", "rollout.temperature=1.0", "algo.loss_type=dapo",
-            "algo.beta=0.0", "algo.num_iterations=1", f"train.micro_batch_size={prompts * gens}", "data.eval_n=0",
-            "train.steps=1", "train.progress=false", "train.seed=0"])
+        cfg = load_config(
+            None,
+            [
+                f"train.prompts_per_step={prompts}",
+                f"rollout.num_generations={gens}",
+                f"rollout.max_completion_length={tokens}",
+                "rollout.temperature=1.0",
+                "algo.loss_type=dapo",
+                "algo.beta=0.0",
+                "algo.num_iterations=1",
+                f"train.micro_batch_size={prompts * gens}",
+                "data.eval_n=0",
+                "train.steps=1",
+                "train.progress=false",
+                "train.seed=0",
+            ],
+        )
         trainer = Trainer(cfg, run_dir=f"{run_dir}/{setting}")
         trainer.train()  # one step, so the batches below come from a policy that has trained
         batches = [trainer.algo.gather(trainer.ctx) for _ in range(4)]
@@ -92,7 +108,9 @@ def main() -> None:
     step_table(model)
     engine = fast.FastEngine(model, tokenizer)
     variants = {"PyTorch": lambda: setattr(native, "enabled", False), "C": lambda: setattr(native, "enabled", True)}
-    print("\n| setting | PyTorch generation s | C kernels generation s | speed-up | same tokens |\n|---|---|---|---|---|")
+    print(
+        "\n| setting | PyTorch generation s | C kernels generation s | speed-up | same tokens |\n|---|---|---|---|---|"
+    )
     for setting in args.settings:
         (a, b), same = interleaved_generation(engine, tokenizer, setting, args.reps, variants)
         print(f"| {setting} | {a:.3f} | {b:.3f} | {a / b:.2f}x | {'yes' if same else 'no'} |")

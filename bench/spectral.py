@@ -36,15 +36,24 @@ logging.getLogger("weightwatcher").setLevel(logging.ERROR)  # its per-layer info
 try:
     import weightwatcher
 except ImportError:
-    sys.exit("bench/spectral.py compares against weightwatcher, which is not installed: "
-             "pip install -c constraints.txt -e '.[bench]'  (or: pip install weightwatcher)")
+    sys.exit(
+        "bench/spectral.py compares against weightwatcher, which is not installed: "
+        "pip install -c constraints.txt -e '.[bench]'  (or: pip install weightwatcher)"
+    )
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTES = "<!-- notes: kept when the bench rewrites this file -->"
 # A Llama big enough that analysis time is not all fixed overhead: 6 blocks of width 768, tied 8192-token embedding.
-LLAMA_44M = {"vocab_size": 8192, "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 6,
-             "num_attention_heads": 12, "num_key_value_heads": 4, "tie_word_embeddings": True,
-             "max_position_embeddings": 512}
+LLAMA_44M = {
+    "vocab_size": 8192,
+    "hidden_size": 768,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 4,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 512,
+}
 
 
 def build(name: str) -> torch.nn.Module:
@@ -70,8 +79,11 @@ def timed(fn, *args) -> tuple[float, object]:
 
 def measure(model: torch.nn.Module, reps: int) -> tuple[dict[str, float], list, object]:
     """Median seconds of each analysis over `reps` alternating repetitions, after one untimed warm-up each."""
-    jobs = {"reasonrl": lambda: run_reasonrl(model), "reasonrl_hill": lambda: run_reasonrl(model, ("hill",)),
-            "weightwatcher": lambda: run_weightwatcher(model)}
+    jobs = {
+        "reasonrl": lambda: run_reasonrl(model),
+        "reasonrl_hill": lambda: run_reasonrl(model, ("hill",)),
+        "weightwatcher": lambda: run_weightwatcher(model),
+    }
     results = {name: job() for name, job in jobs.items()}  # warm-up: imports, first SVD call, scipy/BLAS set-up
     times: dict[str, list[float]] = {name: [] for name in jobs}
     for rep in range(reps):
@@ -91,8 +103,13 @@ def module_table(model: torch.nn.Module, ours: list, ww) -> tuple[str, list[floa
     ww_rows = {row.longname: row for row in ww.itertuples()}
     # A weight tied to an earlier module (lm_head = embed_tokens) is analysed once by reasonrl, again by weightwatcher.
     first_name = {id(m.weight): n for n, m in weight_modules(model)}
-    lines = [("| module | shape | eigenvalues (ours / ww) | Hill α (ours) | KS α (ours) | α (ww) | KS α − ww α "
-              "| D KS (ours / ww) | tail (ours / ww) |"), "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| module | shape | eigenvalues (ours / ww) | Hill α (ours) | KS α (ours) | α (ww) | KS α − ww α "
+            "| D KS (ours / ww) | tail (ours / ww) |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     diffs = []
     for name, module in model.named_modules():
         if name not in by_name and name not in ww_rows:
@@ -112,7 +129,8 @@ def module_table(model: torch.nn.Module, ours: list, ww) -> tuple[str, list[floa
             f"| {label} | {shape} | {eigs} | {fmt(s.alpha if s else math.nan)}{status} | {fmt(ours_ks)} | "
             f"{fmt(ww_alpha)} | {'-' if math.isnan(diff) else f'{diff:+.1e}'} | "
             f"{fmt(s.D_ks if s else math.nan)} / {fmt(float(w.D) if w is not None else math.nan)} | "
-            f"{s.n_tail_ks if s and s.status == 'ok' else '-'} / {int(w.num_pl_spikes) if w is not None else '-'} |")
+            f"{s.n_tail_ks if s and s.status == 'ok' else '-'} / {int(w.num_pl_spikes) if w is not None else '-'} |"
+        )
     return "\n".join(lines), diffs
 
 
@@ -124,9 +142,13 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    summary = [("| model | parameters | weight modules (ours / ww) | reasonrl s (Hill + KS) | reasonrl s (Hill only) "
-                "| weightwatcher s | ww / reasonrl | max abs(KS α − ww α) | median abs(KS α − ww α) |"),
-               "|---|---|---|---|---|---|---|---|---|"]
+    summary = [
+        (
+            "| model | parameters | weight modules (ours / ww) | reasonrl s (Hill + KS) | reasonrl s (Hill only) "
+            "| weightwatcher s | ww / reasonrl | max abs(KS α − ww α) | median abs(KS α − ww α) |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     sections = []
     for name in args.models:
         model = build(name)
@@ -138,7 +160,8 @@ def main() -> None:
             f"| {name} | {params / 1e6:.2f}M | {len(ours)} / {len(ww)} | {seconds['reasonrl']:.3f} | "
             f"{seconds['reasonrl_hill']:.3f} | {seconds['weightwatcher']:.3f} | "
             f"**{seconds['weightwatcher'] / seconds['reasonrl']:.1f}x** | {max(abs_diffs):.2g} | "
-            f"{statistics.median(abs_diffs):.2g} |")
+            f"{statistics.median(abs_diffs):.2g} |"
+        )
         sections.append(f"### {name}\n\n{table}\n")
         print(summary[-1], flush=True)
 
@@ -154,7 +177,8 @@ def main() -> None:
         "distances, stable rank, spectral norm) and `analyze(model, methods=('hill',))`, the per-step cost of the "
         "AlphaDecay/LLR schedules; weightwatcher `WeightWatcher(model).analyze()` with its defaults. KS α and "
         "weightwatcher's α are the same estimator (power-law MLE with the x_min that minimises the KS distance).\n\n"
-        + "\n".join(summary) + "\n\n## α per module\n\n"
+        + "\n".join(summary)
+        + "\n\n## α per module\n\n"
         "Eigenvalues of WᵀW per module; `tail` is the number of eigenvalues at or above the KS fit's x_min "
         "(weightwatcher's `num_pl_spikes`). A blank difference means one side did not fit the module.\n\n"
         + "\n".join(sections)

@@ -28,7 +28,9 @@ def think_probability(model, tokenizer, prompts: list[str]) -> float:
     completion opens with `</think>`."""
     ids = [encode_prompt(tokenizer, p) for p in prompts]
     width = max(map(len, ids))
-    x = torch.tensor([[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids], device=next(model.parameters()).device)
+    x = torch.tensor(
+        [[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids], device=next(model.parameters()).device
+    )
     mask = (x != tokenizer.pad_token_id).long()
     logits = model(input_ids=x, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
     return float(1 - logits[:, -1].softmax(-1)[:, tokenizer.convert_tokens_to_ids("</think>")].mean())
@@ -50,7 +52,10 @@ FORMS = {
     "3d+2d, carry (unseen)": lambda x, b, a, c: (f"{x}+{a}", has_carry(x, a)),
     "2d+3d, carry (unseen)": lambda x, b, a, c: (f"{a}+{x}", has_carry(a, x)),
     "3d-2d, borrow (unseen)": lambda x, b, a, c: (f"{x}-{a}", has_borrow(x, a)),
-    "3d-3d, no borrow (unseen)": lambda x, b, a, c: ("{}-{}".format(*_sub(x, b)), x != b and not has_borrow(*_sub(x, b))),
+    "3d-3d, no borrow (unseen)": lambda x, b, a, c: (
+        "{}-{}".format(*_sub(x, b)),
+        x != b and not has_borrow(*_sub(x, b)),
+    ),
     "x*2 (unseen)": lambda x, b, a, c: (f"{x}*2", True),
 }
 
@@ -58,8 +63,9 @@ FORMS = {
 def draw(form: str, rng: random.Random) -> str:
     """One expression of `form`, redrawn until it has the form's carry or borrow."""
     while True:
-        expression, ok = FORMS[form](rng.randint(100, 999), rng.randint(100, 999), rng.randint(10, 99),
-                                     rng.randint(10, 99))
+        expression, ok = FORMS[form](
+            rng.randint(100, 999), rng.randint(100, 999), rng.randint(10, 99), rng.randint(10, 99)
+        )
         if ok:
             return expression
 
@@ -76,8 +82,10 @@ def main(paths: list[str]) -> None:
     for form in FORMS:
         print(f"| {form} | `{problems[form][0]}` | " + " | ".join(f"{p:.2f}" for p in table[form]) + " |")
     if len(paths) > 2:  # the first path is the start; the rest are seeds of one arm
-        print("\nmean over the trained models: " + ", ".join(
-            f"{form} {statistics.mean(table[form][1:]):.2f}" for form in FORMS))
+        print(
+            "\nmean over the trained models: "
+            + ", ".join(f"{form} {statistics.mean(table[form][1:]):.2f}" for form in FORMS)
+        )
 
 
 if __name__ == "__main__":

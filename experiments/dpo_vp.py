@@ -26,8 +26,8 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
 from opd import GRPO, curve, fmt, plot, seed_band  # experiments/opd.py: the same accounting of tokens and seconds
+
 from reasonrl.algos.dpo_pairs import vr_score
 from reasonrl.config import load_config
 from reasonrl.data import PromptStream
@@ -80,7 +80,10 @@ def overrides(arm: str, rounds: int, seed: int) -> tuple[str | None, list[str]]:
     shared = [f"data.eval_n={EVAL_N}", f"train.seed={seed}", "train.progress=false", "train.save_every=0"]
     if arm == "grpo":
         steps = rounds * GRPO_STEPS_PER_ROUND
-        return "configs/grpo.yaml", shared + GRPO + [f"train.steps={steps}", f"train.eval_every={GRPO_STEPS_PER_ROUND // 2}"]
+        return "configs/grpo.yaml", shared + GRPO + [
+            f"train.steps={steps}",
+            f"train.eval_every={GRPO_STEPS_PER_ROUND // 2}",
+        ]
     return "configs/dpo_vp.yaml", shared + [f"algo.rounds={rounds}"] + ARMS[arm]
 
 
@@ -111,8 +114,14 @@ def hidden_pair_quality(run_dir: Path) -> list[dict[str, float]]:
         scores = [vr_score(t, v) for t, v in zip(texts, accuracy([""] * len(texts), texts, answer=gold))]
         kinds = [(scores[2 * i], scores[2 * i + 1]) for i in range(len(rows))]
         n = len(kinds) or math.nan  # a round without hidden pairs has no shares
-        out.append({"pairs": float(len(kinds)), "right": sum(c > r for c, r in kinds) / n,
-                    "flipped": sum(c < r for c, r in kinds) / n, "tie": sum(c == r for c, r in kinds) / n})
+        out.append(
+            {
+                "pairs": float(len(kinds)),
+                "right": sum(c > r for c, r in kinds) / n,
+                "flipped": sum(c < r for c, r in kinds) / n,
+                "tie": sum(c == r for c, r in kinds) / n,
+            }
+        )
     return out
 
 
@@ -138,14 +147,28 @@ def plot_rm(rm: dict[str, list[float]], path: Path) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     rounds = list(range(1, len(rm["accuracy"]) + 1))
-    labels = {"accuracy": "accuracy (p > 0.5 vs verifier), before training", "majority": "majority-class baseline",
-              "ranking": "within-prompt ranking, before training", "hidden_right": "hidden pairs right (post hoc)",
-              "hidden_flipped": "hidden pairs flipped (post hoc)"}
+    labels = {
+        "accuracy": "accuracy (p > 0.5 vs verifier), before training",
+        "majority": "majority-class baseline",
+        "ranking": "within-prompt ranking, before training",
+        "hidden_right": "hidden pairs right (post hoc)",
+        "hidden_flipped": "hidden pairs flipped (post hoc)",
+    }
     for key, label in labels.items():
-        ax.plot(rounds, [100 * v for v in rm[key]], marker="o", markersize=4, label=label,
-                linestyle="--" if key == "majority" else "-")
-    ax.set(title="The reward model against the verifier, per round (arm 50% + RM)", xlabel="round",
-           ylabel="%", xticks=rounds)
+        ax.plot(
+            rounds,
+            [100 * v for v in rm[key]],
+            marker="o",
+            markersize=4,
+            label=label,
+            linestyle="--" if key == "majority" else "-",
+        )
+    ax.set(
+        title="The reward model against the verifier, per round (arm 50% + RM)",
+        xlabel="round",
+        ylabel="%",
+        xticks=rounds,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     fig.savefig(path, dpi=110)
@@ -181,9 +204,13 @@ def main() -> int:
     curves = {a: [curve(rows) for rows in runs[a]] for a in arms}
     bands = {a: seed_band(curves[a]) for a in arms}
     rm_rows = [[r for r in rows if "rm/accuracy" in r] for rows in runs["50% + RM"]]
-    rm = {key: [mean([math.nan if rounds_[k].get(f"rm/{key}") is None else rounds_[k][f"rm/{key}"]
-                      for rounds_ in rm_rows]) for k in range(rounds)]
-          for key in ("accuracy", "base_rate", "ranking", "pair_agreement", "pair_flipped", "pair_rate", "hidden_pairs")}
+    rm = {
+        key: [
+            mean([math.nan if rounds_[k].get(f"rm/{key}") is None else rounds_[k][f"rm/{key}"] for rounds_ in rm_rows])
+            for k in range(rounds)
+        ]
+        for key in ("accuracy", "base_rate", "ranking", "pair_agreement", "pair_flipped", "pair_rate", "hidden_pairs")
+    }
     rm["majority"] = [max(b, 1 - b) for b in rm["base_rate"]]  # a constant answer's accuracy
     for key in ("right", "flipped", "tie", "pairs"):
         rm[f"hidden_{key}"] = [mean([q[k][key] for q in quality]) for k in range(rounds)]
@@ -201,46 +228,75 @@ def main() -> int:
     return 0
 
 
-def write_doc(args, rounds: int, seeds: list[int], arms: list[str], curves: dict, bands: dict, rm: dict,
-              walls: dict, plots: list[str], path: Path) -> None:
+def write_doc(
+    args,
+    rounds: int,
+    seeds: list[int],
+    arms: list[str],
+    curves: dict,
+    bands: dict,
+    rm: dict,
+    walls: dict,
+    plots: list[str],
+    path: Path,
+) -> None:
     start = bands["dpo_vp"][0]["accuracy"]
     vp = bands["dpo_vp"]
     # Per round: each DPO-VP arm's accuracy, and GRPO's at dpo_vp's cumulative tokens and seconds.
-    per_round = ["| round | dpo_vp | GRPO at equal tokens | GRPO at equal wall-clock | 50% labelled | 50% + RM |",
-                 "|---|---|---|---|---|---|", f"| 0 (student) | {pct(start)} | {pct(start)} | {pct(start)} | "
-                 f"{pct(start)} | {pct(start)} |"]
+    per_round = [
+        "| round | dpo_vp | GRPO at equal tokens | GRPO at equal wall-clock | 50% labelled | 50% + RM |",
+        "|---|---|---|---|---|---|",
+        f"| 0 (student) | {pct(start)} | {pct(start)} | {pct(start)} | {pct(start)} | {pct(start)} |",
+    ]
     for k in range(1, rounds + 1):
         cells = [fmt([c[k]["accuracy"] for c in curves[a]]) for a in ("dpo_vp", "50% labelled", "50% + RM")]
-        at_tokens, at_wall = interp(bands["grpo"], vp[k]["tokens"], "tokens"), interp(bands["grpo"], vp[k]["wall"], "wall")
+        at_tokens, at_wall = (
+            interp(bands["grpo"], vp[k]["tokens"], "tokens"),
+            interp(bands["grpo"], vp[k]["wall"], "wall"),
+        )
         per_round.append(f"| {k} | {cells[0]} | {pct(at_tokens)} | {pct(at_wall)} | {cells[1]} | {cells[2]} |")
-    totals = ["| arm | final accuracy | best during run | generated tokens | train wall-clock (s) | run wall-clock (s) |",
-              "|---|---|---|---|---|---|"]
+    totals = [
+        "| arm | final accuracy | best during run | generated tokens | train wall-clock (s) | run wall-clock (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for a in arms:
         finals = [c[-1]["accuracy"] for c in curves[a]]
         best = [max(p["accuracy"] for p in c[1:]) for c in curves[a]]
-        totals.append(f"| {a} | {fmt(finals)} | {fmt(best)} | {mean([c[-1]['tokens'] for c in curves[a]]):,.0f} | "
-                      f"{fmt([c[-1]['wall'] for c in curves[a]], 1, 0)} | {fmt(walls[a], 1, 0)} |")
-    rm_table = ["| round | RM accuracy | majority-class baseline | ranking | RM pairs per labelled prompt | "
-                "their agreement / flipped | hidden pairs | hidden pairs right / flipped / tie (post hoc) |",
-                "|---|---|---|---|---|---|---|---|"]
+        totals.append(
+            f"| {a} | {fmt(finals)} | {fmt(best)} | {mean([c[-1]['tokens'] for c in curves[a]]):,.0f} | "
+            f"{fmt([c[-1]['wall'] for c in curves[a]], 1, 0)} | {fmt(walls[a], 1, 0)} |"
+        )
+    rm_table = [
+        "| round | RM accuracy | majority-class baseline | ranking | RM pairs per labelled prompt | "
+        "their agreement / flipped | hidden pairs | hidden pairs right / flipped / tie (post hoc) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for k in range(rounds):
         rm_table.append(
             f"| {k + 1} | {pct(rm['accuracy'][k])} | {pct(rm['majority'][k])} | {pct(rm['ranking'][k])} | "
             f"{rm['pair_rate'][k]:.2f} | {pct(rm['pair_agreement'][k])} / {pct(rm['pair_flipped'][k])} | "
             f"{rm['hidden_pairs'][k]:.1f} | {pct(rm['hidden_right'][k])} / {pct(rm['hidden_flipped'][k])} / "
-            f"{pct(rm['hidden_tie'][k])} |")
+            f"{pct(rm['hidden_tie'][k])} |"
+        )
     final = {a: mean([c[-1]["accuracy"] for c in curves[a]]) for a in arms}
     # The RM's effect, paired by seed (same prompts, same hidden half, same start): + RM minus labelled-only.
     paired = ["| round | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |", "|---|" + "---|" * (len(seeds) + 1)]
     for k in range(1, rounds + 1):
-        diffs = [100 * (b[k]["accuracy"] - a[k]["accuracy"]) for a, b in zip(curves["50% labelled"], curves["50% + RM"])]
+        diffs = [
+            100 * (b[k]["accuracy"] - a[k]["accuracy"]) for a, b in zip(curves["50% labelled"], curves["50% + RM"])
+        ]
         paired.append(f"| {k} | " + " | ".join(f"{d:+.1f}" for d in diffs) + f" | {statistics.fmean(diffs):+.1f} |")
     flag = " --quick" if args.quick else ""
     grpo_tokens = interp(bands["grpo"], vp[-1]["tokens"], "tokens")
     grpo_wall = interp(bands["grpo"], vp[-1]["wall"], "wall")
-    grpo_seconds = next((a["wall"] + (b["wall"] - a["wall"]) * (vp[-1]["tokens"] - a["tokens"]) / (b["tokens"] - a["tokens"])
-                         for a, b in zip(bands["grpo"], bands["grpo"][1:]) if a["tokens"] <= vp[-1]["tokens"] <= b["tokens"]),
-                        math.nan)  # GRPO's training seconds for dpo_vp's token count
+    grpo_seconds = next(
+        (
+            a["wall"] + (b["wall"] - a["wall"]) * (vp[-1]["tokens"] - a["tokens"]) / (b["tokens"] - a["tokens"])
+            for a, b in zip(bands["grpo"], bands["grpo"][1:])
+            if a["tokens"] <= vp[-1]["tokens"] <= b["tokens"]
+        ),
+        math.nan,
+    )  # GRPO's training seconds for dpo_vp's token count
     doc = [
         "# DPO-VP vs GRPO, and the generator-RM co-evolution (arith world)",
         "",

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from reasonrl.config import load_config
-from reasonrl.worlds.arith import ArithWorld
 from reasonrl.plot import plot_runs
 from reasonrl.tracking import read_metrics
 from reasonrl.trainer import Trainer
+from reasonrl.worlds.arith import ArithWorld
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -25,16 +25,27 @@ SETTINGS = {
     "dapo": ["algo=dapo"],
 }
 COMMON = [
-    "model.path=student", "data.levels=[1,2,3]", "data.eval_levels=[1,2,3,4,5]", "data.eval_n=50",
-    "rollout.num_generations=8", "rollout.max_completion_length=64", "rollout.eval_max_completion_length=96",
-    "train.prompts_per_step=8", "train.micro_batch_size=64", "optim.lr=5e-5", "optim.warmup_steps=5",
+    "model.path=student",
+    "data.levels=[1,2,3]",
+    "data.eval_levels=[1,2,3,4,5]",
+    "data.eval_n=50",
+    "rollout.num_generations=8",
+    "rollout.max_completion_length=64",
+    "rollout.eval_max_completion_length=96",
+    "train.prompts_per_step=8",
+    "train.micro_batch_size=64",
+    "optim.lr=5e-5",
+    "optim.warmup_steps=5",
     "train.progress=false",
 ]
 
 
 def run(name: str, steps: int, out_root: Path, seed: int) -> tuple[Path, float]:
-    overrides = COMMON + SETTINGS[name] + [f"train.steps={steps}", f"train.eval_every={max(1, steps // 5)}",
-                                           f"train.seed={seed}"]
+    overrides = (
+        COMMON
+        + SETTINGS[name]
+        + [f"train.steps={steps}", f"train.eval_every={max(1, steps // 5)}", f"train.seed={seed}"]
+    )
     trainer = Trainer(load_config(None, overrides), run_dir=out_root / name)
     started = time.perf_counter()
     trainer.train()

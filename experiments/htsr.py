@@ -25,11 +25,11 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from reasonrl.algos.pretrain import pretrain_config
 from reasonrl.config import config_to_dict, load_config
 from reasonrl.models import load_model
 from reasonrl.optim import lr_lambda
 from reasonrl.plot import write_keeping_notes
-from reasonrl.algos.pretrain import pretrain_config
 from reasonrl.spectral import alpha_ratios, analyze_path, weight_modules
 from reasonrl.spectral.esd import layer_and_type
 from reasonrl.tracking import read_metrics
@@ -50,15 +50,27 @@ SETTINGS = {
 def run(size: str, setting: str, seed: int, args, extra: list[str]) -> Path:
     """One pretraining run; with --reuse, a finished run with the same config is not redone."""
     steps = args.steps
-    overrides = SETTINGS[setting] + extra + [
-        f"train.steps={steps}", f"train.seed={seed}", f"train.eval_every={args.eval_every}",
-        f"train.spectral_every={args.eval_every}", f"train.log_every={args.eval_every}", "train.progress=false",
-        # α re-measured 20 times per run: the paper's 500 steps are for runs of 10k+ steps.
-        f"optim.alphadecay.every={max(1, steps // 20)}", f"optim.warmup_steps={max(1, steps // 20)}",
-        f"algo.size={size}", f"algo.seq_len={args.seq_len}", f"algo.batch_size={args.batch_size}",
-        f"algo.corpus_chars={args.corpus_chars}", f"algo.vocab_size={args.vocab_size}",
-        f"algo.eval_tokens={args.eval_tokens}",
-    ]
+    overrides = (
+        SETTINGS[setting]
+        + extra
+        + [
+            f"train.steps={steps}",
+            f"train.seed={seed}",
+            f"train.eval_every={args.eval_every}",
+            f"train.spectral_every={args.eval_every}",
+            f"train.log_every={args.eval_every}",
+            "train.progress=false",
+            # α re-measured 20 times per run: the paper's 500 steps are for runs of 10k+ steps.
+            f"optim.alphadecay.every={max(1, steps // 20)}",
+            f"optim.warmup_steps={max(1, steps // 20)}",
+            f"algo.size={size}",
+            f"algo.seq_len={args.seq_len}",
+            f"algo.batch_size={args.batch_size}",
+            f"algo.corpus_chars={args.corpus_chars}",
+            f"algo.vocab_size={args.vocab_size}",
+            f"algo.eval_tokens={args.eval_tokens}",
+        ]
+    )
     cfg = load_config(None, overrides, base=pretrain_config())
     run_dir = args.out / f"{size}-{setting}-seed{seed}"
     if not (args.reuse and finished(run_dir, cfg)):
@@ -111,8 +123,13 @@ def llr_mean_multiplier(run_dir: Path) -> float:
     for record in read_metrics(run_dir):
         alphas = {k.removeprefix("llr/alpha/"): v for k, v in record.items() if k.startswith("llr/alpha/")}
         if alphas:
-            ratios = alpha_ratios(list(alphas.values()), optim.llr.mapping, optim.llr.min_ratio, optim.llr.max_ratio,
-                                  [layer_and_type(n)[0] for n in alphas])
+            ratios = alpha_ratios(
+                list(alphas.values()),
+                optim.llr.mapping,
+                optim.llr.min_ratio,
+                optim.llr.max_ratio,
+                [layer_and_type(n)[0] for n in alphas],
+            )
             targets.append((record["step"], dict(zip(alphas, ratios.tolist()))))
     base = lr_lambda(optim, steps)
     current, start, target, ramp_start = {}, {}, {}, 0
@@ -137,8 +154,10 @@ def mean_std(values: list[float], digits: int = 2) -> str:
 
 
 def table(runs: dict[tuple[str, str, int], Path], sizes: list[str], seeds: list[int]) -> str:
-    lines = ["| size | setting | held-out ppl (final) | vs uniform (per seed) | steps to uniform's final loss (per seed) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| size | setting | held-out ppl (final) | vs uniform (per seed) | steps to uniform's final loss (per seed) |",
+        "|---|---|---|---|---|",
+    ]
     for size in sizes:
         final_uniform = {s: evals(runs[size, "uniform", s])[-1] for s in seeds}
         for setting in SETTINGS:
@@ -156,8 +175,10 @@ def tail_fit_table(runs: dict, sizes: list[str], seeds: list[int], setting: str 
     σ is the standard error of the Hill α under the power-law model, (α - 1)/sqrt(n_tail): the noise the
     schedules' linear maps stretch to their full [min, max] range when α differs little between modules.
     """
-    lines = ["| size | module type | shape | eigenvalues | tail (Hill / KS) | Hill α | σ(Hill α) | D (Hill) | KS α | D (KS) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| size | module type | shape | eigenvalues | tail (Hill / KS) | Hill α | σ(Hill α) | D (Hill) | KS α | D (KS) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for size in sizes:
         groups = defaultdict(list)
         for seed in seeds:
@@ -171,10 +192,12 @@ def tail_fit_table(runs: dict, sizes: list[str], seeds: list[int], setting: str 
                 continue
             col = {key: [getattr(r, key) for r in rows] for key in ("alpha", "D", "alpha_ks", "D_ks", "n_tail_ks")}
             sigma = [(r.alpha - 1) / math.sqrt(r.n_tail) for r in rows]
-            lines.append(f"| {size} | {mtype} | {shape} | {first.n_eigs} | {first.n_tail} / "
-                         f"{statistics.mean(col['n_tail_ks']):.0f} | {mean_std(col['alpha'])} | "
-                         f"{statistics.mean(sigma):.2f} | {mean_std(col['D'], 3)} | {mean_std(col['alpha_ks'])} | "
-                         f"{mean_std(col['D_ks'], 3)} |")
+            lines.append(
+                f"| {size} | {mtype} | {shape} | {first.n_eigs} | {first.n_tail} / "
+                f"{statistics.mean(col['n_tail_ks']):.0f} | {mean_std(col['alpha'])} | "
+                f"{statistics.mean(sigma):.2f} | {mean_std(col['D'], 3)} | {mean_std(col['alpha_ks'])} | "
+                f"{mean_std(col['D_ks'], 3)} |"
+            )
     return "\n".join(lines)
 
 
@@ -184,14 +207,20 @@ def plot_mean(runs: dict, size: str, seeds: list[int], key: str, ylabel: str, pa
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for setting in SETTINGS:
-        series = [{r["step"]: r[key] for r in read_metrics(runs[size, setting, s]) if r.get(key) is not None}
-                  for s in seeds]
+        series = [
+            {r["step"]: r[key] for r in read_metrics(runs[size, setting, s]) if r.get(key) is not None} for s in seeds
+        ]
         steps = sorted(set.intersection(*(set(s) for s in series)))
         mean = [statistics.mean(s[t] for s in series) for t in steps]
         std = [statistics.pstdev(s[t] for s in series) for t in steps]
         (line,) = ax.plot(steps, mean, label=setting, marker="o" if len(steps) < 30 else None)
-        ax.fill_between(steps, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
-                        color=line.get_color(), alpha=0.2)
+        ax.fill_between(
+            steps,
+            [m - d for m, d in zip(mean, std)],
+            [m + d for m, d in zip(mean, std)],
+            color=line.get_color(),
+            alpha=0.2,
+        )
     ax.set(title=f"{size}: {ylabel} (mean ± std over {len(seeds)} seeds)", xlabel="step", ylabel=ylabel)
     if log:
         ax.set_yscale("log")
@@ -232,22 +261,41 @@ def main() -> None:
                 extra = [f"optim.lr={base_lr * multiplier[size]:.6g}"]
             for seed in seeds:
                 runs[size, setting, seed] = run(size, setting, seed, args, extra)
-                print(f"{size} {setting} seed {seed}: ppl {evals(runs[size, setting, seed])[-1]['eval/perplexity']:.2f}"
-                      f" ({time.perf_counter() - started:.0f} s so far)", flush=True)
+                print(
+                    f"{size} {setting} seed {seed}: ppl {evals(runs[size, setting, seed])[-1]['eval/perplexity']:.2f}"
+                    f" ({time.perf_counter() - started:.0f} s so far)",
+                    flush=True,
+                )
     # Training time from each run directory (config written after data prep, metrics last written at the end), so
     # a --reuse invocation still reports what the runs cost.
-    train_minutes = sum((p / "metrics.jsonl").stat().st_mtime - (p / "config.yaml").stat().st_mtime
-                        for p in runs.values()) / 60
+    train_minutes = (
+        sum((p / "metrics.jsonl").stat().st_mtime - (p / "config.yaml").stat().st_mtime for p in runs.values()) / 60
+    )
 
     results = args.out if args.quick else ROOT / "docs" / "results"
     results.mkdir(parents=True, exist_ok=True)
     pngs = []
     for size in args.sizes:
-        pngs.append(plot_mean(runs, size, seeds, "eval/perplexity", "held-out perplexity",
-                              results / f"htsr-{size}-perplexity.png", log=True))
-        pngs.append(plot_mean(runs, size, seeds, "spectral/alpha_mean", "mean Hill α", results / f"htsr-{size}-alpha.png"))
-    params = {size: sum(p.numel() for p in load_model(str(runs[size, "uniform", 0] / "final"), "float32", "cpu")[0]
-                        .parameters()) for size in args.sizes}
+        pngs.append(
+            plot_mean(
+                runs,
+                size,
+                seeds,
+                "eval/perplexity",
+                "held-out perplexity",
+                results / f"htsr-{size}-perplexity.png",
+                log=True,
+            )
+        )
+        pngs.append(
+            plot_mean(runs, size, seeds, "spectral/alpha_mean", "mean Hill α", results / f"htsr-{size}-alpha.png")
+        )
+    params = {
+        size: sum(
+            p.numel() for p in load_model(str(runs[size, "uniform", 0] / "final"), "float32", "cpu")[0].parameters()
+        )
+        for size in args.sizes
+    }
     command = "experiments/htsr.py" + (" --quick" if args.quick else "")
     text = (
         f"# HT-SR schedules in miniature\n\nMade by `OMP_NUM_THREADS=1 .venv/bin/python {command}` (one thread): "
@@ -259,13 +307,13 @@ def main() -> None:
         + ", ".join(f"{multiplier[s]:.3f} x {base_lr:g} ({s})" for s in args.sizes)
         + ": LLR's multiplier averaged over parameters and updates (lr-weighted), from that size's LLR runs.\n\n"
         f"{table(runs, args.sizes, seeds)}\n\n"
-        "Steps are eval steps (every " f"{args.eval_every}): the first at which held-out loss is at or below the "
+        "Steps are eval steps (every "
+        f"{args.eval_every}): the first at which held-out loss is at or below the "
         "same seed's uniform run's final held-out loss.\n\n"
         "## The tail fits behind the schedules\n\n"
         "Final uniform models, per module type: mean ± std over layers and seeds. Hill is the fixed-median fit the "
         "schedules use; KS is weightwatcher's x_min choice.\n\n"
-        f"{tail_fit_table(runs, args.sizes, seeds)}\n\n"
-        + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
+        f"{tail_fit_table(runs, args.sizes, seeds)}\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
     )
     write_keeping_notes(results / "htsr.md", text, NOTES)
     print(text)

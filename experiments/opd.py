@@ -64,10 +64,20 @@ NOTES = """## Notes for reading the numbers
 def common(steps: int, eval_every: int, seed: int) -> list[str]:
     """Settings shared by every method: those of configs/grpo.yaml and configs/opd.yaml."""
     return [
-        "model.path=student", "data.levels=[1,2,3]", f"data.eval_n={EVAL_N}", "rollout.num_generations=8",
-        "rollout.max_completion_length=64", "rollout.temperature=1.0", "train.prompts_per_step=8",
-        "train.micro_batch_size=64", "optim.lr=5e-5", "optim.warmup_steps=5", "train.progress=false",
-        f"train.steps={steps}", f"train.eval_every={eval_every}", f"train.seed={seed}",
+        "model.path=student",
+        "data.levels=[1,2,3]",
+        f"data.eval_n={EVAL_N}",
+        "rollout.num_generations=8",
+        "rollout.max_completion_length=64",
+        "rollout.temperature=1.0",
+        "train.prompts_per_step=8",
+        "train.micro_batch_size=64",
+        "optim.lr=5e-5",
+        "optim.warmup_steps=5",
+        "train.progress=false",
+        f"train.steps={steps}",
+        f"train.eval_every={eval_every}",
+        f"train.seed={seed}",
     ]
 
 
@@ -105,9 +115,14 @@ def seed_band(curves: list[list[dict]]) -> list[dict]:
     out = []
     for points in zip(*curves):
         acc = [p["accuracy"] for p in points]
-        out.append({"step": points[0]["step"], "accuracy": statistics.fmean(acc),
-                    "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                    **{k: statistics.fmean(p[k] for p in points) for k in ("wall", "tokens")}})
+        out.append(
+            {
+                "step": points[0]["step"],
+                "accuracy": statistics.fmean(acc),
+                "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                **{k: statistics.fmean(p[k] for p in points) for k in ("wall", "tokens")},
+            }
+        )
     return out
 
 
@@ -125,11 +140,17 @@ def summary(rows: list[dict], wall_total: float) -> dict[str, float]:
         return statistics.fmean([r[key] for r in last if key in r] or [math.nan])
 
     return {
-        "final": evals[-1]["accuracy"], "best": max(p["accuracy"] for p in evals[1:]),
-        "tokens": evals[-1]["tokens"], "wall": evals[-1]["wall"], "step_time": evals[-1]["wall"] / len(steps),
-        "generate": sum(r.get("time/generate", 0.0) for r in steps), "kl": mean("opd/reverse_kl"),
-        "agreement": mean("opd/agreement"), "reward": mean("reward"),
-        "overhead": wall_total - evals[-1]["wall"], "evals": float(len(evals)),
+        "final": evals[-1]["accuracy"],
+        "best": max(p["accuracy"] for p in evals[1:]),
+        "tokens": evals[-1]["tokens"],
+        "wall": evals[-1]["wall"],
+        "step_time": evals[-1]["wall"] / len(steps),
+        "generate": sum(r.get("time/generate", 0.0) for r in steps),
+        "kl": mean("opd/reverse_kl"),
+        "agreement": mean("opd/agreement"),
+        "reward": mean("reward"),
+        "overhead": wall_total - evals[-1]["wall"],
+        "evals": float(len(evals)),
     }
 
 
@@ -141,8 +162,13 @@ def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{mean:.{digits}f}{spread}"
 
 
-def plot(bands: dict[str, list[dict]], key: str, xlabel: str, path: Path,
-         title: str = "Student greedy accuracy, levels 1-3 (teacher: 100%)") -> None:
+def plot(
+    bands: dict[str, list[dict]],
+    key: str,
+    xlabel: str,
+    path: Path,
+    title: str = "Student greedy accuracy, levels 1-3 (teacher: 100%)",
+) -> None:
     """Seed-mean accuracy against `key`, with a band of one standard deviation over seeds."""
     fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     FigureCanvasAgg(fig)
@@ -151,8 +177,9 @@ def plot(bands: dict[str, list[dict]], key: str, xlabel: str, path: Path,
         x, y = [p[key] for p in band], [100 * p["accuracy"] for p in band]
         (line,) = ax.plot(x, y, marker="o", markersize=3, label=name)
         sd = [100 * p["std"] for p in band]
-        ax.fill_between(x, [a - s for a, s in zip(y, sd)], [a + s for a, s in zip(y, sd)], color=line.get_color(),
-                        alpha=0.15)
+        ax.fill_between(
+            x, [a - s for a, s in zip(y, sd)], [a + s for a, s in zip(y, sd)], color=line.get_color(), alpha=0.15
+        )
     ax.set(title=title, xlabel=xlabel, ylabel="accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -181,8 +208,10 @@ def claims(results: dict[str, list[dict]], bands: dict[str, list[dict]], start: 
     if "opd" not in results:
         return []
     final = {m: statistics.fmean(s["final"] for s in seeds) for m, seeds in results.items()}
-    cost = {m: (statistics.fmean(s["tokens"] for s in seeds), statistics.fmean(s["wall"] for s in seeds))
-            for m, seeds in results.items()}
+    cost = {
+        m: (statistics.fmean(s["tokens"] for s in seeds), statistics.fmean(s["wall"] for s in seeds))
+        for m, seeds in results.items()
+    }
     lines = []
     for name in ("topd 10%", "topd 25%"):
         if name in results:
@@ -191,7 +220,8 @@ def claims(results: dict[str, list[dict]], bands: dict[str, list[dict]], start: 
                 f"- **{name} vs OPD, final accuracy**: {100 * final[name]:.1f}% vs {100 * final['opd']:.1f}% "
                 f"({diff:+.1f} points; the paper: within about 2) with {cost[name][0] / cost['opd'][0]:.0%} of OPD's "
                 f"generated tokens and {cost[name][1] / cost['opd'][1]:.0%} of its training wall-clock: "
-                f"**{'holds' if diff >= -2 else 'does not hold'}** here.")
+                f"**{'holds' if diff >= -2 else 'does not hold'}** here."
+            )
     gain = final["opd"] - start
     if "popd" in results and gain > 0:
         target = start + 0.9 * gain
@@ -204,14 +234,26 @@ def claims(results: dict[str, list[dict]], bands: dict[str, list[dict]], start: 
             f"- **POPD vs OPD, cost to 90% of OPD's gain** ({100 * target:.1f}%, seed-mean curves): POPD "
             f"{reached} generated tokens ({seconds(t_popd)} of training wall-clock), OPD "
             f"{'never in this run' if math.isnan(k_opd) else f'{k_opd:,.0f}'} ({seconds(t_opd)}): "
-            f"**{'holds' if faster else 'does not hold'}** here (the paper: up to 3x faster).")
+            f"**{'holds' if faster else 'does not hold'}** here (the paper: up to 3x faster)."
+        )
     return lines
 
 
-def write_doc(args, mode: dict, seeds: list[int], results: dict[str, list[dict]], bands: dict[str, list[dict]],
-              start: float, plots: list[str], estimate: float, path: Path) -> None:
-    head = ("| method | final L1-3 | best during run | generated tokens | train wall-clock (s) | s / step | "
-            "generate (s) | reverse KL (last 5 steps) | agreement (last 5) | sampled reward (last 5) |")
+def write_doc(
+    args,
+    mode: dict,
+    seeds: list[int],
+    results: dict[str, list[dict]],
+    bands: dict[str, list[dict]],
+    start: float,
+    plots: list[str],
+    estimate: float,
+    path: Path,
+) -> None:
+    head = (
+        "| method | final L1-3 | best during run | generated tokens | train wall-clock (s) | s / step | "
+        "generate (s) | reverse KL (last 5 steps) | agreement (last 5) | sampled reward (last 5) |"
+    )
     lines = [head, "|" + "---|" * 10, f"| student (step 0) | {100 * start:.1f} | - | 0 | 0 | - | - | - | - | - |"]
     for name, runs in results.items():
         col = {k: [r[k] for r in runs] for k in runs[0]}
@@ -219,7 +261,8 @@ def write_doc(args, mode: dict, seeds: list[int], results: dict[str, list[dict]]
             f"| {name} | {fmt(col['final'])} | {fmt(col['best'])} | {statistics.fmean(col['tokens']):,.0f} | "
             f"{fmt(col['wall'], 1, 0)} | {statistics.fmean(col['step_time']):.2f} | "
             f"{statistics.fmean(col['generate']):.0f} | {fmt(col['kl'], 1, 3)} | {fmt(col['agreement'], 1, 3)} | "
-            f"{fmt(col['reward'], 1, 2)} |")
+            f"{fmt(col['reward'], 1, 2)} |"
+        )
     flag = " --quick" if args.quick else ""
     doc = [
         "# On-policy distillation with horizon control: OPD, POPD, TOPD vs GRPO (arith world)",
@@ -230,27 +273,35 @@ def write_doc(args, mode: dict, seeds: list[int], results: dict[str, list[dict]]
         "",
     ]
     if args.quick:
-        doc += [(f"**These are the numbers of the `--quick` mode ({mode['steps']} steps per run)**, a check of the "
-                 f"pipeline and a first look; the full run ({MODES['full']['steps']} steps, the same seeds) is "
-                 f"estimated from it at **{estimate / 60:.0f} CPU-minutes** on one thread (per-step and per-evaluation "
-                 "times measured here, POPD counted at OPD's per-step time)."), ""]
+        doc += [
+            (
+                f"**These are the numbers of the `--quick` mode ({mode['steps']} steps per run)**, a check of the "
+                f"pipeline and a first look; the full run ({MODES['full']['steps']} steps, the same seeds) is "
+                f"estimated from it at **{estimate / 60:.0f} CPU-minutes** on one thread (per-step and per-evaluation "
+                "times measured here, POPD counted at OPD's per-step time)."
+            ),
+            "",
+        ]
     doc += [
         f"Every method starts from the shipped `student` and trains for {mode['steps']} optimizer steps on levels 1-3, "
         f"seeds {', '.join(map(str, seeds))}; the teacher is the shipped `teacher` (100% on these problems). Shared: "
-        + ", ".join(f"`{o}`" for o in common(mode["steps"], mode["eval_every"], 0)[:-3]) + ".",
+        + ", ".join(f"`{o}`" for o in common(mode["steps"], mode["eval_every"], 0)[:-3])
+        + ".",
         "",
         "- `opd`: `algo=opd` (configs/opd.yaml): per-token reverse KL as the advantage, full horizon H = T = 64.",
         "- `popd`: `algo=popd`, H = min(64, 16 + 8 * floor(k / 5)) at step k = 0, 1, ... (64 from step 31 on).",
         "- `topd 10%` / `topd 25%`: `algo=topd algo.fraction=0.1` / `0.25`: H = 6 / 16 tokens at every step.",
         "- `grpo`: " + " ".join(f"`{o}`" for o in GRPO) + " (configs/grpo.yaml), outcome reward only.",
         "",
-        (f"Greedy accuracy (%) on the 408 held-out problems of levels 1-3 (`data.eval_n={EVAL_N}`: 8 + 200 + 200; "
-         "one problem is 0.25 points and the binomial standard error at 50% is 2.5 points). Mean ± standard "
-         "deviation over seeds. Generated tokens and wall-clock are totals per run: training steps only, without "
-         "evaluations and without reward verification (whose worker start-up costs 5-10 s once, at a random step, in "
-         "about half the runs of any method; see `curve` in the script); the teacher's forward pass is inside "
-         "`time/forward`. Reverse KL is the k1 estimate on the sampled tokens (nats per token), agreement the share "
-         "of sampled positions where student and teacher have the same argmax."),
+        (
+            f"Greedy accuracy (%) on the 408 held-out problems of levels 1-3 (`data.eval_n={EVAL_N}`: 8 + 200 + 200; "
+            "one problem is 0.25 points and the binomial standard error at 50% is 2.5 points). Mean ± standard "
+            "deviation over seeds. Generated tokens and wall-clock are totals per run: training steps only, without "
+            "evaluations and without reward verification (whose worker start-up costs 5-10 s once, at a random step, in "
+            "about half the runs of any method; see `curve` in the script); the teacher's forward pass is inside "
+            "`time/forward`. Reverse KL is the k1 estimate on the sampled tokens (nats per token), agreement the share "
+            "of sampled positions where student and teacher have the same argmax."
+        ),
         "",
         *lines,
         "",
@@ -272,8 +323,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="12 steps per run instead of 48")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default=",".join(slug(m) for m in DEFAULT),
-                        help=f"comma-separated, from: {', '.join(slug(m) for m in METHODS)}")
+    parser.add_argument(
+        "--methods",
+        default=",".join(slug(m) for m in DEFAULT),
+        help=f"comma-separated, from: {', '.join(slug(m) for m in METHODS)}",
+    )
     parser.add_argument("--out", default=str(ROOT / "runs" / "opd"))
     parser.add_argument("--doc", default=str(ROOT / "docs" / "results"))
     parser.add_argument("--report-only", action="store_true", help="rewrite the doc from existing runs")
@@ -300,9 +354,14 @@ def main() -> int:
     bands = {m: seed_band(curves[m]) for m in methods}
     start = bands[methods[0]][0]["accuracy"]  # the step-0 eval of the student, the same for every run
     prefix = "opd-quick" if args.quick else "opd"
-    plots = [f"{prefix}-accuracy-vs-wallclock.png", f"{prefix}-accuracy-vs-tokens.png", f"{prefix}-accuracy-vs-step.png"]
-    for file, key, label in zip(plots, ("wall", "tokens", "step"),
-                                ("training wall-clock (s, one thread)", "generated tokens", "step")):
+    plots = [
+        f"{prefix}-accuracy-vs-wallclock.png",
+        f"{prefix}-accuracy-vs-tokens.png",
+        f"{prefix}-accuracy-vs-step.png",
+    ]
+    for file, key, label in zip(
+        plots, ("wall", "tokens", "step"), ("training wall-clock (s, one thread)", "generated tokens", "step")
+    ):
         plot(bands, key, label, doc_dir / file)
     estimate = estimate_full(results)
     (out / "summary.json").write_text(json.dumps({"start": start, "results": results, "bands": bands}, indent=1))

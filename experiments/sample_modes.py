@@ -1,6 +1,6 @@
 """Sample 8 completions for 16 held-out prompts per level and report think rate, sampled accuracy per mode, pass@8.
 
-    python experiments/sample_modes.py MODEL_DIR_OR_NAME   (e.g. student, runs/exp-grpo/grpo/final)
+python experiments/sample_modes.py MODEL_DIR_OR_NAME   (e.g. student, runs/exp-grpo/grpo/final)
 """
 
 import sys
@@ -31,8 +31,10 @@ def main(model_path: str) -> None:
         acc_think = sum(c for c, t in zip(correct, think) if t) / max(1, n_think)
         acc_direct = sum(c for c, t in zip(correct, think) if not t) / max(1, len(think) - n_think)
         pass_at = sum(any(correct[i * N_SAMPLES : (i + 1) * N_SAMPLES]) for i in range(len(examples))) / len(examples)
-        print(f"level {level}: think rate {n_think / len(think):.2f}, accuracy thinking {acc_think:.2f}, "
-              f"direct {acc_direct:.2f}, pass@{N_SAMPLES} {pass_at:.2f}")
+        print(
+            f"level {level}: think rate {n_think / len(think):.2f}, accuracy thinking {acc_think:.2f}, "
+            f"direct {acc_direct:.2f}, pass@{N_SAMPLES} {pass_at:.2f}"
+        )
 
 
 if __name__ == "__main__":

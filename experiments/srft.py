@@ -39,8 +39,9 @@ SFT = ["algo=sft", "algo.demo=solution"]
 GRPO = ["algo=grpo", "algo.loss_type=dapo", "algo.scale_rewards=group", "algo.epsilon=0.2", "algo.beta=0.0"]
 
 
-WEAK_COMMAND = ("reasonrl sft --config configs/student.yaml 'data.eval_levels=[1,2,3,4,5]' train.steps=480 "
-                "--export runs/srft/weak")
+WEAK_COMMAND = (
+    "reasonrl sft --config configs/student.yaml 'data.eval_levels=[1,2,3,4,5]' train.steps=480 --export runs/srft/weak"
+)
 HEADER = """# SRFT vs SFT, GRPO and SFT->GRPO from a weak start (arith world)
 
 Commands (CPU, one thread): the weak start, the learning-rate pilot, the comparison (seed 0 with every method, then
@@ -173,11 +174,22 @@ def slug(name: str) -> str:
 
 def common(args, lr: float, steps: int, eval_every: int, seed: int, data_seed: int, model: str) -> list[str]:
     return [
-        f"model.path={model}", "data.levels=[1,2,3]", f"data.eval_levels={list(ALL_LEVELS)}",
-        f"data.eval_n={args.eval_n}", f"data.seed={data_seed}",
-        "rollout.num_generations=8", "rollout.max_completion_length=64", "rollout.eval_max_completion_length=96",
-        "rollout.temperature=1.0", "train.prompts_per_step=8", "train.micro_batch_size=72", f"optim.lr={lr}",
-        "optim.warmup_steps=5", "train.progress=false", f"train.steps={steps}", f"train.eval_every={eval_every}",
+        f"model.path={model}",
+        "data.levels=[1,2,3]",
+        f"data.eval_levels={list(ALL_LEVELS)}",
+        f"data.eval_n={args.eval_n}",
+        f"data.seed={data_seed}",
+        "rollout.num_generations=8",
+        "rollout.max_completion_length=64",
+        "rollout.eval_max_completion_length=96",
+        "rollout.temperature=1.0",
+        "train.prompts_per_step=8",
+        "train.micro_batch_size=72",
+        f"optim.lr={lr}",
+        "optim.warmup_steps=5",
+        "train.progress=false",
+        f"train.steps={steps}",
+        f"train.eval_every={eval_every}",
         f"train.seed={seed}",
     ]
 
@@ -192,13 +204,17 @@ def run(method: Method, lrs: dict[str, float], args, steps: int, seed: int, data
     two metric files are joined on one step axis: step `steps` is the equal-steps point, the end has as many
     rollout steps as GRPO and SRFT."""
     if method.overrides is not None:
-        train(common(args, lrs[method.family], steps, args.eval_every, seed, data_seed, args.model) + method.overrides,
-              run_dir)
+        train(
+            common(args, lrs[method.family], steps, args.eval_every, seed, data_seed, args.model) + method.overrides,
+            run_dir,
+        )
         return
     s1 = args.stage1
     train(common(args, lrs["sft"], s1, s1, seed, data_seed, args.model) + SFT, run_dir / "stage1")
-    train(common(args, lrs["grpo"], steps, args.eval_every, seed, data_seed, str(run_dir / "stage1" / "final")) + GRPO,
-          run_dir / "stage2")
+    train(
+        common(args, lrs["grpo"], steps, args.eval_every, seed, data_seed, str(run_dir / "stage1" / "final")) + GRPO,
+        run_dir / "stage2",
+    )
     rows = read_metrics(run_dir / "stage1")
     rows += [{**r, "step": r["step"] + s1} for r in read_metrics(run_dir / "stage2") if r["step"] > 0]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -229,8 +245,10 @@ def evals(rows: list[dict], sizes: dict[int, int]) -> list[dict]:
             tokens += r.get("num_tokens", 0.0)  # SFT steps log demonstration tokens as num_tokens: not generated
         if "eval/accuracy" in r:
             acc = {lv: r[f"eval/accuracy/level_{lv}"] for lv in ALL_LEVELS}
-            split = {key: sum(acc[lv] * sizes[lv] for lv in lvs) / sum(sizes[lv] for lv in lvs)
-                     for key, lvs in (("id", ID_LEVELS), ("ood", OOD_LEVELS))}
+            split = {
+                key: sum(acc[lv] * sizes[lv] for lv in lvs) / sum(sizes[lv] for lv in lvs)
+                for key, lvs in (("id", ID_LEVELS), ("ood", OOD_LEVELS))
+            }
             out.append({"step": r["step"], "tokens": tokens, **split, **{f"L{lv}": a for lv, a in acc.items()}})
     return out
 
@@ -294,19 +312,26 @@ def plot_accuracy(curves: dict[str, list[list[dict]]], x: str, path: Path, budge
             mean = [statistics.fmean(y) for y in ys]
             sd = [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
             (line,) = ax.plot(xs, mean, marker="o", ms=3, label=name, color=color(name))
-            ax.fill_between(xs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
-                            color=line.get_color(), alpha=0.15)
+            ax.fill_between(
+                xs,
+                [m - s for m, s in zip(mean, sd)],
+                [m + s for m, s in zip(mean, sd)],
+                color=line.get_color(),
+                alpha=0.15,
+            )
         if budget is not None:
             ax.axvline(budget, color="grey", ls="--", lw=1)
-        ax.set(title=title, xlabel="generated tokens" if x == "tokens" else "optimizer step",
-               ylabel="greedy accuracy (%)")
+        ax.set(
+            title=title, xlabel="generated tokens" if x == "tokens" else "optimizer step", ylabel="greedy accuracy (%)"
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.savefig(path, dpi=100)
 
 
-def plot_train_metric(rows: dict[str, list[list[dict]]], keys: list[tuple[str, str]], path: Path, ylabel: str,
-                      window: int = 5) -> None:
+def plot_train_metric(
+    rows: dict[str, list[list[dict]]], keys: list[tuple[str, str]], path: Path, ylabel: str, window: int = 5
+) -> None:
     """Per-step training metrics, mean over seeds, smoothed with a trailing window; one line per (method, key)."""
     fig = _figure((7, 4))
     ax = fig.add_subplot()
@@ -317,7 +342,7 @@ def plot_train_metric(rows: dict[str, list[list[dict]]], keys: list[tuple[str, s
             if not steps:
                 continue
             mean = [statistics.fmean(s[t] for s in series) for t in steps]
-            smooth = [statistics.fmean(mean[max(0, j - window + 1):j + 1]) for j in range(len(mean))]
+            smooth = [statistics.fmean(mean[max(0, j - window + 1) : j + 1]) for j in range(len(mean))]
             ax.plot(steps, smooth, style, label=f"{name}{label}", color=color(name))
     ax.set(xlabel="optimizer step", ylabel=ylabel)
     ax.grid(alpha=0.3)
@@ -342,9 +367,11 @@ def pilot_table(args) -> tuple[str, dict[str, float]]:
     """The pilot's ID/OOD accuracy per (family, lr) and the chosen lr per family: the best mean ID accuracy over the
     eval points after step 0 (one seed's single end point on ~100 problems moves by several points)."""
     sizes = level_sizes(args.eval_n, PILOT_DATA_SEED)
-    lines = ["| family | lr | ID start | ID mean over evals after step 0 | ID end | OOD end "
-             "| train reward (last 10 steps) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| family | lr | ID start | ID mean over evals after step 0 | ID end | OOD end "
+        "| train reward (last 10 steps) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     chosen: dict[str, float] = {}
     for family in PILOT:
         best = None
@@ -355,9 +382,11 @@ def pilot_table(args) -> tuple[str, dict[str, float]]:
             rows = read_metrics(run_dir)
             pts = evals(rows, sizes)
             end, mean_id = pts[-1], statistics.fmean(p["id"] for p in pts[1:])
-            lines.append(f"| {family} | {lr:g} | {100 * pts[0]['id']:.1f} | {100 * mean_id:.1f} | "
-                         f"{100 * end['id']:.1f} | {100 * end['ood']:.1f} | "
-                         f"{fmt([train_means(rows, 'reward')], scale=1, digits=3)} |")
+            lines.append(
+                f"| {family} | {lr:g} | {100 * pts[0]['id']:.1f} | {100 * mean_id:.1f} | "
+                f"{100 * end['id']:.1f} | {100 * end['ood']:.1f} | "
+                f"{fmt([train_means(rows, 'reward')], scale=1, digits=3)} |"
+            )
             if best is None or mean_id > best[0]:
                 best = (mean_id, lr)
         if best is not None:
@@ -389,12 +418,18 @@ def report(args, lrs: dict[str, float], pilot_md: str) -> None:
     start = next(iter(curves.values()))[0][0]
     rl = [m for m in curves if any(p["tokens"] > 0 for p in curves[m][0])]
     budget = min(s[-1]["tokens"] for m in rl for s in curves[m])  # the smallest generated-token total of any run
-    head = ("| method | seeds | ID (L1-3) | OOD (L4-5) | L1 | L2 | L3 | L4 | L5 | generated tokens | "
-            f"ID at {budget / 1e3:.0f}k tokens | OOD at {budget / 1e3:.0f}k tokens | ID, end of run | OOD, end of run |"
-            " entropy (last 10) | demo NLL (last 10) |")
-    lines = [head, "|" + "---|" * 16,
-             f"| weak start | - | {100 * start['id']:.1f} | {100 * start['ood']:.1f} | "
-             + " | ".join(f"{100 * start[f'L{lv}']:.1f}" for lv in ALL_LEVELS) + " | 0 | | | | | | |"]
+    head = (
+        "| method | seeds | ID (L1-3) | OOD (L4-5) | L1 | L2 | L3 | L4 | L5 | generated tokens | "
+        f"ID at {budget / 1e3:.0f}k tokens | OOD at {budget / 1e3:.0f}k tokens | ID, end of run | OOD, end of run |"
+        " entropy (last 10) | demo NLL (last 10) |"
+    )
+    lines = [
+        head,
+        "|" + "---|" * 16,
+        f"| weak start | - | {100 * start['id']:.1f} | {100 * start['ood']:.1f} | "
+        + " | ".join(f"{100 * start[f'L{lv}']:.1f}" for lv in ALL_LEVELS)
+        + " | 0 | | | | | | |",
+    ]
     for name, seeds in curves.items():
         eq = [at_step(s, args.steps) for s in seeds]
         col = lambda pts, k: [p[k] for p in pts]  # noqa: E731
@@ -405,9 +440,12 @@ def report(args, lrs: dict[str, float], pilot_md: str) -> None:
             f"| {name} | {len(seeds)} | {fmt(col(eq, 'id'))} | {fmt(col(eq, 'ood'))} | "
             + " | ".join(fmt(col(eq, f"L{lv}")) for lv in ALL_LEVELS)
             + f" | {statistics.fmean(tok):,.0f} | "
-            + (f"{fmt([at_tokens(s, budget, 'id') for s in seeds])} | "
-               f"{fmt([at_tokens(s, budget, 'ood') for s in seeds])}"
-               if generates else "- | -")
+            + (
+                f"{fmt([at_tokens(s, budget, 'id') for s in seeds])} | "
+                f"{fmt([at_tokens(s, budget, 'ood') for s in seeds])}"
+                if generates
+                else "- | -"
+            )
             + f" | {fmt([s[-1]['id'] for s in seeds])} | {fmt([s[-1]['ood'] for s in seeds])}"
             + f" | {fmt([train_means(r, 'entropy') for r in rows[name]], scale=1, digits=3)}"
             + f" | {fmt([train_means(r, nll_key) for r in rows[name]], scale=1, digits=3)} |"
@@ -415,31 +453,79 @@ def report(args, lrs: dict[str, float], pilot_md: str) -> None:
     plot_accuracy(curves, "step", doc_dir / "srft-accuracy-steps.png")
     plot_accuracy({m: c for m, c in curves.items() if m in rl}, "tokens", doc_dir / "srft-accuracy-tokens.png", budget)
     plot_train_metric(rows, [("entropy", " (rollouts)")], doc_dir / "srft-entropy.png", "policy entropy (nats)")
-    plot_train_metric({m: r for m, r in rows.items() if m in rl}, [("reward", "")], doc_dir / "srft-reward.png",
-                      "training reward (sampled, T=1)")
-    plot_train_metric({m: r for m, r in rows.items() if "srft" in m}, [("srft/sft_weight", ": w_SFT"),
-                      ("srft/rl_weight", ": w_RL")], doc_dir / "srft-weights.png", "mean entropy weight")
-    summary = {"lrs": lrs, "budget_tokens": budget, "sizes": sizes,
-               "curves": curves, "train": {m: {k: [train_means(r, k) for r in rows[m]] for k in
-                                               ("entropy", "reward", "srft/demo_nll", "sft/nll", "srft/sft_weight")}
-                                          for m in rows}}
+    plot_train_metric(
+        {m: r for m, r in rows.items() if m in rl},
+        [("reward", "")],
+        doc_dir / "srft-reward.png",
+        "training reward (sampled, T=1)",
+    )
+    plot_train_metric(
+        {m: r for m, r in rows.items() if "srft" in m},
+        [("srft/sft_weight", ": w_SFT"), ("srft/rl_weight", ": w_RL")],
+        doc_dir / "srft-weights.png",
+        "mean entropy weight",
+    )
+    summary = {
+        "lrs": lrs,
+        "budget_tokens": budget,
+        "sizes": sizes,
+        "curves": curves,
+        "train": {
+            m: {
+                k: [train_means(r, k) for r in rows[m]]
+                for k in ("entropy", "reward", "srft/demo_nll", "sft/nll", "srft/sft_weight")
+            }
+            for m in rows
+        },
+    }
     (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=1))
-    doc = "\n".join([
-        HEADER.format(weak=WEAK_COMMAND, steps=args.steps, stage1=args.stage1, stage1_rest=args.steps - args.stage1,
-                      stage2_end=args.stage1 + args.steps,
-                      eval_every=args.eval_every, eval_n=args.eval_n, seeds=", ".join(map(str, args.seeds)),
-                      n_id=sum(sizes[lv] for lv in ID_LEVELS), n_ood=sum(sizes[lv] for lv in OOD_LEVELS),
-                      n_l1=sizes[1],
-                      lrs=", ".join(f"{k} {v:g}" for k, v in lrs.items()),
-                      shared=", ".join(f"`{o}`" for o in common(args, 0, 0, 0, 0, 0, "")[1:-5] if "lr" not in o)),
-        "", "## Learning-rate pilot", "", pilot_md, "", PILOT_NOTE.format(pilot_steps=args.pilot_steps), "",
-        "## Results", "", TABLE_NOTE.format(budget=f"{budget:,.0f}", steps=args.steps,
-                                                          stage2_end=args.stage1 + args.steps),
-        "", "\n".join(lines), "",
-        ANALYSIS, "",
-        "## Plots", "",
-        *[f"![{f}]({f})" for f in ("srft-accuracy-steps.png", "srft-accuracy-tokens.png", "srft-entropy.png",
-                                   "srft-reward.png", "srft-weights.png")], ""])
+    doc = "\n".join(
+        [
+            HEADER.format(
+                weak=WEAK_COMMAND,
+                steps=args.steps,
+                stage1=args.stage1,
+                stage1_rest=args.steps - args.stage1,
+                stage2_end=args.stage1 + args.steps,
+                eval_every=args.eval_every,
+                eval_n=args.eval_n,
+                seeds=", ".join(map(str, args.seeds)),
+                n_id=sum(sizes[lv] for lv in ID_LEVELS),
+                n_ood=sum(sizes[lv] for lv in OOD_LEVELS),
+                n_l1=sizes[1],
+                lrs=", ".join(f"{k} {v:g}" for k, v in lrs.items()),
+                shared=", ".join(f"`{o}`" for o in common(args, 0, 0, 0, 0, 0, "")[1:-5] if "lr" not in o),
+            ),
+            "",
+            "## Learning-rate pilot",
+            "",
+            pilot_md,
+            "",
+            PILOT_NOTE.format(pilot_steps=args.pilot_steps),
+            "",
+            "## Results",
+            "",
+            TABLE_NOTE.format(budget=f"{budget:,.0f}", steps=args.steps, stage2_end=args.stage1 + args.steps),
+            "",
+            "\n".join(lines),
+            "",
+            ANALYSIS,
+            "",
+            "## Plots",
+            "",
+            *[
+                f"![{f}]({f})"
+                for f in (
+                    "srft-accuracy-steps.png",
+                    "srft-accuracy-tokens.png",
+                    "srft-entropy.png",
+                    "srft-reward.png",
+                    "srft-weights.png",
+                )
+            ],
+            "",
+        ]
+    )
     (doc_dir / "srft.md").write_text(doc)
     print("\n".join(lines))
 
@@ -453,8 +539,11 @@ def main() -> int:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--eval-n", type=int, default=50)
     parser.add_argument("--pilot-steps", type=int, default=30)
-    parser.add_argument("--pilot-lrs", help="learning rates per family",
-                        default="sft=3e-5/1e-4/3e-4/1e-3/3e-3,grpo=2e-5/5e-5/2e-4/1e-3,srft=2e-5/5e-5/2e-4/1e-3")
+    parser.add_argument(
+        "--pilot-lrs",
+        help="learning rates per family",
+        default="sft=3e-5/1e-4/3e-4/1e-3/3e-3,grpo=2e-5/5e-5/2e-4/1e-3,srft=2e-5/5e-5/2e-4/1e-3",
+    )
     parser.add_argument("--lrs", default="", help="override the pilot's choice, e.g. sft=1e-3,grpo=2e-4,srft=2e-4")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(slug(m.name) for m in METHODS), help="%(default)s")

@@ -19,8 +19,9 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import safetensors
@@ -153,9 +154,11 @@ def load_checkpoint(
         stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     adapter_only = any(".lora_" in name for name in stored)
     if adapter_only != is_lora(model):
-        raise CheckpointError(f"{path}: holds {'LoRA adapter weights only' if adapter_only else 'full model weights'} "
-                              f"but the model {'has' if is_lora(model) else 'has no'} LoRA adapters; resume with the "
-                              f"run's own model.lora settings")
+        raise CheckpointError(
+            f"{path}: holds {'LoRA adapter weights only' if adapter_only else 'full model weights'} "
+            f"but the model {'has' if is_lora(model) else 'has no'} LoRA adapters; resume with the "
+            f"run's own model.lora settings"
+        )
     if restore is not None:
         optimizer_state = _read_state(path, OPTIMIZER_FILE) if optimizer is not None else None
         restore(safetensors.torch.load_file(path / MODEL_FILE), optimizer_state)
@@ -186,8 +189,9 @@ def _finish_load(path: Path, optimizer: torch.optim.Optimizer | None, scheduler:
     return state
 
 
-def save_pretrained_atomic(model: Any, tokenizer: Any | None, out_dir: str | Path, base_path: str | None = None,
-                           dtype: str = "float32") -> Path:
+def save_pretrained_atomic(
+    model: Any, tokenizer: Any | None, out_dir: str | Path, base_path: str | None = None, dtype: str = "float32"
+) -> Path:
     """Write an HF-format model directory so that `out_dir` is never seen half-written.
 
     A LoRA model is written merged (its adapter merged into a fresh CPU copy of `base_path`, in `dtype`), so that

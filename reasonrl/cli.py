@@ -29,16 +29,31 @@ USAGE_EXAMPLES = """examples:
 
 # Short flags of each command -> the config key each one sets (argparse dest -> dotted key).
 ALIASES = {
-    "eval": {"model": "model.path", "data": "data.eval", "n": "data.eval_n", "levels": "data.eval_levels",
-             "max_new_tokens": "rollout.eval_max_completion_length", "prompt_field": "data.prompt_field",
-             "answer_field": "data.answer_field", "dtype": "model.dtype", "device": "model.device",
-             "seed": "data.seed"},
-    "pretrain": {"size": "algo.size", "vocab_size": "algo.vocab_size", "seq_len": "algo.seq_len",
-                 "batch_size": "algo.batch_size", "corpus_chars": "algo.corpus_chars"},
+    "eval": {
+        "model": "model.path",
+        "data": "data.eval",
+        "n": "data.eval_n",
+        "levels": "data.eval_levels",
+        "max_new_tokens": "rollout.eval_max_completion_length",
+        "prompt_field": "data.prompt_field",
+        "answer_field": "data.answer_field",
+        "dtype": "model.dtype",
+        "device": "model.device",
+        "seed": "data.seed",
+    },
+    "pretrain": {
+        "size": "algo.size",
+        "vocab_size": "algo.vocab_size",
+        "seq_len": "algo.seq_len",
+        "batch_size": "algo.batch_size",
+        "corpus_chars": "algo.corpus_chars",
+    },
 }
 # The first eval metric that a run logs of these is its headline: (key, how `before` and `after` are printed).
-HEADLINES = (("accuracy", "eval accuracy: {:.1%} before, {:.1%} after"),
-             ("perplexity", "held-out perplexity: {:.1f} before, {:.1f} after"))
+HEADLINES = (
+    ("accuracy", "eval accuracy: {:.1%} before, {:.1%} after"),
+    ("perplexity", "held-out perplexity: {:.1f} before, {:.1f} after"),
+)
 
 
 def _config(args, overrides: list[str], config_path: str | None, base=None):
@@ -82,8 +97,11 @@ def _run_training(args, algo: str | None) -> int:
 
     summary = {"run_dir": str(trainer.run_dir)}
     if trainer.stopped_at is not None:  # SIGTERM / SIGINT: a checkpoint of this step was saved; exit 0
-        print(f"reasonrl {args.command}: stopped by signal after step {trainer.stopped_at} (checkpoint saved); "
-              f"continue with: reasonrl {args.command} --resume {trainer.run_dir}", file=sys.stderr)
+        print(
+            f"reasonrl {args.command}: stopped by signal after step {trainer.stopped_at} (checkpoint saved); "
+            f"continue with: reasonrl {args.command} --resume {trainer.run_dir}",
+            file=sys.stderr,
+        )
         print(json.dumps({**summary, "stopped_at_step": trainer.stopped_at}))
         return 0
     rows = read_metrics(trainer.run_dir)
@@ -92,8 +110,9 @@ def _run_training(args, algo: str | None) -> int:
         if records:
             summary[f"{key}_before"], summary[f"{key}_after"] = records[0][f"eval/{key}"], records[-1][f"eval/{key}"]
             summary.update({k.removeprefix("eval/"): v for k, v in final.items()})
-            print(f"{line.format(summary[f'{key}_before'], summary[f'{key}_after'])} "
-                  f"(run directory: {trainer.run_dir})")
+            print(
+                f"{line.format(summary[f'{key}_before'], summary[f'{key}_after'])} (run directory: {trainer.run_dir})"
+            )
             break
     if args.export:
         export = Path(args.export)
@@ -124,9 +143,14 @@ def _run_eval(args) -> int:
     data, rollout = cfg.data, cfg.rollout
     examples = load_source(data.eval or data.train, data, "eval", data.eval_n)  # bad data fails before the model loads
     model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device)
-    metrics = evaluate(FastEngine(model, tokenizer), tokenizer, examples,
-                       rollout.eval_max_completion_length or rollout.max_completion_length, data.system_prompt,
-                       context=model_context(model))
+    metrics = evaluate(
+        FastEngine(model, tokenizer),
+        tokenizer,
+        examples,
+        rollout.eval_max_completion_length or rollout.max_completion_length,
+        data.system_prompt,
+        context=model_context(model),
+    )
     print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     return 0
 
@@ -162,14 +186,25 @@ def _add_run_options(p: argparse.ArgumentParser, config_help: str = "YAML config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reasonrl", description=__doc__, epilog=USAGE_EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="reasonrl",
+        description=__doc__,
+        epilog=USAGE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("train", "RL training (GRPO family by default)"), ("sft", "supervised fine-tuning on demonstrations")):
+    for name, help_text in (
+        ("train", "RL training (GRPO family by default)"),
+        ("sft", "supervised fine-tuning on demonstrations"),
+    ):
         p = sub.add_parser(name, help=help_text)
         _add_run_options(p)
-        p.add_argument("--replay", metavar="DIR", help="train on rollouts recorded with rollout.save_rollouts=true "
-                       "(RUN_DIR or RUN_DIR/rollouts) instead of generating")
+        p.add_argument(
+            "--replay",
+            metavar="DIR",
+            help="train on rollouts recorded with rollout.save_rollouts=true "
+            "(RUN_DIR or RUN_DIR/rollouts) instead of generating",
+        )
     # Short flags default to None: only a flag given sets its config key (ALIASES), so the config's value stands.
     p = sub.add_parser("eval", help="greedy accuracy of a model on a dataset; last line is JSON")
     p.add_argument("--config", help="YAML config file (model, data and rollout sections)")
@@ -183,20 +218,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="model.dtype")
     p.add_argument("--device", help="model.device")
     p.add_argument("--seed", type=int, help="data.seed")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.prompt_field=question")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.prompt_field=question"
+    )
     p = sub.add_parser("plot", help="PNG learning curves of a run")
     p.add_argument("run_dir")
     p.add_argument("--out", help="output folder (default: RUN_DIR/plots)")
     p = sub.add_parser("spectrum", help="HT-SR alpha of every weight matrix: a table, spectrum.json and PNGs")
     p.add_argument("model", help="model directory or shipped name (student, teacher)")
     p.add_argument("--out", help="output folder (default: runs/spectrum-NAME)")
-    p.add_argument("--modules", nargs="*", default=[], metavar="SUBSTRING",
-                   help="ESD plots for modules whose name contains one of these (default: lowest and highest alpha)")
+    p.add_argument(
+        "--modules",
+        nargs="*",
+        default=[],
+        metavar="SUBSTRING",
+        help="ESD plots for modules whose name contains one of these (default: lowest and highest alpha)",
+    )
     p.add_argument("--min-eigs", type=int, default=50, help="modules with fewer eigenvalues are reported, not fitted")
     p.add_argument("--xmin-pos", type=float, default=2, help="median Hill: x_min at eigenvalue index N/xmin_pos")
     p.add_argument("--device", default="auto")
-    p = sub.add_parser("pretrain", help="pretrain a tiny Llama on the World English Bible (algo=pretrain); "
-                       "held-out perplexity")
+    p = sub.add_parser(
+        "pretrain", help="pretrain a tiny Llama on the World English Bible (algo=pretrain); held-out perplexity"
+    )
     _add_run_options(p, "YAML config file (pretraining defaults otherwise: lr 3e-3 cosine, 1000 steps)")
     p.add_argument("--size", help="algo.size: tiny model size nano, tiny or small (default: tiny)")
     p.add_argument("--vocab-size", type=int, help="algo.vocab_size: byte-level BPE trained on the training split")

@@ -12,10 +12,11 @@ import difflib
 import functools
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from types import UnionType
-from typing import Any, Callable, Iterable, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 import yaml
@@ -38,15 +39,19 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         if self.r < 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
-            raise ValueError(f"model.lora needs r >= 0, alpha > 0 and 0 <= dropout < 1, "
-                             f"got r={self.r}, alpha={self.alpha}, dropout={self.dropout}")
+            raise ValueError(
+                f"model.lora needs r >= 0, alpha > 0 and 0 <= dropout < 1, "
+                f"got r={self.r}, alpha={self.alpha}, dropout={self.dropout}"
+            )
         if not self.target_modules:
             raise ValueError("model.lora.target_modules is empty; name the projections to adapt (or all-linear)")
         if self.quantize not in ("none", "4bit", "8bit"):
             raise ValueError(f"model.lora.quantize={self.quantize!r}; choose one of none, 4bit, 8bit")
         if self.quantize != "none" and self.r == 0:
-            raise ValueError(f"model.lora.quantize={self.quantize} freezes a quantised base, so only adapters can "
-                             f"train: set model.lora.r (e.g. 16)")
+            raise ValueError(
+                f"model.lora.quantize={self.quantize} freezes a quantised base, so only adapters can "
+                f"train: set model.lora.r (e.g. 16)"
+            )
 
 
 @dataclass
@@ -84,12 +89,14 @@ class VLLMConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(f"rollout.vllm.gpu_memory_utilization must be in (0, 1], "
-                             f"got {self.gpu_memory_utilization}")
+            raise ValueError(
+                f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
         url = urlsplit(self.server_url)
         if url.scheme not in ("http", "https") or not url.netloc:
-            raise ValueError(f"rollout.vllm.server_url={self.server_url!r} is not an http(s) URL "
-                             f"such as http://localhost:8000")
+            raise ValueError(
+                f"rollout.vllm.server_url={self.server_url!r} is not an http(s) URL such as http://localhost:8000"
+            )
         if not self.server_timeout > 0:
             raise ValueError(f"rollout.vllm.server_timeout must be > 0 seconds, got {self.server_timeout}")
 
@@ -127,8 +134,9 @@ def _check_ratios(key: str, every: int, min_ratio: float, max_ratio: float, mapp
     if every < 1:
         raise ValueError(f"{key}.every must be >= 1 (steps between α measurements), got {every}")
     if not 0 < min_ratio <= max_ratio:
-        raise ValueError(f"{key}.min_ratio and .max_ratio need 0 < min_ratio <= max_ratio, "
-                         f"got {min_ratio} and {max_ratio}")
+        raise ValueError(
+            f"{key}.min_ratio and .max_ratio need 0 < min_ratio <= max_ratio, got {min_ratio} and {max_ratio}"
+        )
     if mapping not in MAPPINGS:
         raise ValueError(f"{key}.mapping={mapping!r}; choose one of {', '.join(MAPPINGS)}")
 
@@ -160,8 +168,9 @@ class LLRConfig:
     def __post_init__(self) -> None:
         _check_ratios("optim.llr", self.every, self.min_ratio, self.max_ratio, self.mapping)
         if self.ramp < 0 or not 0 <= self.until <= 1:
-            raise ValueError(f"optim.llr.ramp must be >= 0 and optim.llr.until in [0, 1], "
-                             f"got {self.ramp} and {self.until}")
+            raise ValueError(
+                f"optim.llr.ramp must be >= 0 and optim.llr.until in [0, 1], got {self.ramp} and {self.until}"
+            )
 
 
 @dataclass
@@ -177,8 +186,10 @@ class MuonConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.momentum < 1 or self.ns_steps < 1:
-            raise ValueError(f"optim.muon needs 0 <= momentum < 1 and ns_steps >= 1, "
-                             f"got momentum={self.momentum}, ns_steps={self.ns_steps}")
+            raise ValueError(
+                f"optim.muon needs 0 <= momentum < 1 and ns_steps >= 1, "
+                f"got momentum={self.momentum}, ns_steps={self.ns_steps}"
+            )
         if self.adjust_lr_fn not in ("match_rms_adamw", "original"):
             raise ValueError(f"optim.muon.adjust_lr_fn={self.adjust_lr_fn!r}; choose match_rms_adamw or original")
 
@@ -203,20 +214,28 @@ class OptimConfig:
     llr: LLRConfig = field(default_factory=LLRConfig)
 
     def __post_init__(self) -> None:
-        choices = {"name": ("adamw", "muon"), "weight_decay_schedule": ("uniform", "alphadecay"),
-                   "lr_schedule": ("uniform", "llr")}
+        choices = {
+            "name": ("adamw", "muon"),
+            "weight_decay_schedule": ("uniform", "alphadecay"),
+            "lr_schedule": ("uniform", "llr"),
+        }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"optim.{key}={getattr(self, key)!r}; choose one of {', '.join(allowed)}")
         if self.weight_decay_schedule == "alphadecay" and self.weight_decay <= 0:
             # AlphaDecay multiplies the base decay: with none there is nothing to redistribute.
-            raise ValueError("optim.weight_decay_schedule=alphadecay scales optim.weight_decay per module, "
-                             f"which is {self.weight_decay}; set optim.weight_decay > 0 (e.g. 0.1)")
+            raise ValueError(
+                "optim.weight_decay_schedule=alphadecay scales optim.weight_decay per module, "
+                f"which is {self.weight_decay}; set optim.weight_decay > 0 (e.g. 0.1)"
+            )
 
 
 # Keys that moved into a group: the old name is an error that names the new one.
-RENAMED = {f"optim.{group}_{f.name}": f"optim.{group}.{f.name}"
-           for group, cls in (("alphadecay", AlphaDecayConfig), ("llr", LLRConfig)) for f in fields(cls)}
+RENAMED = {
+    f"optim.{group}_{f.name}": f"optim.{group}.{f.name}"
+    for group, cls in (("alphadecay", AlphaDecayConfig), ("llr", LLRConfig))
+    for f in fields(cls)
+}
 RENAMED |= {f"rollout.vllm_{f.name}": f"rollout.vllm.{f.name}" for f in fields(VLLMConfig)}
 
 
@@ -260,7 +279,6 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
-
 
 
 class ConfigError(ValueError):
@@ -333,8 +351,10 @@ def _algo_class(name: str) -> type[AlgoConfig]:
         return AlgoConfig
     close = difflib.get_close_matches(name, list(ALGO_CONFIGS), n=3)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ConfigError(f"unknown algorithm {name!r}{hint} (registered: {', '.join(sorted(ALGO_CONFIGS)) or 'none'}; "
-                      f"the built-in algorithms register when reasonrl.algos is imported)")
+    raise ConfigError(
+        f"unknown algorithm {name!r}{hint} (registered: {', '.join(sorted(ALGO_CONFIGS)) or 'none'}; "
+        f"the built-in algorithms register when reasonrl.algos is imported)"
+    )
 
 
 @functools.cache

@@ -39,6 +39,11 @@ class Context:
     def encode_prompts(self, examples: list[Example]) -> list[list[int]]:
         """Prompt token ids; a prompt that leaves no room for the completion in the model's context is an error."""
         ids = [encode_prompt(self.tokenizer, ex.prompt, self.config.data.system_prompt) for ex in examples]
-        check_room(ids, examples, self.config.rollout.max_completion_length, model_context(self.model),
-                   "rollout.max_completion_length")
+        check_room(
+            ids,
+            examples,
+            self.config.rollout.max_completion_length,
+            model_context(self.model),
+            "rollout.max_completion_length",
+        )
         return ids

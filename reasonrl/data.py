@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from reasonrl.config import DataConfig

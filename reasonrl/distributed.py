@@ -163,8 +163,9 @@ def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
             g.copy_(reduced.view_as(g))
 
 
-def across_ranks(estimator: Callable[..., torch.Tensor], rewards: torch.Tensor, groups: torch.Tensor,
-                 *args) -> torch.Tensor:
+def across_ranks(
+    estimator: Callable[..., torch.Tensor], rewards: torch.Tensor, groups: torch.Tensor, *args
+) -> torch.Tensor:
     """`estimator(rewards, groups, *args)` over the whole step's rows, returning this rank's rows: statistics over
     the batch (its reward std, REINFORCE++'s normalisation) are the global batch's, as in one process."""
     if world_size() == 1:

@@ -43,7 +43,9 @@ def evaluate(
     texts = [decode_completion(tokenizer, ids) for ids in rollouts.completion_ids]
     verifier = verifier or RewardManager([("accuracy", 1.0)])
     result = verifier.score(
-        [str(ex.prompt) for ex in examples], texts, example_fields(examples, 1),
+        [str(ex.prompt) for ex in examples],
+        texts,
+        example_fields(examples, 1),
     )
     correct = [1.0 if r == 1.0 else 0.0 for r in result.components["accuracy"]]
     by_level: dict[int, list[float]] = defaultdict(list)

@@ -22,6 +22,7 @@ one-process LoRA run writes them; the frozen base comes from model.path again on
 from __future__ import annotations
 
 from contextlib import contextmanager
+
 import torch
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -38,22 +39,30 @@ from reasonrl import distributed
 from reasonrl.lora import adapter_copy, checkpoint_names, is_lora, unwrap
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-TRAINED = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)  # dropped before gathering
+TRAINED = StateDictOptions(
+    full_state_dict=True, cpu_offload=True, ignore_frozen_params=True
+)  # dropped before gathering
 
 
 def check_config(cfg) -> None:
     """Refuse, before any weights load, the settings FSDP does not combine with, each with its own reason."""
     if cfg.optim.weight_decay_schedule != "uniform" or cfg.optim.lr_schedule != "uniform":
-        raise ValueError("train.fsdp does not combine with HT-SR schedules (optim.lr_schedule, "
-                         "optim.weight_decay_schedule) yet: they measure full weight matrices, which FSDP shards")
+        raise ValueError(
+            "train.fsdp does not combine with HT-SR schedules (optim.lr_schedule, "
+            "optim.weight_decay_schedule) yet: they measure full weight matrices, which FSDP shards"
+        )
     if cfg.optim.name == "muon":
-        raise ValueError("train.fsdp does not combine with optim.name=muon: Muon orthogonalises each whole weight "
-                         "matrix (Newton-Schulz), which FSDP shards over the ranks; use optim.name=adamw with FSDP, "
-                         "or Muon with plain data parallelism (train.fsdp=false)")
+        raise ValueError(
+            "train.fsdp does not combine with optim.name=muon: Muon orthogonalises each whole weight "
+            "matrix (Newton-Schulz), which FSDP shards over the ranks; use optim.name=adamw with FSDP, "
+            "or Muon with plain data parallelism (train.fsdp=false)"
+        )
     if cfg.model.lora.quantize != "none":
-        raise ValueError(f"train.fsdp does not combine with model.lora.quantize={cfg.model.lora.quantize} (QLoRA): "
-                         f"sharding bitsandbytes' quantised weights (CUDA only) is untested here; use plain LoRA "
-                         f"(model.lora.quantize=none) with FSDP")
+        raise ValueError(
+            f"train.fsdp does not combine with model.lora.quantize={cfg.model.lora.quantize} (QLoRA): "
+            f"sharding bitsandbytes' quantised weights (CUDA only) is untested here; use plain LoRA "
+            f"(model.lora.quantize=none) with FSDP"
+        )
 
 
 def shard(model: torch.nn.Module) -> None:
@@ -64,8 +73,9 @@ def shard(model: torch.nn.Module) -> None:
     layer_types = set(getattr(unwrap(model), "_no_split_modules", None) or [])  # a PEFT wrapper holds the HF model
     layers = [m for m in model.modules() if type(m).__name__ in layer_types]
     if not layers:
-        raise ValueError(f"train.fsdp: found no decoder layers in {type(unwrap(model)).__name__} "
-                         f"(no _no_split_modules)")
+        raise ValueError(
+            f"train.fsdp: found no decoder layers in {type(unwrap(model)).__name__} (no _no_split_modules)"
+        )
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
@@ -165,7 +175,9 @@ def load_full_state(model: torch.nn.Module, optimizer, model_state: dict, optimi
     if optimizer is not None and optimizer_state is not None:
         by_name = {
             "state": {names[int(i)]: value for i, value in optimizer_state["state"].items()},
-            "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in optimizer_state["param_groups"]],
+            "param_groups": [
+                {**g, "params": [names[int(i)] for i in g["params"]]} for g in optimizer_state["param_groups"]
+            ],
         }
         set_optimizer_state_dict(model, optimizer, by_name, options=options)
 

@@ -48,19 +48,23 @@ def quantization_config(quantize: str, dtype: torch.dtype, device: torch.device)
     """bitsandbytes settings for QLoRA's 4-bit NF4 (Dettmers et al. 2023) or 8-bit base weights; one clear error
     where they cannot run, since bitsandbytes' quantised layers need a CUDA GPU."""
     if device.type != "cuda":
-        raise RuntimeError(f"model.lora.quantize={quantize} (QLoRA) needs a CUDA GPU for bitsandbytes' quantised "
-                           f"layers, but the model device is {device}; use model.lora.quantize=none (plain LoRA) here")
+        raise RuntimeError(
+            f"model.lora.quantize={quantize} (QLoRA) needs a CUDA GPU for bitsandbytes' quantised "
+            f"layers, but the model device is {device}; use model.lora.quantize=none (plain LoRA) here"
+        )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as e:
-        raise RuntimeError(f"model.lora.quantize={quantize} (QLoRA) needs bitsandbytes: "
-                           f"pip install bitsandbytes") from e
+        raise RuntimeError(
+            f"model.lora.quantize={quantize} (QLoRA) needs bitsandbytes: pip install bitsandbytes"
+        ) from e
     from transformers import BitsAndBytesConfig
 
     if quantize == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+    )
 
 
 def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
@@ -70,8 +74,9 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     if cfg.quantize != "none":  # norms to float32, base frozen; checkpointing stays model.gradient_checkpointing's
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     targets = "all-linear" if list(cfg.target_modules) == ["all-linear"] else list(cfg.target_modules)
-    config = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                             task_type="CAUSAL_LM")
+    config = peft.LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, task_type="CAUSAL_LM"
+    )
     with _quiet_peft():
         return peft.get_peft_model(model, config)
 

@@ -6,8 +6,8 @@ Qwen2 tokenizer that overrides ours and silently drops spaces and newlines.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -25,9 +25,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 # Sizes of tiny models, by name. `tiny` is ~0.9M parameters: enough to learn column arithmetic on a CPU.
 TINY_SIZES = {
-    "nano": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
-    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4),
+    "nano": dict(
+        hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "tiny": dict(
+        hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "small": dict(
+        hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4
+    ),
 }
 
 
@@ -40,7 +46,10 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedT
     """Train a byte-level BPE on `corpus`, splitting every digit into its own token so numbers stay column-aligned."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -53,8 +62,13 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedT
     # Think tags are ordinary added tokens (as in Qwen3): one id each, and kept when decoding skips specials.
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TAGS])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, chat_template=CHAT_TEMPLATE,
-        padding_side="left", model_max_length=1024,
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        chat_template=CHAT_TEMPLATE,
+        padding_side="left",
+        model_max_length=1024,
     )
 
 
@@ -75,8 +89,13 @@ def tiny_model(tokenizer: PreTrainedTokenizerFast, size: str = "tiny", seed: int
     if size not in TINY_SIZES:
         raise ValueError(f"unknown tiny model size {size!r}; known: {sorted(TINY_SIZES)}")
     config = LlamaConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         **{**TINY_SIZES[size], **overrides},
     )
     torch.manual_seed(seed)
@@ -87,7 +106,11 @@ def resolve_model_path(path: str) -> Path:
     """Map a shipped checkpoint name to its folder; check that a directory holds a model."""
     resolved = ASSETS / path if path in SHIPPED else Path(path).expanduser()
     if not resolved.is_dir():
-        hint = f" (shipped checkpoints: {', '.join(SHIPPED)})" if path not in SHIPPED else " (the shipped checkpoint is missing; see README: reasonrl sft ...)"
+        hint = (
+            f" (shipped checkpoints: {', '.join(SHIPPED)})"
+            if path not in SHIPPED
+            else " (the shipped checkpoint is missing; see README: reasonrl sft ...)"
+        )
         raise FileNotFoundError(f"model directory not found: {resolved}{hint}")
     if not (resolved / "config.json").exists():
         raise FileNotFoundError(f"{resolved} is not a Hugging Face model directory: no config.json")
@@ -108,8 +131,9 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def load_model(path: str, dtype: str = "float32", device: str = "auto",
-               quantize: str = "none") -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+def load_model(
+    path: str, dtype: str = "float32", device: str = "auto", quantize: str = "none"
+) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     """Load any HF causal LM and its tokenizer from a local directory (or a shipped name); no hub access.
 
     `scratch:SIZE` builds a randomly initialised tiny model with the arith tokenizer (how shipped models start).
@@ -128,8 +152,12 @@ def load_model(path: str, dtype: str = "float32", device: str = "auto",
         from reasonrl.lora import quantization_config
 
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=DTYPES[dtype], local_files_only=True, device_map={"": target},
-            quantization_config=quantization_config(quantize, DTYPES[dtype], target))
+            folder,
+            dtype=DTYPES[dtype],
+            local_files_only=True,
+            device_map={"": target},
+            quantization_config=quantization_config(quantize, DTYPES[dtype], target),
+        )
         return model, load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
     return model.to(target), load_tokenizer(path)

@@ -44,15 +44,33 @@ class MuonWithAdamW(torch.optim.Optimizer):
     `state_dict` / `load_state_dict` cover both. Each group is tagged `"muon": True/False`; AdamW's groups come first.
     """
 
-    def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], *, lr: float, weight_decay: float,
-                 betas: tuple[float, float], eps: float, momentum: float, nesterov: bool, ns_steps: int,
-                 adjust_lr_fn: str):
+    def __init__(
+        self,
+        muon_groups: list[dict],
+        adamw_groups: list[dict],
+        *,
+        lr: float,
+        weight_decay: float,
+        betas: tuple[float, float],
+        eps: float,
+        momentum: float,
+        nesterov: bool,
+        ns_steps: int,
+        adjust_lr_fn: str,
+    ):
         self.inner: dict[bool, torch.optim.Optimizer] = {}
         if adamw_groups:
             self.inner[False] = torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         if muon_groups:
-            self.inner[True] = torch.optim.Muon(muon_groups, lr=lr, weight_decay=weight_decay, momentum=momentum,
-                                                nesterov=nesterov, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
+            self.inner[True] = torch.optim.Muon(
+                muon_groups,
+                lr=lr,
+                weight_decay=weight_decay,
+                momentum=momentum,
+                nesterov=nesterov,
+                ns_steps=ns_steps,
+                adjust_lr_fn=adjust_lr_fn,
+            )
         for muon, optimizer in self.inner.items():
             for group in optimizer.param_groups:
                 group["muon"] = muon
@@ -77,8 +95,10 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         saved = [g.get("muon") for g in state_dict["param_groups"]]
         if saved != [g["muon"] for g in self.param_groups]:
-            raise ValueError("the optimizer state does not split the parameters between Muon and AdamW as this run "
-                             "does; resume with the run's own optim.name and model settings")
+            raise ValueError(
+                "the optimizer state does not split the parameters between Muon and AdamW as this run "
+                "does; resume with the run's own optim.name and model settings"
+            )
         super().load_state_dict(state_dict)
         self._share()
 
@@ -98,24 +118,47 @@ def build_optimizer(model: nn.Module, optim_cfg, total_steps: int):
         if not spectral:  # no scheduler steers single modules: one group per inner optimizer
             muon, adamw = (_merged(part) for part in (muon, adamw))
         mcfg = optim_cfg.muon
-        optimizer = MuonWithAdamW(muon, adamw, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay,
-                                  betas=tuple(optim_cfg.betas), eps=optim_cfg.eps, momentum=mcfg.momentum,
-                                  nesterov=mcfg.nesterov, ns_steps=mcfg.ns_steps, adjust_lr_fn=mcfg.adjust_lr_fn)
+        optimizer = MuonWithAdamW(
+            muon,
+            adamw,
+            lr=optim_cfg.lr,
+            weight_decay=optim_cfg.weight_decay,
+            betas=tuple(optim_cfg.betas),
+            eps=optim_cfg.eps,
+            momentum=mcfg.momentum,
+            nesterov=mcfg.nesterov,
+            ns_steps=mcfg.ns_steps,
+            adjust_lr_fn=mcfg.adjust_lr_fn,
+        )
     else:
-        optimizer = torch.optim.AdamW(build_param_groups(model) if spectral else trainable, lr=optim_cfg.lr,
-                                      betas=tuple(optim_cfg.betas), eps=optim_cfg.eps,
-                                      weight_decay=optim_cfg.weight_decay)
+        optimizer = torch.optim.AdamW(
+            build_param_groups(model) if spectral else trainable,
+            lr=optim_cfg.lr,
+            betas=tuple(optim_cfg.betas),
+            eps=optim_cfg.eps,
+            weight_decay=optim_cfg.weight_decay,
+        )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim_cfg, total_steps))
     if optim_cfg.lr_schedule == "llr":  # a drop-in scheduler: steps the LambdaLR itself, checkpoints both
         llr = optim_cfg.llr
-        scheduler = LLR(optimizer, model, total_steps=total_steps, base_scheduler=scheduler, every=llr.every,
-                        ramp=llr.ramp, until=llr.until, min_ratio=llr.min_ratio, max_ratio=llr.max_ratio,
-                        mapping=llr.mapping)
+        scheduler = LLR(
+            optimizer,
+            model,
+            total_steps=total_steps,
+            base_scheduler=scheduler,
+            every=llr.every,
+            ramp=llr.ramp,
+            until=llr.until,
+            min_ratio=llr.min_ratio,
+            max_ratio=llr.max_ratio,
+            mapping=llr.mapping,
+        )
     alphadecay = None
     if optim_cfg.weight_decay_schedule == "alphadecay":
         ad = optim_cfg.alphadecay
-        alphadecay = AlphaDecay(optimizer, model, every=ad.every, min_ratio=ad.min_ratio, max_ratio=ad.max_ratio,
-                                mapping=ad.mapping)
+        alphadecay = AlphaDecay(
+            optimizer, model, every=ad.every, min_ratio=ad.min_ratio, max_ratio=ad.max_ratio, mapping=ad.mapping
+        )
     return optimizer, scheduler, alphadecay
 
 

@@ -47,8 +47,9 @@ class Single:
         """How many backward passes this rank runs in an update where it has `count` micro-batches."""
         return count
 
-    def reduce_gradients(self, model: torch.nn.Module, params: list[torch.nn.Parameter], run: int,
-                         planned: int) -> None:
+    def reduce_gradients(
+        self, model: torch.nn.Module, params: list[torch.nn.Parameter], run: int, planned: int
+    ) -> None:
         """After `run` of the `planned` backward passes: make the gradients the whole step's."""
 
     def clip_grad_norm(self, params: list[torch.nn.Parameter], max_norm: float) -> float:
@@ -100,8 +101,9 @@ class DataParallel(Single):
     def shard_stream(self, stream):
         return distributed.ShardedStream(stream, self.rank, self.world)
 
-    def reduce_gradients(self, model: torch.nn.Module, params: list[torch.nn.Parameter], run: int,
-                         planned: int) -> None:
+    def reduce_gradients(
+        self, model: torch.nn.Module, params: list[torch.nn.Parameter], run: int, planned: int
+    ) -> None:
         distributed.all_reduce_gradients(params)
 
     def replicas_agree(self, model: torch.nn.Module) -> bool:
@@ -132,8 +134,9 @@ class FSDP(DataParallel):
         # Each backward is a collective: count every rank's passes before the first of them.
         return max(self.all_gather(count))
 
-    def reduce_gradients(self, model: torch.nn.Module, params: list[torch.nn.Parameter], run: int,
-                         planned: int) -> None:
+    def reduce_gradients(
+        self, model: torch.nn.Module, params: list[torch.nn.Parameter], run: int, planned: int
+    ) -> None:
         fsdp.pad_backward_passes(model, planned - run)  # FSDP summed the gradients in each backward
 
     def clip_grad_norm(self, params: list[torch.nn.Parameter], max_norm: float) -> float:

@@ -150,4 +150,4 @@ def write_keeping_notes(path: Path, text: str, marker: str) -> None:
     """Write a generated report to `path`, then the old file's hand-written part from `marker` on (or a fresh
     marker): re-running an experiment or a benchmark replaces its numbers and keeps its analysis."""
     old = path.read_text() if path.exists() else ""
-    path.write_text(text + "\n" + (old[old.index(marker):] if marker in old else marker + "\n"))
+    path.write_text(text + "\n" + (old[old.index(marker) :] if marker in old else marker + "\n"))

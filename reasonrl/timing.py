@@ -7,8 +7,8 @@ step spends outside them is logged as `time/other`.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class StepTimer:

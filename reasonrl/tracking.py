@@ -180,6 +180,4 @@ def _require(module: str, package: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(
-            f"report_to includes {package!r} but it is not installed: pip install {package}"
-        ) from e
+        raise ImportError(f"report_to includes {package!r} but it is not installed: pip install {package}") from e

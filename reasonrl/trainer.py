@@ -41,8 +41,6 @@ class TrainingError(RuntimeError):
     """A run cannot go on (e.g. too many non-finite steps in a row); a checkpoint of the last good state is saved."""
 
 
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -67,18 +65,23 @@ class Trainer:
             if not getattr(self.algo, "data_parallel", True):
                 raise ValueError(f"algo={cfg.algo.name} runs in one process only; launch it without torchrun")
             if cfg.train.prompts_per_step < self.world:
-                raise ValueError(f"train.prompts_per_step={cfg.train.prompts_per_step} is fewer than the {self.world} "
-                                 f"ranks: every rank needs at least one prompt per step")
+                raise ValueError(
+                    f"train.prompts_per_step={cfg.train.prompts_per_step} is fewer than the {self.world} "
+                    f"ranks: every rank needs at least one prompt per step"
+                )
             if cfg.rollout.save_rollouts:
-                raise ValueError("rollout.save_rollouts records one process's calls; record a one-process run and "
-                                 "replay it on several ranks instead (docs/scaling.md)")
+                raise ValueError(
+                    "rollout.save_rollouts records one process's calls; record a one-process run and "
+                    "replay it on several ranks instead (docs/scaling.md)"
+                )
         # Everything that can fail on bad input happens before the run directory exists.
         build_model = getattr(self.algo, "build_model", None)
         if build_model is not None:
             self.model, self.tokenizer = build_model(cfg)
         else:
-            self.model, self.tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device,
-                                                    cfg.model.lora.quantize)
+            self.model, self.tokenizer = load_model(
+                cfg.model.path, cfg.model.dtype, cfg.model.device, cfg.model.lora.quantize
+            )
         if cfg.model.lora.r:  # only the adapters train (reasonrl/lora.py)
             self.model = apply_lora(self.model, cfg.model.lora)
         self.parallel.prepare(self.model)  # replicas: rank 0's weights everywhere; FSDP: sharded, before the optimizer
@@ -121,25 +124,33 @@ class Trainer:
         cfg = self.config
         examples = load_source(cfg.data.eval or cfg.data.train, cfg.data, "eval", cfg.data.eval_n)
         room = cfg.rollout.eval_max_completion_length or cfg.rollout.max_completion_length
-        check_room([encode_prompt(self.tokenizer, ex.prompt, cfg.data.system_prompt) for ex in examples],
-                   examples, room, model_context(self.model),
-                   "rollout.eval_max_completion_length" if cfg.rollout.eval_max_completion_length else
-                   "rollout.max_completion_length")
+        check_room(
+            [encode_prompt(self.tokenizer, ex.prompt, cfg.data.system_prompt) for ex in examples],
+            examples,
+            room,
+            model_context(self.model),
+            "rollout.eval_max_completion_length"
+            if cfg.rollout.eval_max_completion_length
+            else "rollout.max_completion_length",
+        )
         return examples
 
     def _resume(self) -> None:
         checkpoint = latest_checkpoint(self.run_dir)
         if checkpoint is None:
             raise FileNotFoundError(f"--resume: no valid checkpoint under {self.run_dir / 'checkpoints'}")
-        state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
-                                self.parallel.restorer(self.model, self.optimizer))
+        state = load_checkpoint(
+            checkpoint, self.model, self.optimizer, self.scheduler, self.parallel.restorer(self.model, self.optimizer)
+        )
         self.start_step = int(state["step"])
         self.stream.load_state_dict(state["stream"])
         self.ctx.state = state.get("algo", {})
         if self.alphadecay is not None:  # after the optimizer: AlphaDecay writes into its restored param groups
             if "alphadecay" not in state:
-                raise ValueError(f"{checkpoint} was saved without optim.weight_decay_schedule=alphadecay; "
-                                 f"resume with the run's own config")
+                raise ValueError(
+                    f"{checkpoint} was saved without optim.weight_decay_schedule=alphadecay; "
+                    f"resume with the run's own config"
+                )
             self.alphadecay.load_state_dict(state["alphadecay"])
         self.schedule_metrics = {}  # the restored α were logged by the run that measured them
         if self.world > 1:  # the checkpoint holds rank 0's RNG; the other ranks must not sample the same numbers
@@ -170,8 +181,11 @@ class Trainer:
                 metrics = self.own_eval(self.ctx)
             else:
                 metrics = evaluate(
-                    self.ctx.engine, self.tokenizer, self.eval_examples,
-                    rcfg.eval_max_completion_length or rcfg.max_completion_length, self.config.data.system_prompt,
+                    self.ctx.engine,
+                    self.tokenizer,
+                    self.eval_examples,
+                    rcfg.eval_max_completion_length or rcfg.max_completion_length,
+                    self.config.data.system_prompt,
                     self.eval_verifier,
                 )
         return {f"eval/{k}": v for k, v in metrics.items()} if self.is_main else {}
@@ -231,15 +245,24 @@ class Trainer:
             raise TrainingError(f"step {step}: the data-parallel replicas hold different weights (a rank diverged)")
         if not self.is_main:
             return None
-        return save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.scheduler, self._state(step),
-                               self.config.train.keep_checkpoints, **full)
+        return save_checkpoint(
+            self.run_dir,
+            step,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self._state(step),
+            self.config.train.keep_checkpoints,
+            **full,
+        )
 
     def _export(self) -> None:
         """RUN_DIR/final, an HF model folder (gathered on rank 0 when the model is sharded)."""
         model = self.parallel.exported(self.model)
         if self.is_main:
-            save_pretrained_atomic(model, self.tokenizer, self.run_dir / "final", self.config.model.path,
-                                   self.config.model.dtype)
+            save_pretrained_atomic(
+                model, self.tokenizer, self.run_dir / "final", self.config.model.path, self.config.model.dtype
+            )
 
     def _count_failed_rewards(self, error: RewardError | None) -> None:
         """A step where every reward is NaN (on every rank) is skipped like a non-finite update; max_nan_steps such
@@ -248,10 +271,15 @@ class Trainer:
         limit = self.config.train.max_nan_steps
         if self.nonfinite_in_row >= limit:
             if error is None:  # the failures were on other ranks
-                raise TrainingError(f"every reward was NaN in {self.nonfinite_in_row} steps in a row "
-                                    f"(train.max_nan_steps={limit}) on another rank")
-            raise RewardError(f"every reward was NaN in {self.nonfinite_in_row} steps in a row "
-                              f"(train.max_nan_steps={limit}); last: {error}", error.result) from error
+                raise TrainingError(
+                    f"every reward was NaN in {self.nonfinite_in_row} steps in a row "
+                    f"(train.max_nan_steps={limit}) on another rank"
+                )
+            raise RewardError(
+                f"every reward was NaN in {self.nonfinite_in_row} steps in a row "
+                f"(train.max_nan_steps={limit}); last: {error}",
+                error.result,
+            ) from error
         logger.warning("step %d skipped: %s", self.ctx.step, error or "every reward failed on another rank")
 
     def _gather(self) -> tuple[TrainBatch, dict[str, float], bool]:
@@ -260,12 +288,26 @@ class Trainer:
         try:
             batch = self.algo.gather(self.ctx)
         except RewardError as e:
-            failure, batch = e, TrainBatch({}, metrics={
-                "rewards/failed": float(e.result.failed), "rewards/timeout": float(e.result.timeout),
-                "train/skipped_reward_failure": 1.0})
+            failure, batch = (
+                e,
+                TrainBatch(
+                    {},
+                    metrics={
+                        "rewards/failed": float(e.result.failed),
+                        "rewards/timeout": float(e.result.timeout),
+                        "train/skipped_reward_failure": 1.0,
+                    },
+                ),
+            )
         # One collective for everything the step needs to agree on (totals, metrics, who has data or failed).
-        parts = self.parallel.all_gather({"totals": batch.totals, "metrics": batch.metrics,
-                                          "has_data": len(batch) > 0, "failed": failure is not None})
+        parts = self.parallel.all_gather(
+            {
+                "totals": batch.totals,
+                "metrics": batch.metrics,
+                "has_data": len(batch) > 0,
+                "failed": failure is not None,
+            }
+        )
         batch.totals = combine_totals([p["totals"] for p in parts])
         metrics = combine_means([{k: v for k, v in p["metrics"].items() if k not in COUNTS} for p in parts])
         metrics |= combine_sums([{k: v for k, v in p["metrics"].items() if k in COUNTS} for p in parts])
@@ -300,8 +342,18 @@ class Trainer:
         the steps since the last record that reported it; steps with an evaluation, HT-SR values or a checkpoint,
         and the last step, always end a record (so a resume never loses a partial one)."""
         cfg = self.config.train
-        tracker = Tracker(self.run_dir, cfg.report_to, config_to_dict(self.config), cfg.steps, cfg.progress,
-                          resume_step=self.start_step) if self.is_main else NullTracker()
+        tracker = (
+            Tracker(
+                self.run_dir,
+                cfg.report_to,
+                config_to_dict(self.config),
+                cfg.steps,
+                cfg.progress,
+                resume_step=self.start_step,
+            )
+            if self.is_main
+            else NullTracker()
+        )
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             if self.start_step == 0:
@@ -373,8 +425,9 @@ def default_run_dir(cfg: Config) -> Path:
     return Path(cfg.train.output_dir.format(algo=cfg.algo.name, time=stamp))
 
 
-def make_engine(cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path,
-                strategy: parallel.Single | None = None) -> RolloutEngine:
+def make_engine(
+    cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path, strategy: parallel.Single | None = None
+) -> RolloutEngine:
     """The configured engine (replay and vllm-server need to know the ranks of `strategy`, default one process);
     with rollout.save_rollouts every sampling call is recorded under RUN_DIR/rollouts."""
     strategy = strategy or parallel.Single()
@@ -387,8 +440,14 @@ def make_engine(cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path,
     if cfg.rollout.engine == "vllm":
         from reasonrl.rollout.vllm import VLLMEngine
 
-        return VLLMEngine(model, tokenizer, str(resolve_model_path(cfg.model.path)),
-                          cfg.rollout.vllm.gpu_memory_utilization, cfg.rollout.vllm.sleep, cfg.train.seed)
+        return VLLMEngine(
+            model,
+            tokenizer,
+            str(resolve_model_path(cfg.model.path)),
+            cfg.rollout.vllm.gpu_memory_utilization,
+            cfg.rollout.vllm.sleep,
+            cfg.train.seed,
+        )
     if cfg.rollout.engine == "vllm-server":
         engine = vllm_server_engine(cfg, tokenizer, strategy.world)
     else:

@@ -28,9 +28,16 @@ def quick_config(nano_dir, tmp_path):
 
     def make(*overrides: str):
         base = [
-            f"model.path={nano_dir}", "rollout.num_generations=4", "rollout.max_completion_length=12",
-            "train.prompts_per_step=4", "train.micro_batch_size=16", "train.steps=2", "train.progress=false",
-            "data.eval_n=2", f"train.output_dir={tmp_path / 'run'}", "optim.lr=1e-3",
+            f"model.path={nano_dir}",
+            "rollout.num_generations=4",
+            "rollout.max_completion_length=12",
+            "train.prompts_per_step=4",
+            "train.micro_batch_size=16",
+            "train.steps=2",
+            "train.progress=false",
+            "data.eval_n=2",
+            f"train.output_dir={tmp_path / 'run'}",
+            "optim.lr=1e-3",
         ]
         return load_config(None, base + list(overrides))
 

@@ -1,12 +1,12 @@
 """Run under torchrun by tests/test_distributed.py (not a test module itself).
 
-    torchrun --nproc_per_node 2 tests/dist_worker.py train RUN_DIR [resume] override ...
-        trains through the real Trainer, then every rank writes its own weights to RUN_DIR/rank<R>.safetensors
-    torchrun --nproc_per_node 2 tests/dist_worker.py helpers OUT_DIR
-        runs the distributed helpers on crafted inputs; every rank writes what it got to OUT_DIR/rank<R>.json
-    torchrun --nproc_per_node 2 tests/dist_worker.py bnpo OUT_DIR
-        the bnpo loss of a fixed batch, each rank its half in micro-batches of 2 rows; rank 0 writes the batch and
-        the summed loss and all-reduced gradient to OUT_DIR/bnpo.json
+torchrun --nproc_per_node 2 tests/dist_worker.py train RUN_DIR [resume] override ...
+    trains through the real Trainer, then every rank writes its own weights to RUN_DIR/rank<R>.safetensors
+torchrun --nproc_per_node 2 tests/dist_worker.py helpers OUT_DIR
+    runs the distributed helpers on crafted inputs; every rank writes what it got to OUT_DIR/rank<R>.json
+torchrun --nproc_per_node 2 tests/dist_worker.py bnpo OUT_DIR
+    the bnpo loss of a fixed batch, each rank its half in micro-batches of 2 rows; rank 0 writes the batch and
+    the summed loss and all-reduced gradient to OUT_DIR/bnpo.json
 """
 
 import json
@@ -54,7 +54,8 @@ def helpers(out_dir: str) -> None:
     stream = distributed.ShardedStream(Stream(), r, world)
     draws = [stream.next(4), stream.next(6)]
     totals = distributed.combine_totals(
-        distributed.all_gather_json({"num_tokens": 10.0 * (r + 1), "max_completion_length": 16.0 + r}))
+        distributed.all_gather_json({"num_tokens": 10.0 * (r + 1), "max_completion_length": 16.0 + r})
+    )
     # Rank r holds groups of different sizes and rewards; REINFORCE++ normalises over the whole batch.
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0][: 2 + 2 * r]) + r
     groups = torch.tensor([0, 0, 1, 1][: 2 + 2 * r])
@@ -67,9 +68,17 @@ def helpers(out_dir: str) -> None:
     model = torch.nn.Linear(2, 2)
     torch.nn.init.constant_(model.bias, 0.0)
     torch.nn.init.constant_(model.weight, 1.0 + (0.5 if r == 1 and "diverge" in out_dir else 0.0))
-    result = {"draws": draws, "totals": totals, "rewards": rewards.tolist(), "groups": groups.tolist(),
-              "advantages": advantages.tolist(), "summed": summed, "mean": mean,
-              "grad": grads.weight.grad.tolist(), "agree": distributed.replicas_agree(model)}
+    result = {
+        "draws": draws,
+        "totals": totals,
+        "rewards": rewards.tolist(),
+        "groups": groups.tolist(),
+        "advantages": advantages.tolist(),
+        "summed": summed,
+        "mean": mean,
+        "grad": grads.weight.grad.tolist(),
+        "agree": distributed.replicas_agree(model),
+    }
     Path(out_dir, f"rank{r}.json").write_text(json.dumps(result))
     distributed.shutdown()
 
@@ -82,8 +91,13 @@ def bnpo(out_dir: str) -> None:
     g = torch.Generator().manual_seed(0)
     mask = (torch.arange(5) < torch.tensor([5, 1, 3, 3, 2, 4, 4, 2]).unsqueeze(-1)).float()
     old = -torch.rand(8, 5, generator=g) * 3
-    batch = {"logp": old + 0.3 * torch.randn(8, 5, generator=g), "old": old,
-             "ref": old + 0.3 * torch.randn(8, 5, generator=g), "adv": torch.randn(8, generator=g), "mask": mask}
+    batch = {
+        "logp": old + 0.3 * torch.randn(8, 5, generator=g),
+        "old": old,
+        "ref": old + 0.3 * torch.randn(8, 5, generator=g),
+        "adv": torch.randn(8, generator=g),
+        "mask": mask,
+    }
     mine = slice(4 * r, 4 * r + 4)
     local = {"num_seqs": 4.0, "num_tokens": float(mask[mine].sum()), "max_completion_length": 5.0}
     totals = distributed.combine_totals(distributed.all_gather_json(local))
@@ -91,15 +105,27 @@ def bnpo(out_dir: str) -> None:
     loss_sum = 0.0
     for start in range(4 * r, 4 * r + 4, 2):
         rows = slice(start, start + 2)
-        loss, _ = policy_loss(logp[rows], batch["old"][rows], batch["adv"][rows], mask[rows], loss_type="bnpo",
-                              totals=totals, beta=0.05, ref_logp=batch["ref"][rows])
+        loss, _ = policy_loss(
+            logp[rows],
+            batch["old"][rows],
+            batch["adv"][rows],
+            mask[rows],
+            loss_type="bnpo",
+            totals=totals,
+            beta=0.05,
+            ref_logp=batch["ref"][rows],
+        )
         loss.backward()
         loss_sum += float(loss.detach())
     distributed.all_reduce_gradients([logp])
     summed = distributed.sum_across_ranks({"loss": loss_sum})
     if r == 0:
-        result = {"batch": {k: v.tolist() for k, v in batch.items()}, "totals": totals, "loss": summed["loss"],
-                  "grad": logp.grad.tolist()}
+        result = {
+            "batch": {k: v.tolist() for k, v in batch.items()},
+            "totals": totals,
+            "loss": summed["loss"],
+            "grad": logp.grad.tolist(),
+        }
         Path(out_dir, "bnpo.json").write_text(json.dumps(result))
     distributed.shutdown()
 

@@ -17,10 +17,26 @@ from typing import Any
 from reasonrl.rollout.base import RolloutEngine, SamplingParams
 
 MODEL = "student"
-FIELDS = {"model", "prompt", "n", "max_tokens", "temperature", "top_p", "top_k", "logprobs", "stop_token_ids",
-          "return_token_ids"}
-TRANSFER_ROUTES = {"/init_weight_transfer_engine", "/pause", "/start_weight_update", "/update_weights",
-                   "/finish_weight_update", "/resume"}
+FIELDS = {
+    "model",
+    "prompt",
+    "n",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "logprobs",
+    "stop_token_ids",
+    "return_token_ids",
+}
+TRANSFER_ROUTES = {
+    "/init_weight_transfer_engine",
+    "/pause",
+    "/start_weight_update",
+    "/update_weights",
+    "/finish_weight_update",
+    "/resume",
+}
 
 
 class FakeVLLMServer:
@@ -100,8 +116,13 @@ class FakeVLLMServer:
         if problem:
             return 400, {"error": {"message": problem, "type": "BadRequestError", "code": 400}}
         greedy = request["temperature"] == 0
-        params = SamplingParams(max_new_tokens=request["max_tokens"], temperature=request["temperature"] or 1.0,
-                                top_p=request["top_p"], top_k=max(request["top_k"], 0), greedy=greedy)
+        params = SamplingParams(
+            max_new_tokens=request["max_tokens"],
+            temperature=request["temperature"] or 1.0,
+            top_p=request["top_p"],
+            top_k=max(request["top_k"], 0),
+            greedy=greedy,
+        )
         out = self.engine.generate(request["prompt"], request["n"], params)
         choices = []
         for index in range(len(out)):  # vLLM numbers choices prompt by prompt: index i*n+j
@@ -110,17 +131,36 @@ class FakeVLLMServer:
             logprobs = None
             if request.get("logprobs") is not None:
                 pieces = [self.tokenizer.decode([t]) for t in tokens]
-                logprobs = {"text_offset": [sum(map(len, pieces[:k])) for k in range(len(pieces))],
-                            "token_logprobs": out.logprobs[index], "tokens": pieces,
-                            "top_logprobs": [{p: lp} for p, lp in zip(pieces, out.logprobs[index])]}
-            choices.append({"index": index, "text": self.tokenizer.decode(tokens, skip_special_tokens=True),
-                            "logprobs": logprobs, "finish_reason": "stop" if finished else "length",
-                            "stop_reason": None, "token_ids": tokens, "prompt_token_ids": out.prompt_ids[index]})
-        usage = {"prompt_tokens": sum(map(len, request["prompt"])),
-                 "completion_tokens": sum(map(len, out.completion_ids))}
+                logprobs = {
+                    "text_offset": [sum(map(len, pieces[:k])) for k in range(len(pieces))],
+                    "token_logprobs": out.logprobs[index],
+                    "tokens": pieces,
+                    "top_logprobs": [{p: lp} for p, lp in zip(pieces, out.logprobs[index])],
+                }
+            choices.append(
+                {
+                    "index": index,
+                    "text": self.tokenizer.decode(tokens, skip_special_tokens=True),
+                    "logprobs": logprobs,
+                    "finish_reason": "stop" if finished else "length",
+                    "stop_reason": None,
+                    "token_ids": tokens,
+                    "prompt_token_ids": out.prompt_ids[index],
+                }
+            )
+        usage = {
+            "prompt_tokens": sum(map(len, request["prompt"])),
+            "completion_tokens": sum(map(len, out.completion_ids)),
+        }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        response = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": MODEL,
-                    "choices": choices, "usage": usage}
+        response = {
+            "id": "cmpl-fake",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": MODEL,
+            "choices": choices,
+            "usage": usage,
+        }
         if self.tamper is not None:
             self.tamper(response)
         return 200, response
@@ -134,8 +174,12 @@ def _check(request: dict, eos: int) -> str | None:
     if request.get("model") != MODEL:
         return f"The model `{request.get('model')}` does not exist."
     prompt = request.get("prompt")
-    if not (isinstance(prompt, list) and prompt and all(isinstance(p, list) and p for p in prompt)
-            and all(isinstance(t, int) and t >= 0 for p in prompt for t in p)):
+    if not (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(p, list) and p for p in prompt)
+        and all(isinstance(t, int) and t >= 0 for p in prompt for t in p)
+    ):
         return "this fake serves only batches of token-id prompts (list[list[int]])"
     if not request.get("return_token_ids"):
         return "this fake answers only with return_token_ids=true"

@@ -36,17 +36,20 @@ NO_THINK = "</think>\n\\boxed{12}"  # ... and when it closes the think block at 
 # ---- detection --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("completion, thinks", [
-    (NO_THINK, False),
-    ("  </think>\n\n\\boxed{12}", False),  # R1 writes `</think>\n\n`; leading whitespace is still an empty block
-    ("<think>\n...\n</think>\n\\boxed{12}", False),  # the model wrote the ellipsis itself (plain prompt)
-    ("...\n</think>\n\\boxed{12}", False),  # after the always-think prompt `<think>\n`
-    (THINK, True),
-    ("<think>\n5+7=12\n</think>\n\\boxed{12}", True),
-    ("...\n5+7=12\n</think>\n\\boxed{12}", True),  # an ellipsis followed by real steps is thinking
-    ("5+7=12, write 2", True),  # never closed: thinking (and a format error), as in the official code
-    ("\\boxed{12}", True),
-])
+@pytest.mark.parametrize(
+    "completion, thinks",
+    [
+        (NO_THINK, False),
+        ("  </think>\n\n\\boxed{12}", False),  # R1 writes `</think>\n\n`; leading whitespace is still an empty block
+        ("<think>\n...\n</think>\n\\boxed{12}", False),  # the model wrote the ellipsis itself (plain prompt)
+        ("...\n</think>\n\\boxed{12}", False),  # after the always-think prompt `<think>\n`
+        (THINK, True),
+        ("<think>\n5+7=12\n</think>\n\\boxed{12}", True),
+        ("...\n5+7=12\n</think>\n\\boxed{12}", True),  # an ellipsis followed by real steps is thinking
+        ("5+7=12, write 2", True),  # never closed: thinking (and a format error), as in the official code
+        ("\\boxed{12}", True),
+    ],
+)
 def test_no_think_is_an_empty_or_ellipsis_only_think_block(completion, thinks):
     assert is_thinking(completion) is thinks
 
@@ -59,8 +62,8 @@ def test_ellipsis_prompt_is_the_plain_prompt_followed_by_the_prefix_tokens():
     ellipsis = with_prompt_mode(tok, "ellipsis")
     plain, ids = encode_prompt(tok, "Compute 5+7."), encode_prompt(ellipsis, "Compute 5+7.")
     assert ids[: len(plain)] == plain
-    assert tok.convert_ids_to_tokens(ids[len(plain):]) == ["<think>", "Ċ", ".", ".", ".", "Ċ"]
-    assert ids[len(plain):] == tok("<think>\n...\n", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids[len(plain) :]) == ["<think>", "Ċ", ".", ".", ".", "Ċ"]
+    assert ids[len(plain) :] == tok("<think>\n...\n", add_special_tokens=False)["input_ids"]
     assert prompt_mode(tok) == "plain" and prompt_mode(ellipsis) == "ellipsis"
     assert prompt_mode(with_prompt_mode(ellipsis, "think")) == "think"  # a new mode replaces the old one
     assert with_prompt_mode(ellipsis, "plain").chat_template == tok.chat_template
@@ -73,8 +76,12 @@ def test_template_that_already_opens_the_think_block_gets_only_the_ellipsis():
     tok = load_tokenizer("student")
     r1_style = with_prompt_mode(tok, "think")  # stands in for DeepSeek-R1's `<|Assistant|><think>\n`
     r1_style.chat_template = r1_style.chat_template.replace("{#- reasonrl prompt mode -#}", "")
-    rendered = r1_style.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
-                                            tokenize=False, chat_template=prompt_mode_template(r1_style, "ellipsis"))
+    rendered = r1_style.apply_chat_template(
+        [{"role": "user", "content": "x"}],
+        add_generation_prompt=True,
+        tokenize=False,
+        chat_template=prompt_mode_template(r1_style, "ellipsis"),
+    )
     assert rendered.endswith("assistant\n<think>\n...\n") and rendered.count("<think>") == 1
 
 
@@ -132,7 +139,10 @@ def balance(rewards, think, correct, rate=0.5, slope=2.0):
 
 def test_balanced_batch_is_left_alone():
     assert balance([1.0, 0.0, 2.0, -1.0], [True, True, False, False], [True, False, True, False]) == (
-        [1.0, 0.0, 2.0, -1.0], 0.0, 0.0)
+        [1.0, 0.0, 2.0, -1.0],
+        0.0,
+        0.0,
+    )
 
 
 def test_think_heavy_batch_moves_think_rewards_towards_zero_and_minus_one():
@@ -163,8 +173,9 @@ def test_direct_correct_reward_can_be_moved_from_two():
     assert out[:4] == [1.5, -1.0, 1.0, 0.0] and math.isnan(out[4])
     # R0 weighted 0.5 in a sum with a format reward of 0.25: direct correct 0.5 * 2 + 0.25 = 1.25 -> 0.5 * 1.5 + 0.25,
     # direct wrong 0.5 * -1 + 0.25 = -0.25 unchanged
-    out = rescore_direct_correct(torch.tensor([1.25, -0.25]), torch.tensor([False, False]), torch.tensor([True, False]),
-                                 1.5, weight=0.5)
+    out = rescore_direct_correct(
+        torch.tensor([1.25, -0.25]), torch.tensor([False, False]), torch.tensor([True, False]), 1.5, weight=0.5
+    )
     assert out.tolist() == [1.0, -0.25]
     with pytest.raises(ValueError, match="nothink_correct_reward"):
         load_config(None, ["algo=autothink", "algo.nothink_correct_reward=nan"])
@@ -198,10 +209,21 @@ def test_length_shaping_is_off_with_zero_coefficients_and_equal_lengths():
 
 def test_mode_metrics_per_level_and_mode():
     m = mode_metrics([True, False, False, True], [True, True, False, False], [40, 8, 9, 50], [2, 1, 1, 2])
-    assert m == {"think_rate": 0.5, "accuracy": 0.5, "tokens": 26.75,
-                 "think_rate/level_1": 0.0, "accuracy/level_1": 0.5, "tokens/level_1": 8.5,
-                 "think_rate/level_2": 1.0, "accuracy/level_2": 0.5, "tokens/level_2": 45.0,
-                 "accuracy/think": 0.5, "tokens/think": 45.0, "accuracy/no_think": 0.5, "tokens/no_think": 8.5}
+    assert m == {
+        "think_rate": 0.5,
+        "accuracy": 0.5,
+        "tokens": 26.75,
+        "think_rate/level_1": 0.0,
+        "accuracy/level_1": 0.5,
+        "tokens/level_1": 8.5,
+        "think_rate/level_2": 1.0,
+        "accuracy/level_2": 0.5,
+        "tokens/level_2": 45.0,
+        "accuracy/think": 0.5,
+        "tokens/think": 45.0,
+        "accuracy/no_think": 0.5,
+        "tokens/no_think": 8.5,
+    }
     assert "accuracy/no_think" not in mode_metrics([True], [True], [4], [1])
 
 
@@ -209,8 +231,9 @@ def test_mode_metrics_per_level_and_mode():
 
 
 def test_stage_schedule_and_per_stage_max_lengths():
-    config = load_config(None, ["algo=autothink", "algo.stage=all", "algo.stage_steps=3,2",
-                                "rollout.max_completion_length=32"])
+    config = load_config(
+        None, ["algo=autothink", "algo.stage=all", "algo.stage_steps=3,2", "rollout.max_completion_length=32"]
+    )
     algo = AutoThink(config)
     assert [algo.stage_at(s) for s in range(1, 8)] == [1, 1, 1, 2, 2, 3, 3]
     assert algo.max_lengths == [32, 64, 96]  # the paper's 8k : 16k : 24k
@@ -229,14 +252,20 @@ def test_autothink_sft_trains_both_modes_after_the_prompt_prefix(quick_config):
     example = ArithWorld(levels=[2]).example(0)
     assert continuation(example, think=True) == example.solution.removeprefix("<think>\n")
     assert continuation(example, think=False) == "</think>\n" + example.direct
-    config = quick_config("algo=autothink_sft", "algo.nothink_fraction=0.5", "algo.think_prompt_fraction=0.25",
-                          "train.prompts_per_step=64")
+    config = quick_config(
+        "algo=autothink_sft",
+        "algo.nothink_fraction=0.5",
+        "algo.think_prompt_fraction=0.25",
+        "train.prompts_per_step=64",
+    )
     trainer = Trainer(config)
     batch = AutoThinkSFT(config).gather(trainer.ctx)
     tok = trainer.tokenizer
     assert prompt_mode(tok) == "ellipsis"  # what the exported folder will prompt with
     closing = tok.convert_tokens_to_ids("</think>")
-    texts = [tok.decode(row[mask.bool()]) for row, mask in zip(batch.tensors["input_ids"], batch.tensors["attention_mask"])]
+    texts = [
+        tok.decode(row[mask.bool()]) for row, mask in zip(batch.tensors["input_ids"], batch.tensors["attention_mask"])
+    ]
     ellipsis = [t for t in texts if "assistant\n<think>\n...\n" in t]
     direct = [t for t in ellipsis if "...\n</think>" in t]
     assert 0 < len(ellipsis) < 64 and 0 < len(direct) < len(ellipsis)  # all three formats occur
@@ -255,8 +284,14 @@ def test_autothink_needs_the_ellipsis_prompt(quick_config):
 
 
 def test_autothink_runs_all_stages_and_logs_mode_metrics(quick_config, nano_ellipsis, tmp_path):
-    config = quick_config("algo=autothink", f"model.path={nano_ellipsis}", "algo.stage=all", "algo.stage_steps=1,1",
-                          "train.steps=3", "rollout.max_completion_length=6")
+    config = quick_config(
+        "algo=autothink",
+        f"model.path={nano_ellipsis}",
+        "algo.stage=all",
+        "algo.stage_steps=1,1",
+        "train.steps=3",
+        "rollout.max_completion_length=6",
+    )
     Trainer(config, run_dir=tmp_path / "run").train()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "autothink/stage" in r]
@@ -270,13 +305,23 @@ def test_autothink_step_pays_correct_direct_answers_the_configured_reward(quick_
     """The algorithm, not just the helper, applies algo.nothink_correct_reward before the stage shaping."""
     texts = [NO_THINK, "</think>\n\\boxed{3}", THINK, "5+7=12\n</think>\n\\boxed{3}"]  # direct right/wrong, think
     r0 = [2.0, -1.0, 1.0, 0.0]
-    crafted = lambda: Rollouts([[1]] * 4, [[5]] * 4, [[0.0]] * 4, [True] * 4, [0] * 4, rewards=list(r0),  # noqa: E731
-                               reward_components={"autothink": list(r0)}, meta=[{"level": 1}] * 4, texts=texts)
+    crafted = lambda: Rollouts(
+        [[1]] * 4,
+        [[5]] * 4,
+        [[0.0]] * 4,
+        [True] * 4,
+        [0] * 4,
+        rewards=list(r0),
+        reward_components={"autothink": list(r0)},
+        meta=[{"level": 1}] * 4,
+        texts=texts,
+    )
     monkeypatch.setattr(GRPO, "_sample", lambda self, ctx: (crafted(), {}))
     shaped = {}
     for value in (2.0, 1.5):
-        config = quick_config("algo=autothink", f"model.path={nano_ellipsis}", "algo.stage=2",
-                              f"algo.nothink_correct_reward={value}")
+        config = quick_config(
+            "algo=autothink", f"model.path={nano_ellipsis}", "algo.stage=2", f"algo.nothink_correct_reward={value}"
+        )
         trainer = Trainer(config)
         rollouts, _ = trainer.algo._sample(trainer.ctx)
         shaped[value] = list(rollouts.rewards)
@@ -295,17 +340,32 @@ def test_stage1_update_thinks_less_than_plain_rewards_on_a_think_heavy_batch(tmp
     probe = ArithWorld(levels=[1, 2, 3, 4, 5]).eval_set([1, 2, 3, 4, 5], 20)
     after, rows = {}, {}
     for stage in (1, 2):
-        config = load_config(None, [
-            "model.path=autothink_base", "algo=autothink", f"algo.stage={stage}", "optim.lr=3e-4",
-            "optim.warmup_steps=0", "train.steps=1", "data.levels=[1,2,3,4,5]", "data.eval_n=1", "train.seed=0",
-            "rollout.max_completion_length=64", "train.prompts_per_step=8", "train.progress=false",
-        ])
+        config = load_config(
+            None,
+            [
+                "model.path=autothink_base",
+                "algo=autothink",
+                f"algo.stage={stage}",
+                "optim.lr=3e-4",
+                "optim.warmup_steps=0",
+                "train.steps=1",
+                "data.levels=[1,2,3,4,5]",
+                "data.eval_n=1",
+                "train.seed=0",
+                "rollout.max_completion_length=64",
+                "train.prompts_per_step=8",
+                "train.progress=false",
+            ],
+        )
         trainer = Trainer(config, run_dir=tmp_path / f"stage{stage}")
         before = think_probability(trainer.model, trainer.tokenizer, [ex.prompt for ex in probe])
         trainer.train()
         after[stage] = think_probability(trainer.model, trainer.tokenizer, [ex.prompt for ex in probe])
-        rows[stage] = next(json.loads(line) for line in (tmp_path / f"stage{stage}" / "metrics.jsonl").open()
-                           if '"autothink/stage"' in line)
+        rows[stage] = next(
+            json.loads(line)
+            for line in (tmp_path / f"stage{stage}" / "metrics.jsonl").open()
+            if '"autothink/stage"' in line
+        )
     assert 0.55 < before < 0.7  # the base picks either mode under the ellipsis prompt
     assert rows[1]["autothink/think_rate"] == rows[2]["autothink/think_rate"] > 0.5  # the same rollouts, think-heavy
     assert rows[1]["autothink/balance_lambda_think"] > 0.2 and rows[2]["autothink/balance_lambda_think"] == 0

@@ -7,8 +7,14 @@ from transformers import AutoModelForCausalLM
 
 from reasonrl.cli import main
 
-FAST = ["rollout.num_generations=2", "rollout.max_completion_length=8", "train.prompts_per_step=2", "train.steps=2",
-        "data.eval_n=2", "--quiet"]
+FAST = [
+    "rollout.num_generations=2",
+    "rollout.max_completion_length=8",
+    "train.prompts_per_step=2",
+    "train.steps=2",
+    "data.eval_n=2",
+    "--quiet",
+]
 
 
 def last_json(out: str) -> dict:
@@ -45,9 +51,25 @@ def test_missing_model_directory_is_one_clear_error(tmp_path, capsys):
 
 def test_eval_on_a_jsonl_file_prints_a_json_summary(nano_dir, tmp_path, capsys):
     data = tmp_path / "qa.jsonl"
-    data.write_text("\n".join(json.dumps({"question": f"Compute {i}+1.", "answer": f"... #### {i + 1}"}) for i in range(3)))
-    assert main(["eval", "--model", str(nano_dir), "--data", str(data), "--prompt-field", "question",
-                 "--max-new-tokens", "8"]) == 0
+    data.write_text(
+        "\n".join(json.dumps({"question": f"Compute {i}+1.", "answer": f"... #### {i + 1}"}) for i in range(3))
+    )
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(nano_dir),
+                "--data",
+                str(data),
+                "--prompt-field",
+                "question",
+                "--max-new-tokens",
+                "8",
+            ]
+        )
+        == 0
+    )
     summary = last_json(capsys.readouterr().out)
     assert summary["n"] == 3 and summary["accuracy"] == 0.0  # a random model answers nothing right
     assert summary["mean_completion_tokens"] <= 8
@@ -55,8 +77,18 @@ def test_eval_on_a_jsonl_file_prints_a_json_summary(nano_dir, tmp_path, capsys):
 
 def test_sft_on_world_demonstrations_lowers_the_loss(nano_dir, tmp_path, capsys):
     run = tmp_path / "sft"
-    args = ["sft", f"model.path={nano_dir}", "--output-dir", str(run), "train.steps=30", "train.prompts_per_step=8",
-            "optim.lr=3e-3", "data.eval_n=1", "rollout.max_completion_length=4", "--quiet"]
+    args = [
+        "sft",
+        f"model.path={nano_dir}",
+        "--output-dir",
+        str(run),
+        "train.steps=30",
+        "train.prompts_per_step=8",
+        "optim.lr=3e-3",
+        "data.eval_n=1",
+        "rollout.max_completion_length=4",
+        "--quiet",
+    ]
     assert main(args) == 0
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert len(losses) == 30
@@ -66,14 +98,27 @@ def test_sft_on_world_demonstrations_lowers_the_loss(nano_dir, tmp_path, capsys)
 def test_eval_takes_config_files_and_dotted_overrides_with_its_flags_as_aliases(nano_dir, tmp_path, capsys):
     data = tmp_path / "qa.jsonl"
     data.write_text("\n".join(json.dumps({"question": f"Compute {i}+1.", "answer": f"{i + 1}"}) for i in range(4)))
-    flags = ["eval", "--model", str(nano_dir), "--data", str(data), "--prompt-field", "question",
-             "--max-new-tokens", "6", "--n", "3"]
+    flags = [
+        "eval",
+        "--model",
+        str(nano_dir),
+        "--data",
+        str(data),
+        "--prompt-field",
+        "question",
+        "--max-new-tokens",
+        "6",
+        "--n",
+        "3",
+    ]
     assert main(flags) == 0
     by_flags = last_json(capsys.readouterr().out)
     config = tmp_path / "eval.yaml"
     config.write_text(f"model:\n  path: {nano_dir}\ndata:\n  eval: {data}\n  eval_n: 3\n")
-    assert main(["eval", "--config", str(config), "data.prompt_field=question",
-                 "rollout.eval_max_completion_length=6"]) == 0
+    assert (
+        main(["eval", "--config", str(config), "data.prompt_field=question", "rollout.eval_max_completion_length=6"])
+        == 0
+    )
     assert last_json(capsys.readouterr().out) == by_flags
     assert by_flags["n"] == 3 and by_flags["mean_completion_tokens"] <= 6
     # Overrides come after the flags' aliases, so a key=value wins over its flag.

@@ -198,10 +198,15 @@ def test_unknown_key_in_yaml_file(tmp_path):
     assert "did you mean 'train.steps'" in error(path=write(tmp_path, "train:\n  stepz: 3\n"))
 
 
-@pytest.mark.parametrize("old, new", [("optim.llr_every", "optim.llr.every"),
-                                      ("optim.alphadecay_max_ratio", "optim.alphadecay.max_ratio"),
-                                      ("rollout.vllm_sleep", "rollout.vllm.sleep"),
-                                      ("rollout.vllm_server_url", "rollout.vllm.server_url")])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("optim.llr_every", "optim.llr.every"),
+        ("optim.alphadecay_max_ratio", "optim.alphadecay.max_ratio"),
+        ("rollout.vllm_sleep", "rollout.vllm.sleep"),
+        ("rollout.vllm_server_url", "rollout.vllm.server_url"),
+    ],
+)
 def test_grouped_keys_old_flat_names_are_errors_naming_the_new_key(tmp_path, old, new):
     section, key = old.split(".")
     assert error([f"{old}=1"]) == f"{old} was renamed {new}"
@@ -209,8 +214,10 @@ def test_grouped_keys_old_flat_names_are_errors_naming_the_new_key(tmp_path, old
 
 
 def test_grouped_keys_load_from_yaml_and_overrides(tmp_path):
-    cfg = load_config(write(tmp_path, "optim:\n  llr:\n    every: 7\nrollout:\n  vllm:\n    sleep: false\n"),
-                      ["optim.alphadecay.mapping=sqrt", "optim.muon.ns_steps=3"])
+    cfg = load_config(
+        write(tmp_path, "optim:\n  llr:\n    every: 7\nrollout:\n  vllm:\n    sleep: false\n"),
+        ["optim.alphadecay.mapping=sqrt", "optim.muon.ns_steps=3"],
+    )
     assert (cfg.optim.llr.every, cfg.rollout.vllm.sleep, cfg.optim.alphadecay.mapping) == (7, False, "sqrt")
     assert cfg.optim.muon.ns_steps == 3 and cfg.optim.llr.ramp == 20 and cfg.optim.name == "adamw"
 

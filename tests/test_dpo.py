@@ -66,8 +66,9 @@ def test_ipo_loss_is_the_squared_distance_to_one_over_two_beta():
 def test_ipo_per_token_mean_divides_each_log_ratio_by_its_length():
     # chosen ratio +0.5 over 2 tokens, rejected -1.0 over 4: z = 0.25 + 0.25 = 0.5, below beta 0.5's target 1.
     # L = (z - 1)^2 = 0.25; dL/dz = -1, so d/d log pi(y_w) = -1 / 2 and d/d log pi(y_l) = +1 / 4.
-    loss, g_chosen, g_rejected, r_chosen, r_rejected = loss_and_grads(0.5, loss_type="ipo",
-                                                                      token_counts=torch.tensor([[2, 4]]))
+    loss, g_chosen, g_rejected, r_chosen, r_rejected = loss_and_grads(
+        0.5, loss_type="ipo", token_counts=torch.tensor([[2, 4]])
+    )
     assert loss == pytest.approx(0.25)
     assert (g_chosen, g_rejected) == pytest.approx((-0.5, 0.25))
     assert (r_chosen, r_rejected) == pytest.approx((0.25, -0.5))  # implicit rewards stay the summed log-ratios
@@ -97,8 +98,13 @@ def arith_pairs(tokenizer, n: int) -> list[Pair]:
     pairs = []
     for i in range(n):
         ex = world.example(i)
-        pairs.append(Pair(encode_prompt(tokenizer, ex.prompt), encode_completion(tokenizer, ex.solution),
-                          encode_completion(tokenizer, f"\\boxed{{{int(ex.answer) + 1}}}")))
+        pairs.append(
+            Pair(
+                encode_prompt(tokenizer, ex.prompt),
+                encode_completion(tokenizer, ex.solution),
+                encode_completion(tokenizer, f"\\boxed{{{int(ex.answer) + 1}}}"),
+            )
+        )
     return pairs
 
 
@@ -172,38 +178,51 @@ def rejected_over_seeds(scores, lengths, max_tokens=10, wrong_pairs="all", seeds
     return next(iter(picks))[0], {r for _, r in picks}
 
 
-@pytest.mark.parametrize("scores, lengths, chosen, rejected", [
-    ([1, 1, 0, -1, -1], [5, 9, 8, 3, 4], 1, {3, 4}),  # longest correct vs a random unboxed (preferred to wrong)
-    ([1, 0, 1, 0], [7, 3, 8, 9], 2, {1, 3}),  # no unboxed: longest correct vs a random boxed-wrong
-    ([1, 1, 1, 0], [10, 9, 4, 5], 1, {3}),  # the longest correct is not shorter than max_tokens=10: next longest
-    ([1, 1, 0], [12, 15, 5], 1, {2}),  # no correct one is shorter than max_tokens: the longest of them
-    ([0, 0, -1, -1], [4, 6, 9, 2], 1, {2, 3}),  # no correct: longest boxed-wrong vs a random unboxed
-    ([0, 0, 0], [4, 6, 5], 1, {0, 2}),  # only boxed-wrong: the longest vs any other one, never itself
-    ([1, 1, -1], [5, 5, 1], 0, {2}),  # equally long: the earlier sample
-    ([None, 1, None, 0], [50, 3, 50, 2], 1, {3}),  # failed verifications are never picked
-])
+@pytest.mark.parametrize(
+    "scores, lengths, chosen, rejected",
+    [
+        ([1, 1, 0, -1, -1], [5, 9, 8, 3, 4], 1, {3, 4}),  # longest correct vs a random unboxed (preferred to wrong)
+        ([1, 0, 1, 0], [7, 3, 8, 9], 2, {1, 3}),  # no unboxed: longest correct vs a random boxed-wrong
+        ([1, 1, 1, 0], [10, 9, 4, 5], 1, {3}),  # the longest correct is not shorter than max_tokens=10: next longest
+        ([1, 1, 0], [12, 15, 5], 1, {2}),  # no correct one is shorter than max_tokens: the longest of them
+        ([0, 0, -1, -1], [4, 6, 9, 2], 1, {2, 3}),  # no correct: longest boxed-wrong vs a random unboxed
+        ([0, 0, 0], [4, 6, 5], 1, {0, 2}),  # only boxed-wrong: the longest vs any other one, never itself
+        ([1, 1, -1], [5, 5, 1], 0, {2}),  # equally long: the earlier sample
+        ([None, 1, None, 0], [50, 3, 50, 2], 1, {3}),  # failed verifications are never picked
+    ],
+)
 def test_pair_rules(scores, lengths, chosen, rejected):
     assert rejected_over_seeds(scores, lengths) == (chosen, rejected)
 
 
-@pytest.mark.parametrize("scores", [
-    [1, 1, 1],  # all correct: nothing to reject
-    [-1, -1, -1],  # nothing boxed: nothing to choose
-    [0, -1][:1],  # a single boxed-wrong sample and nothing else
-    [0, None, None],  # the others failed verification
-    [1, None],  # correct, but nothing to reject
-    [None, None],
-    [],
-])
+@pytest.mark.parametrize(
+    "scores",
+    [
+        [1, 1, 1],  # all correct: nothing to reject
+        [-1, -1, -1],  # nothing boxed: nothing to choose
+        [0, -1][:1],  # a single boxed-wrong sample and nothing else
+        [0, None, None],  # the others failed verification
+        [1, None],  # correct, but nothing to reject
+        [None, None],
+        [],
+    ],
+)
 def test_prompts_without_a_pair(scores):
     assert select_pair(scores, [5] * len(scores), random.Random(0), 10) is None
 
 
-@pytest.mark.parametrize("wrong_pairs, scores, expected", [
-    ("none", [0, -1], None), ("none", [0, 0], None), ("none", [1, 0], (0, 1)),
-    ("unboxed", [0, -1], (0, 1)), ("unboxed", [0, 0, 0], None), ("unboxed", [1, 0], (0, 1)),
-    ("all", [0, 0], (0, 1)),
-])
+@pytest.mark.parametrize(
+    "wrong_pairs, scores, expected",
+    [
+        ("none", [0, -1], None),
+        ("none", [0, 0], None),
+        ("none", [1, 0], (0, 1)),
+        ("unboxed", [0, -1], (0, 1)),
+        ("unboxed", [0, 0, 0], None),
+        ("unboxed", [1, 0], (0, 1)),
+        ("all", [0, 0], (0, 1)),
+    ],
+)
 def test_wrong_pairs_option_keeps_only_the_pairs_it_names(wrong_pairs, scores, expected):
     assert select_pair(scores, [5] * len(scores), random.Random(0), 10, wrong_pairs) == expected
 
@@ -211,9 +230,19 @@ def test_wrong_pairs_option_keeps_only_the_pairs_it_names(wrong_pairs, scores, e
 # ---- configuration --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("override", ["algo.loss_type=hinge", "algo.beta=0", "algo.label_smoothing=0.5",
-                                      "algo.wrong_pairs=some", "algo.temperatures=[]", "algo.rounds=0",
-                                      "algo.ipo_logratio=median", "algo.ipo_logratio=mean"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "algo.loss_type=hinge",
+        "algo.beta=0",
+        "algo.label_smoothing=0.5",
+        "algo.wrong_pairs=some",
+        "algo.temperatures=[]",
+        "algo.rounds=0",
+        "algo.ipo_logratio=median",
+        "algo.ipo_logratio=mean",
+    ],
+)
 def test_invalid_settings_are_config_errors(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
         load_config(None, ["algo=dpo_vp", override])
@@ -236,13 +265,16 @@ def write_pairs(path, rows) -> str:
 GOOD = {"prompt": "Compute 2+3. Put the final answer in \\boxed{}.", "chosen": "\\boxed{5}", "rejected": "\\boxed{6}"}
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"prompt": "p", "chosen": "a"}, r"line 2: missing field 'rejected'"),
-    ({"prompt": "p", "chosen": 5, "rejected": "b"}, r"line 2: field 'chosen' must be a non-empty string, got 5"),
-    ({"prompt": "p", "chosen": "a", "rejected": "  "}, r"line 2: field 'rejected' must be a non-empty string"),
-    ({"prompt": "", "chosen": "a", "rejected": "b"}, r"line 2: empty prompt"),
-    ('{"prompt": "p", "chosen"', r"line 2: malformed JSON"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"prompt": "p", "chosen": "a"}, r"line 2: missing field 'rejected'"),
+        ({"prompt": "p", "chosen": 5, "rejected": "b"}, r"line 2: field 'chosen' must be a non-empty string, got 5"),
+        ({"prompt": "p", "chosen": "a", "rejected": "  "}, r"line 2: field 'rejected' must be a non-empty string"),
+        ({"prompt": "", "chosen": "a", "rejected": "b"}, r"line 2: empty prompt"),
+        ('{"prompt": "p", "chosen"', r"line 2: malformed JSON"),
+    ],
+)
 def test_a_malformed_pairs_file_is_one_error_naming_the_line_and_field(tmp_path, bad, message):
     path = write_pairs(tmp_path / "pairs.jsonl", [GOOD, bad])
     with pytest.raises(DataError, match=message):
@@ -261,16 +293,31 @@ def test_a_bad_pairs_file_fails_before_the_run_directory_exists(quick_config, tm
 
 def test_offline_dpo_widens_the_margin_and_scores_the_reference_once(quick_config, tmp_path, monkeypatch):
     world = ArithWorld([1, 2])
-    rows = [{"prompt": ex.prompt, "chosen": ex.solution, "rejected": f"\\boxed{{{int(ex.answer) + 1}}}"}
-            for ex in map(world.example, range(4))]
+    rows = [
+        {"prompt": ex.prompt, "chosen": ex.solution, "rejected": f"\\boxed{{{int(ex.answer) + 1}}}"}
+        for ex in map(world.example, range(4))
+    ]
     path = write_pairs(tmp_path / "pairs.jsonl", rows)
-    config = quick_config("algo=dpo", f"algo.pairs={path}", "train.steps=4", "train.prompts_per_step=4",
-                          "data.eval_n=1", "optim.warmup_steps=0", "algo.beta=0.5")
+    config = quick_config(
+        "algo=dpo",
+        f"algo.pairs={path}",
+        "train.steps=4",
+        "train.prompts_per_step=4",
+        "data.eval_n=1",
+        "optim.warmup_steps=0",
+        "algo.beta=0.5",
+    )
     trainer = Trainer(config, run_dir=tmp_path / "run")
     reference_rows = []
     original = logprobs.completion_logits
-    monkeypatch.setattr(logprobs, "completion_logits", lambda model, micro: (
-        model is trainer.ctx.ref_model and reference_rows.append(micro["input_ids"].shape[0])) or original(model, micro))
+    monkeypatch.setattr(
+        logprobs,
+        "completion_logits",
+        lambda model, micro: (
+            (model is trainer.ctx.ref_model and reference_rows.append(micro["input_ids"].shape[0]))
+            or original(model, micro)
+        ),
+    )
     trainer.train()
     assert sum(reference_rows) == 2 * len(rows)  # 4 pairs seen 4 times each, referenced once
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -283,9 +330,21 @@ def test_offline_dpo_widens_the_margin_and_scores_the_reference_once(quick_confi
 
 # ---- DPO-VP end to end: the CLI, each round's pairs file, the reference reset, resume --------------------------
 
-VP_ARGS = ["algo=dpo_vp", "model.path=student", "algo.rounds=3", "algo.steps_per_round=2",
-           "algo.temperatures=[0.7,1.3]", "rollout.num_generations=4", "train.prompts_per_step=4", "data.eval_n=2",
-           "optim.lr=1e-3", "optim.warmup_steps=0", "train.save_every=1", "train.keep_checkpoints=10", "train.seed=0"]
+VP_ARGS = [
+    "algo=dpo_vp",
+    "model.path=student",
+    "algo.rounds=3",
+    "algo.steps_per_round=2",
+    "algo.temperatures=[0.7,1.3]",
+    "rollout.num_generations=4",
+    "train.prompts_per_step=4",
+    "data.eval_n=2",
+    "optim.lr=1e-3",
+    "optim.warmup_steps=0",
+    "train.save_every=1",
+    "train.keep_checkpoints=10",
+    "train.seed=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -306,8 +365,10 @@ def test_cli_run_writes_each_rounds_pairs_as_a_valid_pairs_file(vp_run):
         path = vp_run / "pairs" / f"round_00{k}.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         assert 0 < len(rows) <= 8  # at most one pair per prompt
-        assert all(r["round"] == k and (r["chosen_score"], r["rejected_score"]) in {(1, 0), (1, -1), (0, -1), (0, 0)}
-                   for r in rows)
+        assert all(
+            r["round"] == k and (r["chosen_score"], r["rejected_score"]) in {(1, 0), (1, -1), (0, -1), (0, 0)}
+            for r in rows
+        )
         assert len(load_pairs_file(path)) == len(rows)  # replayable with algo=dpo algo.pairs=...
     log = metric_rows(vp_run)
     assert max(r["step"] for r in log) == 6  # rounds x steps_per_round

@@ -15,10 +15,16 @@ def test_two_dpo_vp_rounds_raise_student_accuracy_on_levels_1_to_3(tmp_path):
     0/2/3/4 gave 56.6 / 56.6 / 56.9 / 54.2%, and on 808 other problems the seed-0 model won 102 and lost 65 against
     the student (McNemar p = 0.005): a real gain, not eval noise.
     """
-    config = load_config("configs/dpo_vp.yaml", [
-        "algo.rounds=2", "data.eval_n=200", "train.seed=1", "train.progress=false",
-        f"train.output_dir={tmp_path / 'dpo_vp'}",
-    ])
+    config = load_config(
+        "configs/dpo_vp.yaml",
+        [
+            "algo.rounds=2",
+            "data.eval_n=200",
+            "train.seed=1",
+            "train.progress=false",
+            f"train.output_dir={tmp_path / 'dpo_vp'}",
+        ],
+    )
     final = Trainer(config, run_dir=tmp_path / "dpo_vp").train()
     rows = [json.loads(line) for line in (tmp_path / "dpo_vp" / "metrics.jsonl").read_text().splitlines()]
     before = rows[0]["eval/accuracy"]

@@ -40,8 +40,12 @@ def vllm_server_engine(model, tok, cleanup: contextlib.ExitStack):
 
 
 # Each builds an engine on (model, tokenizer) and registers what must be shut down afterwards on the ExitStack.
-ENGINES = {"hf": lambda model, tok, _: HFEngine(model, tok), "fast": lambda model, tok, _: FastEngine(model, tok),
-           "vllm": vllm_engine, "vllm-server": vllm_server_engine}
+ENGINES = {
+    "hf": lambda model, tok, _: HFEngine(model, tok),
+    "fast": lambda model, tok, _: FastEngine(model, tok),
+    "vllm": vllm_engine,
+    "vllm-server": vllm_server_engine,
+}
 # How far an engine's log-probs may be from the trainer's: ours run the same float32 math (the fake server runs the
 # lean engine); vLLM's kernels differ.
 TOLERANCE = {"hf": 1e-4, "fast": 1e-4, "vllm": 5e-2, "vllm-server": 1e-4}
@@ -61,7 +65,7 @@ def trainer_logits(model, out) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     seq = build_sequences(out.prompt_ids, out.completion_ids, 0)
     with torch.no_grad():
         logits = completion_logits(model, seq).cpu()
-    return logits, seq["input_ids"][:, -logits.shape[1]:], seq["completion_mask"].bool()
+    return logits, seq["input_ids"][:, -logits.shape[1] :], seq["completion_mask"].bool()
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -92,7 +96,10 @@ def test_greedy_is_the_trainers_argmax_and_follows_synced_weights(setup):
 
     def check_greedy():
         out = engine.generate(prompts, 1, greedy)
-        assert all(lp == [] for lp in out.logprobs) and out.completion_ids == engine.generate(prompts, 1, greedy).completion_ids
+        assert (
+            all(lp == [] for lp in out.logprobs)
+            and out.completion_ids == engine.generate(prompts, 1, greedy).completion_ids
+        )
         logits, targets, mask = trainer_logits(model, out)
         top2 = logits.topk(2, -1).values
         chosen = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -102,8 +109,10 @@ def test_greedy_is_the_trainers_argmax_and_follows_synced_weights(setup):
 
     before = check_greedy()
     if name == "vllm-server":
-        pytest.skip("the fake server generates with the trainer's own model object, so following synced weights "
-                    "would prove nothing; the real push needs NCCL and a CUDA GPU")
+        pytest.skip(
+            "the fake server generates with the trainer's own model object, so following synced weights "
+            "would prove nothing; the real push needs NCCL and a CUDA GPU"
+        )
     with torch.no_grad():  # a training update, as far as the engine can tell
         torch.manual_seed(1)
         for p in model.parameters():

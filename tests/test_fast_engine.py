@@ -13,15 +13,33 @@ from reasonrl.rollout.fast import FastEngine, sample
 from reasonrl.rollout.hf import HFEngine
 from reasonrl.trainer import Trainer
 
-SMALL = dict(vocab_size=321, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+SMALL = dict(
+    vocab_size=321,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 VARIANTS = {
     "llama": lambda: LlamaConfig(**SMALL),
     "llama-mha-untied": lambda: LlamaConfig(**{**SMALL, "num_key_value_heads": 4}, tie_word_embeddings=False),
     "llama-biases": lambda: LlamaConfig(**SMALL, attention_bias=True, mlp_bias=True),
-    "llama3-rope": lambda: LlamaConfig(**SMALL, rope_parameters={
-        "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 64}),
+    "llama3-rope": lambda: LlamaConfig(
+        **SMALL,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 10000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    ),
     "qwen2-bias": lambda: Qwen2Config(**SMALL),
     "qwen3-qk-norm": lambda: Qwen3Config(**SMALL, head_dim=16),
     "mistral": lambda: MistralConfig(**SMALL, sliding_window=None),
@@ -64,7 +82,9 @@ def test_greedy_tokens_match_hf_generate(variant, tokenizer):
 def test_sampled_logprobs_equal_the_training_forward(variant, tokenizer):
     model = random_model(VARIANTS[variant]())
     torch.manual_seed(1)
-    out = FastEngine(model, tokenizer).generate(prompt_ids(tokenizer), 3, SamplingParams(max_new_tokens=20, temperature=0.7))
+    out = FastEngine(model, tokenizer).generate(
+        prompt_ids(tokenizer), 3, SamplingParams(max_new_tokens=20, temperature=0.7)
+    )
     seq = build_sequences(out.prompt_ids, out.completion_ids, tokenizer.pad_token_id)
     with torch.no_grad():
         train_logp, _ = completion_logprobs(model, seq, temperature=0.7)
@@ -85,14 +105,18 @@ def test_unfused_projections_match_the_fused_ones(variant, tokenizer, monkeypatc
     assert len(decoder.Decoder(model).layers[0].qkv) == 3
     unfused = FastEngine(model, tokenizer).generate(prompt_ids(tokenizer), 1, params)
     assert unfused.completion_ids == fused.completion_ids
-    assert unfused.completion_ids == HFEngine(model, tokenizer).generate(prompt_ids(tokenizer), 1, params).completion_ids
+    assert (
+        unfused.completion_ids == HFEngine(model, tokenizer).generate(prompt_ids(tokenizer), 1, params).completion_ids
+    )
 
 
 def test_compaction_changes_nothing(tokenizer):
     """Dropping finished rows from the batch (compact_below=1) gives the same greedy tokens as never dropping."""
     model, tok = load_model("student")
-    prompts = [encode_prompt(tok, f"Compute {a}+{b}. Put the final answer in \\boxed{{}}.") for a, b in
-               [(1, 2), (13, 29), (5, 5), (47, 38), (9, 1), (60, 21)]]
+    prompts = [
+        encode_prompt(tok, f"Compute {a}+{b}. Put the final answer in \\boxed{{}}.")
+        for a, b in [(1, 2), (13, 29), (5, 5), (47, 38), (9, 1), (60, 21)]
+    ]
     params = SamplingParams(max_new_tokens=48, greedy=True)
     eager, never = FastEngine(model, tok, compact_below=1.0), FastEngine(model, tok, compact_below=0.0)
     a, b = eager.generate(prompts, 1, params), never.generate(prompts, 1, params)
@@ -117,8 +141,12 @@ def test_unsupported_models_fall_back_to_hf_generate(tokenizer):
     engine = FastEngine(model, tokenizer)
     out = engine.generate(prompt_ids(tokenizer), 1, SamplingParams(max_new_tokens=8, greedy=True))
     assert engine.decode_calls == 0
-    assert out.completion_ids == HFEngine(model, tokenizer).generate(prompt_ids(tokenizer), 1,
-                                                                     SamplingParams(max_new_tokens=8, greedy=True)).completion_ids
+    assert (
+        out.completion_ids
+        == HFEngine(model, tokenizer)
+        .generate(prompt_ids(tokenizer), 1, SamplingParams(max_new_tokens=8, greedy=True))
+        .completion_ids
+    )
 
 
 def test_sliding_window_shorter_than_the_sequence_is_unsupported():

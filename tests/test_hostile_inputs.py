@@ -2,6 +2,7 @@
 
 docs/reliability.md lists each guarantee with the test that proves it (rows 9-11 are here).
 """
+
 from __future__ import annotations
 
 import ast
@@ -18,7 +19,6 @@ from hypothesis import strategies as st
 import reasonrl
 from reasonrl.cli import main
 from reasonrl.rewards import accuracy, extract_boxed, math_verifier
-
 
 # --- hostile answers --------------------------------------------------------------------------------------------
 
@@ -77,9 +77,15 @@ def assert_scored(values, golds, completions, started, pool):
 
 
 BIG = st.integers(min_value=-(10**60), max_value=10**60).map(str) | st.integers(min_value=0, max_value=10**4).map(
-    lambda k: "9" * (k + 1))  # beyond Python's 4300-digit int conversion limit
-ANSWER_TEXT = st.text(max_size=60) | BALANCED | st.sampled_from(
-    ["1e999999", "10^{10^{10^{10}}}", "\\frac{1}{0}", "0/0", "\\infty", "x^" * 50 + "2", "(" * 200, "1,000,000.5"])
+    lambda k: "9" * (k + 1)
+)  # beyond Python's 4300-digit int conversion limit
+ANSWER_TEXT = (
+    st.text(max_size=60)
+    | BALANCED
+    | st.sampled_from(
+        ["1e999999", "10^{10^{10^{10}}}", "\\frac{1}{0}", "0/0", "\\infty", "x^" * 50 + "2", "(" * 200, "1,000,000.5"]
+    )
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -102,9 +108,18 @@ def test_accuracy_on_pathological_answers_ends_within_the_timeout(short_pool, pr
     assert values[0] != 1.0
 
 
-@pytest.mark.parametrize("content", [b"", b"\n  \n\t\n", bytes(random.Random(0).randrange(256) for _ in range(4096)),
-                                     b"\x00" * 100, b"[1, 2, 3]\n", b"PK\x03\x04\x14\x00\x00\x00"],
-                         ids=["empty", "blank", "random-bytes", "nul-bytes", "json-array", "zip-header"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\n  \n\t\n",
+        bytes(random.Random(0).randrange(256) for _ in range(4096)),
+        b"\x00" * 100,
+        b"[1, 2, 3]\n",
+        b"PK\x03\x04\x14\x00\x00\x00",
+    ],
+    ids=["empty", "blank", "random-bytes", "nul-bytes", "json-array", "zip-header"],
+)
 def test_eval_on_an_empty_or_garbage_data_file_is_one_clear_error(nano_dir, tmp_path, capsys, content):
     data = tmp_path / "data.jsonl"
     data.write_bytes(content)
@@ -141,10 +156,17 @@ def unsafe_loads(source: str) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("snippet", [
-    "torch.load(f)", "torch.load(f, weights_only=False)", "torch.load(f, map_location='cpu')", "pickle.loads(b)",
-    "np.load(f, allow_pickle=True)", "yaml.load(text)",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "torch.load(f)",
+        "torch.load(f, weights_only=False)",
+        "torch.load(f, map_location='cpu')",
+        "pickle.loads(b)",
+        "np.load(f, allow_pickle=True)",
+        "yaml.load(text)",
+    ],
+)
 def test_the_unsafe_load_check_catches_each_unsafe_call(snippet):
     assert unsafe_loads(snippet)
 

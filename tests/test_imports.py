@@ -95,11 +95,17 @@ def test_the_cycle_check_finds_cycles_through_functions_type_checking_and_packag
     (pkg / "algos" / "__init__.py").write_text("from . import grpo\n")
     (pkg / "algos" / "grpo.py").write_text("from reasonrl import config\n")
     (pkg / "trainer.py").write_text("from reasonrl.algos.grpo import x\n")
-    (pkg / "context.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import reasonrl.trainer\n")
+    (pkg / "context.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import reasonrl.trainer\n"
+    )
     graph = import_graph(pkg)
     assert graph["reasonrl.trainer"] == {"reasonrl", "reasonrl.algos", "reasonrl.algos.grpo"}
-    assert cycle_through(graph, "reasonrl.config") == ["reasonrl.config", "reasonrl.algos", "reasonrl.algos.grpo",
-                                                       "reasonrl.config"]
+    assert cycle_through(graph, "reasonrl.config") == [
+        "reasonrl.config",
+        "reasonrl.algos",
+        "reasonrl.algos.grpo",
+        "reasonrl.config",
+    ]
     assert cycle_through(graph, "reasonrl.trainer") is None
     (pkg / "algos" / "grpo.py").write_text("from reasonrl import config\nimport reasonrl.context\n")
     (pkg / "trainer.py").write_text("from reasonrl.algos.grpo import x\n")
@@ -110,8 +116,11 @@ def test_the_trainer_talks_to_the_parallelism_strategy():
     source = (PACKAGE / "trainer.py").read_text(encoding="utf-8")
     assert "is_sharded" not in source
     assert not {"reasonrl.fsdp"} & import_graph()["reasonrl.trainer"]
-    names = {node.value.id for node in ast.walk(ast.parse(source))
-             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)}
+    names = {
+        node.value.id
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+    }
     assert not {"fsdp", "distributed"} & names  # no fsdp.X / distributed.X calls
 
 

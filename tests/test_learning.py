@@ -19,8 +19,15 @@ def digit_share(prompts, completions, **kwargs):
 
 
 def test_grpo_climbs_a_dense_reward_from_random_init(quick_config, tmp_path):
-    cfg = quick_config("rewards.funcs=test_digit_share:1.0", "rollout.max_completion_length=16", "train.steps=25",
-                       "optim.lr=3e-3", "optim.warmup_steps=0", "train.prompts_per_step=8", "data.eval_n=1")
+    cfg = quick_config(
+        "rewards.funcs=test_digit_share:1.0",
+        "rollout.max_completion_length=16",
+        "train.steps=25",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=0",
+        "train.prompts_per_step=8",
+        "data.eval_n=1",
+    )
     Trainer(cfg, run_dir=tmp_path / "dense").train()
     rewards = [r["reward"] for r in metric_rows(tmp_path / "dense") if "reward" in r]
     # sampling from the full vocabulary, a random model starts near 0.03; measured (3 seeds): 0.27-0.34 at the end
@@ -30,7 +37,9 @@ def test_grpo_climbs_a_dense_reward_from_random_init(quick_config, tmp_path):
 @pytest.mark.slow
 def test_grpo_raises_student_accuracy_on_levels_1_to_3(tmp_path):
     # 408 held-out problems: at 60 steps the greedy gain is a few points, so a smaller eval set would be noise.
-    config = load_config("configs/grpo.yaml", ["data.eval_n=200", "train.steps=60", "train.progress=false", "train.seed=0"])
+    config = load_config(
+        "configs/grpo.yaml", ["data.eval_n=200", "train.steps=60", "train.progress=false", "train.seed=0"]
+    )
     final = Trainer(config, run_dir=tmp_path / "grpo").train()
     rows = metric_rows(tmp_path / "grpo")
     before = rows[0]["eval/accuracy"]

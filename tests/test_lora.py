@@ -34,11 +34,27 @@ def digit_share(prompts, completions, **kwargs):
 
 
 def run_config(run_dir, *extra):
-    return load_config(None, [
-        "model.path=student", "model.device=cpu", "model.lora.r=8", "rewards.funcs=lora_test_digit_share:1.0",
-        "rollout.num_generations=4", "rollout.max_completion_length=16", "train.prompts_per_step=2",
-        "train.micro_batch_size=16", "train.steps=3", "train.save_every=1", "train.keep_checkpoints=3",
-        "data.eval_n=1", "optim.lr=1e-2", "optim.warmup_steps=0", "train.progress=false", *extra])
+    return load_config(
+        None,
+        [
+            "model.path=student",
+            "model.device=cpu",
+            "model.lora.r=8",
+            "rewards.funcs=lora_test_digit_share:1.0",
+            "rollout.num_generations=4",
+            "rollout.max_completion_length=16",
+            "train.prompts_per_step=2",
+            "train.micro_batch_size=16",
+            "train.steps=3",
+            "train.save_every=1",
+            "train.keep_checkpoints=3",
+            "data.eval_n=1",
+            "optim.lr=1e-2",
+            "optim.warmup_steps=0",
+            "train.progress=false",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +190,10 @@ def test_adapter_checkpoint_is_small_and_resume_equals_the_uninterrupted_run(run
     resumed.train()
 
     def comparable(run_dir):
-        return [{k: v for k, v in r.items() if k != "step_time" and not k.startswith("time/")}
-                for r in read_metrics(run_dir)]
+        return [
+            {k: v for k, v in r.items() if k != "step_time" and not k.startswith("time/")}
+            for r in read_metrics(run_dir)
+        ]
 
     assert comparable(resumed_dir) == comparable(run.run_dir)
     ours, theirs = dict(resumed.model.named_parameters()), dict(run.model.named_parameters())
@@ -210,5 +228,14 @@ def test_merged_state_dict_is_peft_merge_under_the_base_names():
     merged = model.merge_and_unload()
     for name, value in merged.state_dict().items():
         torch.testing.assert_close(state[name], value, rtol=0, atol=1e-6)
-    assert float((state["model.layers.0.self_attn.q_proj.weight"]
-                  - plain.state_dict()["model.layers.0.self_attn.q_proj.weight"]).abs().max()) > 1e-3
+    assert (
+        float(
+            (
+                state["model.layers.0.self_attn.q_proj.weight"]
+                - plain.state_dict()["model.layers.0.self_attn.q_proj.weight"]
+            )
+            .abs()
+            .max()
+        )
+        > 1e-3
+    )

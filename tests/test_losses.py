@@ -262,14 +262,16 @@ def test_kl_penalty_value_gradient_and_metric() -> None:
     ref = torch.tensor([[math.log(0.25)]])
     totals = {"num_seqs": 1, "num_tokens": 1, "max_completion_length": 1}
     k3 = 0.5 + math.log(2) - 1
-    loss, m = policy_loss(logp, logp.detach(), torch.zeros(1), torch.ones(1, 1), loss_type="dapo",
-                          totals=totals, beta=0.1, ref_logp=ref)
+    loss, m = policy_loss(
+        logp, logp.detach(), torch.zeros(1), torch.ones(1, 1), loss_type="dapo", totals=totals, beta=0.1, ref_logp=ref
+    )
     loss.backward()
     close(loss, 0.1 * k3)
     close(logp.grad, [[0.05]])
     close(m["kl"], k3)
-    loss, m = policy_loss(logp, logp.detach(), torch.zeros(1), torch.ones(1, 1), loss_type="dapo",
-                          totals=totals, ref_logp=ref)
+    loss, m = policy_loss(
+        logp, logp.detach(), torch.zeros(1), torch.ones(1, 1), loss_type="dapo", totals=totals, ref_logp=ref
+    )
     close(loss, 0.0)  # beta 0: KL is reported, not optimised
     close(m["kl"], k3)
 
@@ -292,13 +294,27 @@ def test_importance_weights_scale_each_tokens_surrogate() -> None:
     # and d loss / d logp_t = -w_t A / 2 = [-1.5, -0.25].
     logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     totals = {"num_seqs": 1, "num_tokens": 2, "max_completion_length": 2}
-    loss, _ = policy_loss(logp, logp.detach(), torch.tensor([2.0]), torch.ones(1, 2), loss_type="dapo",
-                          totals=totals, is_weights=torch.tensor([[1.5, 0.25]]))
+    loss, _ = policy_loss(
+        logp,
+        logp.detach(),
+        torch.tensor([2.0]),
+        torch.ones(1, 2),
+        loss_type="dapo",
+        totals=totals,
+        is_weights=torch.tensor([[1.5, 0.25]]),
+    )
     loss.backward()
     close(loss, -1.75)
     close(logp.grad, [[-1.5, -0.25]])
-    plain, _ = policy_loss(logp, logp.detach(), torch.tensor([2.0]), torch.ones(1, 2), loss_type="dapo",
-                           totals=totals, is_weights=torch.ones(1, 2))
+    plain, _ = policy_loss(
+        logp,
+        logp.detach(),
+        torch.tensor([2.0]),
+        torch.ones(1, 2),
+        loss_type="dapo",
+        totals=totals,
+        is_weights=torch.ones(1, 2),
+    )
     close(plain, -2.0)  # weights of 1 are the uncorrected loss
 
 
@@ -311,8 +327,17 @@ def test_k3_is_weighs_the_kl_by_the_importance_ratio_with_its_gradient() -> None
     for old, r in ((None, 1.0), (math.log(0.4), 1.25)):  # on-policy (old = sg(logp)), then pi_old = 0.4
         logp = torch.tensor([[math.log(0.5)]], requires_grad=True)
         old_logp = logp.detach() if old is None else torch.tensor([[old]])
-        loss, m = policy_loss(logp, old_logp, torch.zeros(1), torch.ones(1, 1), loss_type="dapo", totals=totals,
-                              beta=0.1, ref_logp=ref, kl_estimator="k3_is")
+        loss, m = policy_loss(
+            logp,
+            old_logp,
+            torch.zeros(1),
+            torch.ones(1, 1),
+            loss_type="dapo",
+            totals=totals,
+            beta=0.1,
+            ref_logp=ref,
+            kl_estimator="k3_is",
+        )
         loss.backward()
         close(loss, 0.1 * r * k3)
         close(logp.grad, [[0.1 * r * math.log(2)]])  # plain k3 would give 0.1 * 0.5 on-policy
@@ -327,8 +352,17 @@ def test_k3_is_under_gspo_uses_the_sequence_ratio_as_trl_does() -> None:
     old = logp.detach() - torch.tensor([[0.1, 0.3]])
     ref = torch.log(torch.tensor([[0.25, 0.5]]))
     totals = {"num_seqs": 1, "num_tokens": 2, "max_completion_length": 2}
-    loss, _ = policy_loss(logp, old, torch.zeros(1), torch.ones(1, 2), loss_type="gspo", totals=totals, beta=0.1,
-                          ref_logp=ref, kl_estimator="k3_is")
+    loss, _ = policy_loss(
+        logp,
+        old,
+        torch.zeros(1),
+        torch.ones(1, 2),
+        loss_type="gspo",
+        totals=totals,
+        beta=0.1,
+        ref_logp=ref,
+        kl_estimator="k3_is",
+    )
     loss.backward()
     s, k = math.exp(0.2), math.log(2) - 0.5
     close(loss, 0.1 * s * k / 2)
@@ -351,8 +385,9 @@ def test_garbage_in_padding_never_reaches_loss_or_gradient(loss_type: str, kl_es
     logp = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -2.0, float("-inf")]], requires_grad=True)
     old = torch.tensor([[-1.1, -2.0, -2.9], [-1.0, -2.1, float("nan")]])
     ref = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -2.0, float("inf")]])
-    loss, m = policy_loss(logp, old, ADV, MASK, loss_type=loss_type, totals=TOTALS, beta=0.1, ref_logp=ref,
-                          kl_estimator=kl_estimator)
+    loss, m = policy_loss(
+        logp, old, ADV, MASK, loss_type=loss_type, totals=TOTALS, beta=0.1, ref_logp=ref, kl_estimator=kl_estimator
+    )
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logp.grad).all() and logp.grad[1, 2] == 0
     assert all(torch.isfinite(v) for v in m.values())
@@ -383,8 +418,9 @@ def run(b: dict[str, torch.Tensor], rows: list[slice], totals: dict, **kw) -> tu
     logp = b["logp"].clone().requires_grad_(True)
     loss_sum, metric_sum = 0.0, {}
     for r in rows:
-        loss, m = policy_loss(logp[r], b["old"][r], b["adv"][r], b["mask"][r], ref_logp=b["ref"][r],
-                              totals=totals, **kw)
+        loss, m = policy_loss(
+            logp[r], b["old"][r], b["adv"][r], b["mask"][r], ref_logp=b["ref"][r], totals=totals, **kw
+        )
         loss.backward()
         loss_sum += float(loss.detach())
         metric_sum = {k: metric_sum.get(k, 0.0) + float(v) for k, v in m.items()}
@@ -424,8 +460,9 @@ def trl_bnpo(b: dict[str, torch.Tensor], rows: list[slice], **kw) -> tuple:
     total = 0.0
     for r in rows:
         own = {"num_seqs": r.stop - r.start, "num_tokens": float(b["mask"][r].sum()), "max_completion_length": 6}
-        loss, _ = policy_loss(logp[r], b["old"][r], b["adv"][r], b["mask"][r], ref_logp=b["ref"][r], totals=own,
-                              loss_type="dapo", **kw)
+        loss, _ = policy_loss(
+            logp[r], b["old"][r], b["adv"][r], b["mask"][r], ref_logp=b["ref"][r], totals=own, loss_type="dapo", **kw
+        )
         (loss / len(rows)).backward()
         total += float(loss.detach()) / len(rows)
     return total, logp.grad

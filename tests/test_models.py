@@ -21,7 +21,10 @@ def test_tokenizer_reloads_with_identical_ids_and_lossless_decoding(nano_dir):
 def test_prompt_goes_through_the_chat_template(nano_dir):
     tok = AutoTokenizer.from_pretrained(nano_dir)
     text = tok.decode(encode_prompt(tok, "Compute 1+2.", system_prompt="Be brief."))
-    assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nCompute 1+2.<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        text
+        == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nCompute 1+2.<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_a_model_directory_without_chat_template_uses_plain_text(nano_dir, tmp_path):
@@ -42,8 +45,14 @@ def test_loaded_model_matches_the_saved_one(nano_dir):
 def test_any_local_causal_lm_directory_loads_without_a_chat_template(tmp_path, nano_dir):
     tok = AutoTokenizer.from_pretrained(nano_dir)
     tok.chat_template = None
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     LlamaForCausalLM(cfg).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     model, loaded = load_model(str(tmp_path))

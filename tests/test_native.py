@@ -51,8 +51,9 @@ def test_swiglu_is_silu_of_gate_times_up(lib):
     torch.testing.assert_close(out, F.silu(gate_up[:, :40]) * gate_up[:, 40:], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("heads,kv_heads,dim,qk_norm", [(4, 2, 32, False), (4, 4, 16, False), (8, 2, 64, True),
-                                                          (2, 1, 10, True)])
+@pytest.mark.parametrize(
+    "heads,kv_heads,dim,qk_norm", [(4, 2, 32, False), (4, 4, 16, False), (8, 2, 64, True), (2, 1, 10, True)]
+)
 def test_attention_step_writes_the_cache_and_attends_past_the_padding(lib, heads, kv_heads, dim, qk_norm):
     """Against a naive reference: keys rotated (after Qwen3's q/k norms) into column `col`, values copied, each
     query head softmax-attends over its row's columns starts[row]..col of its key head (GQA)."""
@@ -82,24 +83,65 @@ def test_attention_step_writes_the_cache_and_attends_past_the_padding(lib, heads
             expected[r, h] = torch.softmax(ks @ q[r, h] * scale, -1) @ vs
 
     failed = lib.attention_step(
-        qkv.data_ptr(), rows, heads, kv_heads, dim, cos.data_ptr(), sin.data_ptr(), cos.stride(0),
-        q_norm.data_ptr() if qk_norm else None, k_norm.data_ptr() if qk_norm else None, eps, keys.data_ptr(),
-        values.data_ptr(), keys.stride(0), max_len, starts.data_ptr(), col, scale, out.data_ptr(), scores.data_ptr())
+        qkv.data_ptr(),
+        rows,
+        heads,
+        kv_heads,
+        dim,
+        cos.data_ptr(),
+        sin.data_ptr(),
+        cos.stride(0),
+        q_norm.data_ptr() if qk_norm else None,
+        k_norm.data_ptr() if qk_norm else None,
+        eps,
+        keys.data_ptr(),
+        values.data_ptr(),
+        keys.stride(0),
+        max_len,
+        starts.data_ptr(),
+        col,
+        scale,
+        out.data_ptr(),
+        scores.data_ptr(),
+    )
     assert failed == 0
     torch.testing.assert_close(keys, expected_keys, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(values, expected_values)
     torch.testing.assert_close(out.view(rows, heads, dim), expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(k_cache[0], layer0[0]) and torch.equal(v_cache[0], layer0[1])  # other layers untouched
     starts[2] = col + 1  # a row with no visible key is refused, not divided by zero
-    assert lib.attention_step(
-        qkv.data_ptr(), rows, heads, kv_heads, dim, cos.data_ptr(), sin.data_ptr(), cos.stride(0), None, None, eps,
-        keys.data_ptr(), values.data_ptr(), keys.stride(0), max_len, starts.data_ptr(), col, scale, out.data_ptr(),
-        scores.data_ptr()) != 0
+    assert (
+        lib.attention_step(
+            qkv.data_ptr(),
+            rows,
+            heads,
+            kv_heads,
+            dim,
+            cos.data_ptr(),
+            sin.data_ptr(),
+            cos.stride(0),
+            None,
+            None,
+            eps,
+            keys.data_ptr(),
+            values.data_ptr(),
+            keys.stride(0),
+            max_len,
+            starts.data_ptr(),
+            col,
+            scale,
+            out.data_ptr(),
+            scores.data_ptr(),
+        )
+        != 0
+    )
 
 
 def student_prompts(tok):
-    return [encode_prompt(tok, f"Compute {a}+{b}. Put the final answer in \\boxed{{}}.") for a, b in
-            [(1, 2), (13, 29), (5, 5), (47, 38), (9, 1), (60, 21)]]
+    return [
+        encode_prompt(tok, f"Compute {a}+{b}. Put the final answer in \\boxed{{}}.")
+        for a, b in [(1, 2), (13, 29), (5, 5), (47, 38), (9, 1), (60, 21)]
+    ]
 
 
 def test_the_student_decodes_with_the_kernels_and_samples_what_pytorch_samples(lib, monkeypatch):
@@ -133,7 +175,9 @@ def test_a_failed_build_warns_once_falls_back_and_leaves_no_file(tmp_path, monke
     with pytest.warns(UserWarning, match="fused CPU kernels unavailable"):
         assert native.kernels() is None
     assert list(tmp_path.iterdir()) == []  # no partial library left behind
-    out = fast.FastEngine(model, tok).generate(student_prompts(tok)[:2], 1, SamplingParams(max_new_tokens=8, greedy=True))
+    out = fast.FastEngine(model, tok).generate(
+        student_prompts(tok)[:2], 1, SamplingParams(max_new_tokens=8, greedy=True)
+    )
     assert all(out.completion_ids)  # decoding went on with PyTorch ops
 
 
@@ -185,7 +229,9 @@ def test_rope_split_function_matches_autograd_of_the_formula(lib):
     def reference(t):
         q, k, v = t.split([heads * dim, kv_heads * dim, kv_heads * dim], -1)
         qk = torch.cat([q.view(batch, seq, heads, dim), k.view(batch, seq, kv_heads, dim)], 2)
-        return rotate(qk, cos[:, :, None], sin[:, :, None]).transpose(1, 2), v.view(batch, seq, kv_heads, dim).transpose(1, 2)
+        return rotate(qk, cos[:, :, None], sin[:, :, None]).transpose(1, 2), v.view(
+            batch, seq, kv_heads, dim
+        ).transpose(1, 2)
 
     ours = backward_of(lambda t: native.RopeSplit.apply(t, cos, sin, heads, kv_heads, lib), [qkv], grads)
     theirs = backward_of(reference, [qkv], grads)

@@ -132,8 +132,18 @@ def test_full_horizon_is_the_max_completion_length():
     assert horizon_at(OPDConfig(), 7, 64) == 64
 
 
-@pytest.mark.parametrize("override", ["algo.horizon=linear", "algo.signal=k2", "algo.fraction=0", "algo.dk=0",
-                                      "algo.h0=0", "algo.kl_coef=-1", "algo.loss_type=ppo"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "algo.horizon=linear",
+        "algo.signal=k2",
+        "algo.fraction=0",
+        "algo.dk=0",
+        "algo.h0=0",
+        "algo.kl_coef=-1",
+        "algo.loss_type=ppo",
+    ],
+)
 def test_invalid_settings_are_config_errors(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
         load_config(None, ["algo=opd", override])
@@ -192,10 +202,19 @@ def grads(trainer: Trainer, batch, size: int) -> tuple[list[torch.Tensor], dict[
     return [p.grad.clone() for p in trainer.model.parameters()], sums
 
 
-@pytest.mark.parametrize("signal,loss_type", [("pg", "dapo"), ("direct", "dapo"), ("pg", "grpo"), ("direct", "dr_grpo")])
+@pytest.mark.parametrize(
+    "signal,loss_type", [("pg", "dapo"), ("direct", "dapo"), ("pg", "grpo"), ("direct", "dr_grpo")]
+)
 def test_micro_batches_of_2_accumulate_to_the_gradient_of_the_whole_batch(quick_config, tmp_path, signal, loss_type):
-    cfg = opd_config(quick_config, f"algo.signal={signal}", f"algo.loss_type={loss_type}", "algo.outcome_coef=0.5",
-                     "rewards.funcs=opd_test_digits:1.0", "train.prompts_per_step=2", "rollout.max_completion_length=8")
+    cfg = opd_config(
+        quick_config,
+        f"algo.signal={signal}",
+        f"algo.loss_type={loss_type}",
+        "algo.outcome_coef=0.5",
+        "rewards.funcs=opd_test_digits:1.0",
+        "train.prompts_per_step=2",
+        "rollout.max_completion_length=8",
+    )
     trainer = Trainer(cfg, run_dir=tmp_path / "acc")
     trainer.ctx.step = 1
     batch = trainer.algo.gather(trainer.ctx)

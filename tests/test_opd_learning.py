@@ -15,8 +15,16 @@ from reasonrl.trainer import Trainer
 def test_opd_narrows_the_student_teacher_gap_on_levels_1_to_3(tmp_path):
     """10 OPD steps with configs/opd.yaml (pg signal, lr 5e-5, full horizon); about 25 s on one thread."""
     # 408 held-out problems (8 + 200 + 200): one problem is 0.25 points, so a few points are not eval noise.
-    config = load_config("configs/opd.yaml", ["data.eval_n=200", "train.steps=10", "train.progress=false",
-                                              "train.seed=0", f"train.output_dir={tmp_path / 'opd'}"])
+    config = load_config(
+        "configs/opd.yaml",
+        [
+            "data.eval_n=200",
+            "train.steps=10",
+            "train.progress=false",
+            "train.seed=0",
+            f"train.output_dir={tmp_path / 'opd'}",
+        ],
+    )
     trainer = Trainer(config, run_dir=tmp_path / "opd")
     teacher, tokenizer = load_model("teacher", device="cpu")
     teacher_acc = evaluate(FastEngine(teacher, tokenizer), tokenizer, trainer.eval_examples, 64)["accuracy"]

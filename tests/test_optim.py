@@ -17,9 +17,17 @@ from reasonrl.lora import apply_lora
 from reasonrl.models import arith_tokenizer, tiny_model
 from reasonrl.optim import MuonWithAdamW, build_optimizer, lr_lambda
 
-HTSR = ["optim.name=muon", "optim.lr=0.01", "optim.weight_decay=0.1", "optim.warmup_steps=2",
-        "optim.lr_schedule=llr", "optim.llr.until=1.0", "optim.weight_decay_schedule=alphadecay",
-        "optim.alphadecay.min_ratio=0.5", "optim.alphadecay.max_ratio=2.0"]
+HTSR = [
+    "optim.name=muon",
+    "optim.lr=0.01",
+    "optim.weight_decay=0.1",
+    "optim.warmup_steps=2",
+    "optim.lr_schedule=llr",
+    "optim.llr.until=1.0",
+    "optim.weight_decay_schedule=alphadecay",
+    "optim.alphadecay.min_ratio=0.5",
+    "optim.alphadecay.max_ratio=2.0",
+]
 
 
 def set_grads(model, seed):
@@ -31,8 +39,13 @@ def set_grads(model, seed):
 def hand_optimizer(params, muon, cfg):
     """A fresh torch Muon or AdamW on clones, configured as optim.* says (lr and decay are set per step)."""
     if muon:
-        return torch.optim.Muon(params, momentum=cfg.muon.momentum, nesterov=cfg.muon.nesterov,
-                                ns_steps=cfg.muon.ns_steps, adjust_lr_fn=cfg.muon.adjust_lr_fn)
+        return torch.optim.Muon(
+            params,
+            momentum=cfg.muon.momentum,
+            nesterov=cfg.muon.nesterov,
+            ns_steps=cfg.muon.ns_steps,
+            adjust_lr_fn=cfg.muon.adjust_lr_fn,
+        )
     return torch.optim.AdamW(params, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
@@ -52,8 +65,10 @@ def test_hidden_matrices_get_muon_and_the_rest_adamw_with_llr_and_alphadecay_val
     # Two steps, each checked against hand-run torch optimizers on clones, using the lr LLR should give each
     # module (base lr x schedule x its ratio) and the decay AlphaDecay should give it (wd0 x its ratio).
     ref_params = dict(reference.named_parameters())
-    hand = [hand_optimizer([ref_params[name_of[id(p)]] for p in g["params"]], g["muon"], cfg)
-            for g in optimizer.param_groups]
+    hand = [
+        hand_optimizer([ref_params[name_of[id(p)]] for p in g["params"]], g["muon"], cfg)
+        for g in optimizer.param_groups
+    ]
     for step in range(2):
         factor = lr_lambda(cfg, 10)(step)
         set_grads(model, step)
@@ -102,8 +117,9 @@ def test_checkpoint_round_trip_resumes_to_identical_next_step_weights(tmp_path):
             s.step()
     for (name, p), p2 in zip(model.named_parameters(), model2.parameters()):
         assert torch.equal(p, p2), name
-    assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == \
-        [(g["lr"], g["weight_decay"]) for g in optimizer2.param_groups]
+    assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == [
+        (g["lr"], g["weight_decay"]) for g in optimizer2.param_groups
+    ]
 
 
 def test_a_checkpoint_from_adamw_does_not_load_into_muon():
@@ -120,8 +136,10 @@ def test_llama_embeddings_head_and_norms_go_to_adamw_and_lora_adapters_to_muon()
     model = tiny_model(arith_tokenizer(), "nano", seed=0)
     optimizer, _, _ = build_optimizer(model, cfg, total_steps=10)
     name_of = {id(p): n for n, p in model.named_parameters()}
-    groups = {muon: {name_of[id(p)] for g in optimizer.param_groups if g["muon"] is muon for p in g["params"]}
-              for muon in (True, False)}
+    groups = {
+        muon: {name_of[id(p)] for g in optimizer.param_groups if g["muon"] is muon for p in g["params"]}
+        for muon in (True, False)
+    }
     assert len(optimizer.param_groups) == 2  # no HT-SR schedule: one group per inner optimizer
     projections = [f"self_attn.{p}_proj" for p in "qkvo"] + [f"mlp.{p}_proj" for p in ("gate", "up", "down")]
     assert groups[True] == {f"model.layers.{i}.{p}.weight" for i in range(2) for p in projections}
@@ -147,9 +165,21 @@ def test_fsdp_refuses_muon():
 
 def test_train_with_muon_runs_and_changes_the_weights(nano_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["train", f"model.path={nano_dir}", "--output-dir", str(run), "algo=sft", "optim.name=muon",
-            "optim.lr=3e-3", "optim.warmup_steps=0", "train.prompts_per_step=2", "train.steps=3", "data.eval_n=2",
-            "rollout.max_completion_length=8", "--quiet"]
+    argv = [
+        "train",
+        f"model.path={nano_dir}",
+        "--output-dir",
+        str(run),
+        "algo=sft",
+        "optim.name=muon",
+        "optim.lr=3e-3",
+        "optim.warmup_steps=0",
+        "train.prompts_per_step=2",
+        "train.steps=3",
+        "data.eval_n=2",
+        "rollout.max_completion_length=8",
+        "--quiet",
+    ]
     assert main(argv) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]

@@ -7,15 +7,30 @@ import sys
 import pytest
 import yaml
 
-from reasonrl.algos.pretrain import CorpusNotInstalled, PretrainConfig, encode, load_corpus, pretrain_config, split_corpus
+from reasonrl.algos.pretrain import (
+    CorpusNotInstalled,
+    PretrainConfig,
+    encode,
+    load_corpus,
+    pretrain_config,
+    split_corpus,
+)
 from reasonrl.cli import main
 from reasonrl.config import ConfigError, load_config
 from reasonrl.models import build_tokenizer
 from reasonrl.tracking import read_metrics
 from reasonrl.trainer import Trainer
 
-QUICK = ["algo.size=nano", "algo.vocab_size=400", "algo.seq_len=16", "algo.batch_size=4", "algo.corpus_chars=20000",
-         "algo.eval_tokens=256", "optim.warmup_steps=1", "train.progress=false"]
+QUICK = [
+    "algo.size=nano",
+    "algo.vocab_size=400",
+    "algo.seq_len=16",
+    "algo.batch_size=4",
+    "algo.corpus_chars=20000",
+    "algo.eval_tokens=256",
+    "optim.warmup_steps=1",
+    "train.progress=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +93,44 @@ def test_pretraining_on_the_trainer_gives_the_numbers_of_the_loop_it_replaced(tm
     final = Trainer(cfg, run_dir=tmp_path / "run").train()
     rows = read_metrics(tmp_path / "run")
     assert [(r["step"], r["loss"], r["grad_norm"]) for r in rows if "loss" in r] == [
-        (1, 5.99645, 1.99041), (2, 5.97227, 2.03268), (3, 5.88024, 2.5976), (4, 5.91548, 2.76766)]
+        (1, 5.99645, 1.99041),
+        (2, 5.97227, 2.03268),
+        (3, 5.88024, 2.5976),
+        (4, 5.91548, 2.76766),
+    ]
     assert [(r["step"], r["eval/perplexity"]) for r in rows if "eval/perplexity" in r] == [
-        (0, 406.867), (2, 376.709), (4, 342.333)]
+        (0, 406.867),
+        (2, 376.709),
+        (4, 342.333),
+    ]
     assert final["eval/loss"] == pytest.approx(5.83578360080719, rel=1e-6)
 
 
 def test_pretrain_cli_with_htsr_schedules_lowers_held_out_perplexity(tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["pretrain", "--size", "nano", "--vocab-size", "512", "--seq-len", "32", "--batch-size", "8",
-            "--corpus-chars", "60000", "--output-dir", str(run), "--quiet", "train.steps=60", "train.eval_every=30",
-            "train.spectral_every=30", "optim.warmup_steps=5", "optim.weight_decay_schedule=alphadecay",
-            "optim.alphadecay.every=20", "optim.lr_schedule=llr"]
+    argv = [
+        "pretrain",
+        "--size",
+        "nano",
+        "--vocab-size",
+        "512",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "8",
+        "--corpus-chars",
+        "60000",
+        "--output-dir",
+        str(run),
+        "--quiet",
+        "train.steps=60",
+        "train.eval_every=30",
+        "train.spectral_every=30",
+        "optim.warmup_steps=5",
+        "optim.weight_decay_schedule=alphadecay",
+        "optim.alphadecay.every=20",
+        "optim.lr_schedule=llr",
+    ]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # Measured: about 500 (uniform over the vocabulary) before, 100-120 after 60 steps.

@@ -44,10 +44,19 @@ WRITING_DIR = re.compile(r"^step_(\d+)\.tmp-\d+$")  # a checkpoint being written
 def run_overrides(nano_dir: Path, reward_file: Path, *extra: str) -> list[str]:
     """Ten tiny GRPO steps on the nano model, a checkpoint after every step."""
     return [
-        f"model.path={nano_dir}", f"rewards.funcs={reward_file}:digits:1.0", "rollout.num_generations=4",
-        "rollout.max_completion_length=8", "train.prompts_per_step=2", "train.micro_batch_size=16",
-        f"train.steps={STEPS}", "train.save_every=1", "train.keep_checkpoints=2", "data.eval_n=1", "optim.lr=1e-3",
-        "train.progress=false", *extra,
+        f"model.path={nano_dir}",
+        f"rewards.funcs={reward_file}:digits:1.0",
+        "rollout.num_generations=4",
+        "rollout.max_completion_length=8",
+        "train.prompts_per_step=2",
+        "train.micro_batch_size=16",
+        f"train.steps={STEPS}",
+        "train.save_every=1",
+        "train.keep_checkpoints=2",
+        "data.eval_n=1",
+        "optim.lr=1e-3",
+        "train.progress=false",
+        *extra,
     ]
 
 
@@ -155,8 +164,9 @@ def finish(proc: subprocess.Popen, log: Path, limit: float = 90.0) -> int:
         pytest.fail(f"the run did not finish within {limit:g}s; output:\n{log.read_text()[-3000:]}")
 
 
-def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_metrics(nano_dir, reward_file, uninterrupted,
-                                                                               tmp_path):
+def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_metrics(
+    nano_dir, reward_file, uninterrupted, tmp_path
+):
     """Kill points: one while a checkpoint is being written, one just after a step is logged (before its checkpoint
     completes), one a random delay into a step, one after the final eval is logged; each run is resumed with
     --resume. Values are compared exactly as logged (6 significant digits): CPU, one thread, same seed."""
@@ -198,9 +208,11 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_metrics(na
     assert comparable(records) == comparable(uninterrupted)
     assert (run / "final" / "model.safetensors").is_file()
     assert mid_write >= 1, "no kill landed while a checkpoint was being written"
-    print(f"\nkill-resume seed={SEED}: {len(kinds)} SIGKILLs ({', '.join(kinds)}) after steps {killed_after} were "
-          f"logged, {mid_write} during a checkpoint write; resumed from steps {resumed_from}; {STEPS} steps identical "
-          "to the uninterrupted run")
+    print(
+        f"\nkill-resume seed={SEED}: {len(kinds)} SIGKILLs ({', '.join(kinds)}) after steps {killed_after} were "
+        f"logged, {mid_write} during a checkpoint write; resumed from steps {resumed_from}; {STEPS} steps identical "
+        "to the uninterrupted run"
+    )
 
 
 def test_sigterm_saves_the_current_step_exits_0_and_resume_continues(nano_dir, reward_file, uninterrupted, tmp_path):
@@ -225,13 +237,21 @@ def test_sigterm_saves_the_current_step_exits_0_and_resume_continues(nano_dir, r
 def test_resume_from_the_last_step_keeps_its_training_record_and_redoes_the_final_eval(tmp_path):
     """The crash window the kill test found: after the final eval was logged, before the run ended."""
     with Tracker(tmp_path, [], {}, 2, progress=False) as t:
-        for step, metrics in ((0, {"eval/accuracy": 0.0}), (1, {"reward": 0.1}), (2, {"reward": 0.2}),
-                              (2, {"eval/accuracy": 0.5})):
+        for step, metrics in (
+            (0, {"eval/accuracy": 0.0}),
+            (1, {"reward": 0.1}),
+            (2, {"reward": 0.2}),
+            (2, {"eval/accuracy": 0.5}),
+        ):
             t.log(step, metrics)
     with Tracker(tmp_path, [], {}, 2, progress=False, resume_step=2) as t:
         t.log(2, {"eval/accuracy": 0.5})
-    assert read_metrics(tmp_path) == [{"step": 0, "eval/accuracy": 0.0}, {"step": 1, "reward": 0.1},
-                                      {"step": 2, "reward": 0.2}, {"step": 2, "eval/accuracy": 0.5}]
+    assert read_metrics(tmp_path) == [
+        {"step": 0, "eval/accuracy": 0.0},
+        {"step": 1, "reward": 0.1},
+        {"step": 2, "reward": 0.2},
+        {"step": 2, "eval/accuracy": 0.5},
+    ]
 
 
 class Killed(BaseException):
@@ -302,8 +322,11 @@ def fail_fsync(monkeypatch):
     monkeypatch.setattr(checkpoint.os, "fsync", fsync)
 
 
-@pytest.mark.parametrize("inject", [fail_model_write, fail_optimizer_write, fail_manifest_write, fail_fsync],
-                         ids=["model", "optimizer", "manifest", "fsync"])
+@pytest.mark.parametrize(
+    "inject",
+    [fail_model_write, fail_optimizer_write, fail_manifest_write, fail_fsync],
+    ids=["model", "optimizer", "manifest", "fsync"],
+)
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch, inject):
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 8)
@@ -326,8 +349,9 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_says_so(tmp
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
 
 
-def test_a_full_disk_mid_run_is_one_clear_error_and_the_run_resumes(nano_dir, reward_file, tmp_path, monkeypatch,
-                                                                    capsys):
+def test_a_full_disk_mid_run_is_one_clear_error_and_the_run_resumes(
+    nano_dir, reward_file, tmp_path, monkeypatch, capsys
+):
     run = tmp_path / "run"
     real_save, saves = checkpoint.safetensors.torch.save_file, []
 
@@ -381,8 +405,13 @@ def always_raises(prompts, completions, **kwargs):
 
 def test_reward_faults_in_a_run_are_counted_and_training_goes_on(quick_config, tmp_path):
     calls.clear()
-    cfg = quick_config("rewards.funcs=reliability_faulty:1.0", "train.prompts_per_step=2", "train.steps=6",
-                       f"rewards.timeout={REWARD_TIMEOUT}", "train.max_nan_steps=3")
+    cfg = quick_config(
+        "rewards.funcs=reliability_faulty:1.0",
+        "train.prompts_per_step=2",
+        "train.steps=6",
+        f"rewards.timeout={REWARD_TIMEOUT}",
+        "train.max_nan_steps=3",
+    )
     Trainer(cfg, run_dir=tmp_path / "run").train()
     rows = 2 * 4
     steps = {r["step"]: r for r in read_metrics(tmp_path / "run") if "rewards/failed" in r}
@@ -405,9 +434,25 @@ def test_rewards_failing_every_row_for_max_nan_steps_stop_the_run(quick_config, 
 
 # --- pretraining: the same guarantees on the same Trainer ----------------------------------------------------------
 
-PRETRAIN = ["--size", "nano", "--vocab-size", "400", "--seq-len", "32", "--batch-size", "8", "--corpus-chars", "20000",
-            f"train.steps={STEPS}", "train.save_every=1", "train.keep_checkpoints=2", "train.eval_every=4",
-            "algo.eval_tokens=512", "optim.warmup_steps=2", "train.progress=false"]
+PRETRAIN = [
+    "--size",
+    "nano",
+    "--vocab-size",
+    "400",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "8",
+    "--corpus-chars",
+    "20000",
+    f"train.steps={STEPS}",
+    "train.save_every=1",
+    "train.keep_checkpoints=2",
+    "train.eval_every=4",
+    "algo.eval_tokens=512",
+    "optim.warmup_steps=2",
+    "train.progress=false",
+]
 
 
 def test_pretrain_resumes_exactly_after_sigkill(tmp_path, capsys):

@@ -10,19 +10,24 @@ import pytest
 import safetensors.torch
 import torch
 
+from reasonrl.algos.common import build_sequences
 from reasonrl.algos.dpo_vp import is_unlabeled
 from reasonrl.algos.reward_model import (
-    RewardModel, load_reward_model, rm_loss, rm_metrics, save_reward_model, score_samples, select_rm_pair,
+    RewardModel,
+    load_reward_model,
+    rm_loss,
+    rm_metrics,
+    save_reward_model,
+    score_samples,
+    select_rm_pair,
     train_reward_model,
 )
-from reasonrl.algos.common import build_sequences
 from reasonrl.config import ConfigError, load_config
 from reasonrl.data import PromptStream
 from reasonrl.models import encode_completion, encode_prompt, load_model
 from reasonrl.rewards.manager import RewardManager
 from reasonrl.trainer import Trainer
 from reasonrl.worlds.arith import ArithWorld
-
 
 # ---- the loss ----------------------------------------------------------------------------------------------------
 
@@ -42,19 +47,22 @@ def test_rm_loss_and_gradient_match_binary_cross_entropy_by_hand():
 # ---- the pair rule on crafted scores ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("probs, margin, threshold, expected", [
-    ([0.9, 0.2, 0.5], 0.3, 0.5, (0, 1)),  # highest vs lowest
-    ([0.3, 0.95, 0.1, 0.6], 0.3, 0.5, (1, 2)),
-    ([0.8, 0.8, 0.1], 0.3, 0.5, (0, 2)),  # a tie at the top: the earlier sample is chosen
-    ([0.9, 0.1, 0.7, 0.1], 0.3, 0.5, (0, 1)),  # a tie at the bottom: the earlier sample is rejected
-    ([0.75, 0.25], 0.5, 0.5, (0, 1)),  # a difference exactly at the margin is enough
-    ([0.75, 0.25], 0.0, 0.75, (0, 1)),  # a chosen exactly at the threshold is enough
-    ([0.6, 0.4, 0.5], 0.3, 0.5, None),  # unsure: the spread is below the margin
-    ([0.45, 0.05, 0.2], 0.3, 0.5, None),  # unsure: even the best sample is more likely wrong than right
-    ([0.7, 0.7, 0.7], 0.0, 0.0, None),  # all tied: no pair even without a margin (chosen and rejected would be one)
-    ([0.99], 0.0, 0.0, None),  # a single sample
-    ([], 0.0, 0.0, None),
-])
+@pytest.mark.parametrize(
+    "probs, margin, threshold, expected",
+    [
+        ([0.9, 0.2, 0.5], 0.3, 0.5, (0, 1)),  # highest vs lowest
+        ([0.3, 0.95, 0.1, 0.6], 0.3, 0.5, (1, 2)),
+        ([0.8, 0.8, 0.1], 0.3, 0.5, (0, 2)),  # a tie at the top: the earlier sample is chosen
+        ([0.9, 0.1, 0.7, 0.1], 0.3, 0.5, (0, 1)),  # a tie at the bottom: the earlier sample is rejected
+        ([0.75, 0.25], 0.5, 0.5, (0, 1)),  # a difference exactly at the margin is enough
+        ([0.75, 0.25], 0.0, 0.75, (0, 1)),  # a chosen exactly at the threshold is enough
+        ([0.6, 0.4, 0.5], 0.3, 0.5, None),  # unsure: the spread is below the margin
+        ([0.45, 0.05, 0.2], 0.3, 0.5, None),  # unsure: even the best sample is more likely wrong than right
+        ([0.7, 0.7, 0.7], 0.0, 0.0, None),  # all tied: no pair even without a margin (chosen and rejected would be one)
+        ([0.99], 0.0, 0.0, None),  # a single sample
+        ([], 0.0, 0.0, None),
+    ],
+)
 def test_rm_pair_rule(probs, margin, threshold, expected):
     assert select_rm_pair(probs, margin, threshold) == expected
 
@@ -133,8 +141,10 @@ def test_an_untrained_rm_says_one_half_and_training_it_leaves_the_policy_alone(n
     rm = RewardModel.from_policy(model)
     prompts, completions, labels = arith_samples(tok, 4)
     assert score_samples(rm, prompts, completions, tok.pad_token_id, 3) == pytest.approx([0.5] * 8)
-    losses = [train_reward_model(rm, prompts, completions, labels, tok.pad_token_id, 3e-3, 1, 4, random.Random(0))
-              for _ in range(12)]
+    losses = [
+        train_reward_model(rm, prompts, completions, labels, tok.pad_token_id, 3e-3, 1, 4, random.Random(0))
+        for _ in range(12)
+    ]
     assert losses[-1] < 0.5 * losses[0], losses  # it learns to tell the demonstration from the wrong answer
     probs = score_samples(rm, prompts, completions, tok.pad_token_id, 8)
     assert all((p > 0.5) == bool(label) for p, label in zip(probs, labels)), probs
@@ -170,8 +180,17 @@ def test_the_hidden_share_is_a_fixed_subset_of_about_the_fraction():
     assert all(is_unlabeled(p, 0, 0.6) for p, h in zip(prompts, hidden) if h)  # a larger share hides a superset
 
 
-@pytest.mark.parametrize("override", ["algo.unlabeled_fraction=1.0", "algo.unlabeled_fraction=-0.1", "algo.rm_lr=0",
-                                      "algo.rm_epochs=0", "algo.rm_margin=1.5", "algo.rm_threshold=-1"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "algo.unlabeled_fraction=1.0",
+        "algo.unlabeled_fraction=-0.1",
+        "algo.rm_lr=0",
+        "algo.rm_epochs=0",
+        "algo.rm_margin=1.5",
+        "algo.rm_threshold=-1",
+    ],
+)
 def test_invalid_rm_settings_are_config_errors(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
         load_config(None, ["algo=dpo_vp", override])
@@ -179,10 +198,26 @@ def test_invalid_rm_settings_are_config_errors(override):
 
 # ---- through the Trainer --------------------------------------------------------------------------------------------
 
-RM_ARGS = ["algo=dpo_vp", "model.path=student", "algo.rounds=3", "algo.steps_per_round=2", "rollout.num_generations=4",
-           "train.prompts_per_step=6", "data.eval_n=1", "optim.lr=1e-3", "optim.warmup_steps=0", "train.save_every=1",
-           "train.keep_checkpoints=10", "train.seed=0", "train.progress=false", "algo.reward_model=true",
-           "algo.unlabeled_fraction=0.5", "algo.rm_margin=0.0", "algo.rm_threshold=0.0", "algo.rm_epochs=1"]
+RM_ARGS = [
+    "algo=dpo_vp",
+    "model.path=student",
+    "algo.rounds=3",
+    "algo.steps_per_round=2",
+    "rollout.num_generations=4",
+    "train.prompts_per_step=6",
+    "data.eval_n=1",
+    "optim.lr=1e-3",
+    "optim.warmup_steps=0",
+    "train.save_every=1",
+    "train.keep_checkpoints=10",
+    "train.seed=0",
+    "train.progress=false",
+    "algo.reward_model=true",
+    "algo.unlabeled_fraction=0.5",
+    "algo.rm_margin=0.0",
+    "algo.rm_threshold=0.0",
+    "algo.rm_epochs=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -285,5 +320,6 @@ def test_with_no_hidden_prompts_the_rm_changes_nothing_in_the_policys_run(tmp_pa
         finals.append(load_model(str(run / "final"), device="cpu")[0].state_dict())
         assert (run / "reward_model").exists() == (flag == "true")
     assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
-    assert (tmp_path / "true" / "pairs" / "round_002.jsonl").read_text() == \
-        (tmp_path / "false" / "pairs" / "round_002.jsonl").read_text()
+    assert (tmp_path / "true" / "pairs" / "round_002.jsonl").read_text() == (
+        tmp_path / "false" / "pairs" / "round_002.jsonl"
+    ).read_text()

@@ -18,10 +18,18 @@ from reasonrl.modeling.shared_prefix import fallback_reason, shared_prefix_logit
 def groups_batch(seed: int = 0, prompts: int = 3, per_prompt: int = 4, vocab: int = 321):
     """Rows in shuffled order: `per_prompt` completions of each of `prompts` prompts of different lengths."""
     g = torch.Generator().manual_seed(seed)
-    prompt_rows = [torch.randint(3, vocab, (int(n),), generator=g).tolist() for n in torch.randint(1, 9, (prompts,), generator=g)]
-    rows = [(p, torch.randint(3, vocab, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g).tolist())
-            for p in prompt_rows for _ in range(per_prompt)]
-    rows[0] = (rows[0][0], [0] + rows[0][1])  # a sampled padding id is a real token (HF's embedding gives it no gradient)
+    prompt_rows = [
+        torch.randint(3, vocab, (int(n),), generator=g).tolist() for n in torch.randint(1, 9, (prompts,), generator=g)
+    ]
+    rows = [
+        (p, torch.randint(3, vocab, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g).tolist())
+        for p in prompt_rows
+        for _ in range(per_prompt)
+    ]
+    rows[0] = (
+        rows[0][0],
+        [0] + rows[0][1],
+    )  # a sampled padding id is a real token (HF's embedding gives it no gradient)
     order = torch.randperm(len(rows), generator=g).tolist()
     return build_sequences([rows[i][0] for i in order], [rows[i][1] for i in order], pad_id=0)
 
@@ -57,8 +65,9 @@ def test_logits_and_gradients_equal_the_hf_forward(variant):
 
     truth, true_grads = grads(exact, lambda net: hf_logits(net, batch))
     hf, hf_grads = grads(model, lambda net: hf_logits(net, batch))
-    ours, our_grads = grads(model, lambda net: shared_prefix_logits(net, batch["input_ids"], batch["attention_mask"],
-                                                                    mask.shape[1]))
+    ours, our_grads = grads(
+        model, lambda net: shared_prefix_logits(net, batch["input_ids"], batch["attention_mask"], mask.shape[1])
+    )
     assert error(ours[mask], truth[mask]) <= max(3 * error(hf[mask], truth[mask]), 2e-5)
     for name, g in true_grads.items():
         assert error(our_grads[name], g) <= max(3 * error(hf_grads[name], g), 2e-5), name
@@ -69,7 +78,9 @@ def test_each_distinct_prompt_runs_once(monkeypatch):
     batch = groups_batch(prompts=3, per_prompt=5)
     rows_seen = []
     original = Decoder.attention_inputs
-    monkeypatch.setattr(Decoder, "attention_inputs", lambda self, w, x, *a: rows_seen.append(len(x)) or original(self, w, x, *a))
+    monkeypatch.setattr(
+        Decoder, "attention_inputs", lambda self, w, x, *a: rows_seen.append(len(x)) or original(self, w, x, *a)
+    )
     shared_prefix_logits(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"].shape[1])
     prompt_passes = rows_seen[::2]  # per layer: the prompt pass, then the completion pass
     assert prompt_passes == [3] * model.config.num_hidden_layers
@@ -82,7 +93,9 @@ def test_prompts_are_the_same_when_their_real_tokens_are(monkeypatch):
     batch = build_sequences([[5, 6], [7, 5, 6], [5, 6], [0, 5, 6]], [[9, 9], [9], [8], [8, 8]], pad_id=0)
     rows_seen = []
     original = Decoder.attention_inputs
-    monkeypatch.setattr(Decoder, "attention_inputs", lambda self, w, x, *a: rows_seen.append(len(x)) or original(self, w, x, *a))
+    monkeypatch.setattr(
+        Decoder, "attention_inputs", lambda self, w, x, *a: rows_seen.append(len(x)) or original(self, w, x, *a)
+    )
     ours = completion_logprobs(model, batch)[0]
     assert rows_seen[0] == 3
     model.reasonrl_forward = "hf"

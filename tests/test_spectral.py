@@ -45,7 +45,7 @@ def ks_by_loop(eigs: np.ndarray) -> tuple[float, float, float]:
         n = N - i
         alpha = 1 + n / (logs[i:].sum() - n * logs[i])
         D = np.max(np.abs(1 - (eigs[i:] / eigs[i]) ** (1 - alpha) - np.arange(n) / n)) if alpha > 1 else 1.0
-        if D < best[0]:
+        if best[0] > D:
             best = (D, alpha, eigs[i])
     return best[1], best[0], best[2]
 
@@ -80,7 +80,7 @@ def test_hill_fit_matches_the_formula_by_hand():
     # N=4, x_min = λ_2 = 4, tail {4, 8}: α = 1 + 2 / ln 2; D at k=1: |1 - 2^(1-α) - 1/2| = 1/2 - e^-2.
     fit = hill_fit(torch.tensor([1.0, 2.0, 4.0, 8.0]))
     assert fit.alpha == pytest.approx(1 + 2 / math.log(2))
-    assert fit.D == pytest.approx(0.5 - math.exp(-2))
+    assert pytest.approx(0.5 - math.exp(-2)) == fit.D
     assert (fit.xmin, fit.n_tail) == (pytest.approx(4.0), 2)
     assert hill_fit(torch.tensor([1.0, 2.0, 4.0, 8.0]), xmin_pos=4).xmin == pytest.approx(2.0)
 
@@ -93,7 +93,7 @@ def test_vectorised_ks_fit_equals_the_reference_loop(seed):
     eigs = torch.sort(torch.cat([bulk, 3 * pareto(40, 2.5, seed)])).values
     alpha, D, xmin = ks_by_loop(eigs.numpy())
     fit = ks_fit(eigs)
-    assert fit.alpha == pytest.approx(alpha, rel=1e-9) and fit.D == pytest.approx(D, rel=1e-9)
+    assert fit.alpha == pytest.approx(alpha, rel=1e-9) and pytest.approx(D, rel=1e-9) == fit.D
     assert fit.xmin == pytest.approx(xmin, rel=1e-12)
     assert fit.D < hill_fit(eigs).D  # here the median is a poor x_min and KS finds a better one
 
@@ -102,8 +102,12 @@ def test_vectorised_ks_fit_equals_the_reference_loop(seed):
 def test_batched_eigenvalues_equal_one_svd_per_matrix(batch_elements, monkeypatch):
     monkeypatch.setattr("reasonrl.spectral.esd._SVD_BATCH_ELEMENTS", batch_elements)
     g = torch.Generator().manual_seed(0)
-    weights = [torch.randn(30, 20, generator=g), torch.randn(8, 12, 1, 3, generator=g),
-               torch.randn(30, 20, generator=g).bfloat16(), torch.randn(5, 5, generator=g)]
+    weights = [
+        torch.randn(30, 20, generator=g),
+        torch.randn(8, 12, 1, 3, generator=g),
+        torch.randn(30, 20, generator=g).bfloat16(),
+        torch.randn(5, 5, generator=g),
+    ]
     matrices = [[weights[0]], [weights[1][:, :, 0, k] for k in range(3)], [weights[2].float()], [weights[3]]]
     for mats, eigs in zip(matrices, eigenvalues(weights)):
         expected = torch.sort(torch.cat([torch.linalg.svdvals(m) ** 2 for m in mats])).values
@@ -134,7 +138,10 @@ def test_embedding_conv_and_hf_conv1d_are_analysed():
     model = nn.ModuleDict({"emb": nn.Embedding(300, 64), "conv": nn.Conv2d(16, 64, 3), "c1d": Conv1D(96, 64)})
     rows = {r.name: r for r in analyze(model, min_eigs=10)}
     assert {k: (r.kind, r.n_eigs) for k, r in rows.items()} == {
-        "emb": ("Embedding", 64), "conv": ("Conv2d", 9 * 16), "c1d": ("Conv1D", 64)}
+        "emb": ("Embedding", 64),
+        "conv": ("Conv2d", 9 * 16),
+        "c1d": ("Conv1D", 64),
+    }
     w = model["conv"].weight.detach()
     per_position = torch.cat([torch.linalg.svdvals(w[:, :, i, j]) ** 2 for i in range(3) for j in range(3)])
     assert torch.allclose(rows["conv"].eigs, torch.sort(per_position).values, rtol=1e-4, atol=1e-6)
@@ -183,8 +190,9 @@ def test_spectrum_command_writes_table_json_and_pngs(nano_dir, tmp_path, capsys)
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["alpha.png", "esd_model.layers.0.mlp.up_proj.png", "esd_model.layers.1.mlp.up_proj.png"]
     assert all((out / p).stat().st_size > 10_000 for p in pngs)
-    assert [line for line in stdout.splitlines() if line.endswith(".png")] == [str(out / p) for p in
-                                                                               ["alpha.png", *pngs[1:]]]
+    assert [line for line in stdout.splitlines() if line.endswith(".png")] == [
+        str(out / p) for p in ["alpha.png", *pngs[1:]]
+    ]
 
 
 def test_spectrum_command_on_a_missing_directory_is_one_clear_error(tmp_path, capsys):

@@ -191,7 +191,9 @@ def test_llr_ramps_to_new_multipliers_then_freezes():
     new = llr.target["layers.1"]
     assert new == pytest.approx(old["layers.4"], rel=1e-6) and abs(new - old["layers.1"]) > 1
     # re-measured after 9 updates (update 10 is due); eased in over 4 updates, then held
-    assert seen[8:] == pytest.approx([old["layers.1"] + (new - old["layers.1"]) * f for f in (0.25, 0.5, 0.75, 1, 1, 1)])
+    assert seen[8:] == pytest.approx(
+        [old["layers.1"] + (new - old["layers.1"]) * f for f in (0.25, 0.5, 0.75, 1, 1, 1)]
+    )
     with torch.no_grad():  # swap back: re-measured before updates 20 and 30 (<= 30% of 100 steps)
         model.layers[1].weight.copy_(w1)
         model.layers[4].weight.copy_(w4)

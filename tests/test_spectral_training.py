@@ -15,18 +15,21 @@ from reasonrl.trainer import Trainer
 SFT = ("algo=sft", "optim.schedule=constant", "optim.warmup_steps=0")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.weight_decay_schedule=alpha", "choose one of uniform, alphadecay"),
-    ("optim.lr_schedule=layerwise", "choose one of uniform, llr"),
-    ("optim.llr.mapping=cubic", "optim.llr.mapping='cubic'; choose one of linear, sqrt"),
-    ("optim.alphadecay.every=0", "optim.alphadecay.every must be >= 1"),
-    ("optim.llr.min_ratio=4", "0 < min_ratio <= max_ratio"),
-    ("optim.llr.until=1.5", r"optim.llr.until in \[0, 1\]"),
-    ("optim.llr_every=20", "optim.llr_every was renamed optim.llr.every"),
-    ("optim.alphadecay_mapping=sqrt", "optim.alphadecay_mapping was renamed optim.alphadecay.mapping"),
-    ("optim.weight_decay_schedule=alphadecay", "set optim.weight_decay > 0"),
-    ("train.spectral_every=-1", "spectral_every must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.weight_decay_schedule=alpha", "choose one of uniform, alphadecay"),
+        ("optim.lr_schedule=layerwise", "choose one of uniform, llr"),
+        ("optim.llr.mapping=cubic", "optim.llr.mapping='cubic'; choose one of linear, sqrt"),
+        ("optim.alphadecay.every=0", "optim.alphadecay.every must be >= 1"),
+        ("optim.llr.min_ratio=4", "0 < min_ratio <= max_ratio"),
+        ("optim.llr.until=1.5", r"optim.llr.until in \[0, 1\]"),
+        ("optim.llr_every=20", "optim.llr_every was renamed optim.llr.every"),
+        ("optim.alphadecay_mapping=sqrt", "optim.alphadecay_mapping was renamed optim.alphadecay.mapping"),
+        ("optim.weight_decay_schedule=alphadecay", "set optim.weight_decay > 0"),
+        ("train.spectral_every=-1", "spectral_every must be >= 0"),
+    ],
+)
 def test_bad_htsr_options_are_config_errors_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
@@ -38,8 +41,9 @@ def test_uniform_defaults_keep_one_param_group(quick_config, tmp_path):
 
 
 def test_alphadecay_weight_decay_in_the_optimizer_follows_alpha_of_the_trained_weights(quick_config, tmp_path):
-    cfg = quick_config(*SFT, "optim.weight_decay=0.1", "optim.weight_decay_schedule=alphadecay",
-                       "optim.alphadecay.every=1")
+    cfg = quick_config(
+        *SFT, "optim.weight_decay=0.1", "optim.weight_decay_schedule=alphadecay", "optim.alphadecay.every=1"
+    )
     trainer = Trainer(cfg, run_dir=tmp_path / "r")
     trainer.train()
     # every=1: α was last measured after the final update, i.e. on the weights as they are now.
@@ -60,8 +64,9 @@ def test_alphadecay_weight_decay_in_the_optimizer_follows_alpha_of_the_trained_w
 
 
 def test_llr_learning_rates_in_the_optimizer_are_the_base_lr_times_alpha_multipliers(quick_config, tmp_path):
-    cfg = quick_config(*SFT, "optim.lr_schedule=llr", "optim.llr.every=1", "optim.llr.ramp=0", "optim.llr.until=1.0",
-                       "train.steps=3")
+    cfg = quick_config(
+        *SFT, "optim.lr_schedule=llr", "optim.llr.every=1", "optim.llr.ramp=0", "optim.llr.until=1.0", "train.steps=3"
+    )
     trainer = Trainer(cfg, run_dir=tmp_path / "r")
     llr = trainer.scheduler
     assert isinstance(llr, LLR)
@@ -92,9 +97,19 @@ def optimizer_values(trainer: Trainer) -> list[tuple]:
 
 
 def test_resume_restores_alphadecay_and_llr_and_continues_like_an_uninterrupted_run(quick_config, tmp_path):
-    overrides = (*SFT, "optim.weight_decay=0.1", "optim.weight_decay_schedule=alphadecay", "optim.alphadecay.every=3",
-                 "optim.lr_schedule=llr", "optim.llr.every=2", "optim.llr.ramp=3", "optim.llr.until=1.0",
-                 "train.steps=4", "train.save_every=2", "train.keep_checkpoints=2")
+    overrides = (
+        *SFT,
+        "optim.weight_decay=0.1",
+        "optim.weight_decay_schedule=alphadecay",
+        "optim.alphadecay.every=3",
+        "optim.lr_schedule=llr",
+        "optim.llr.every=2",
+        "optim.llr.ramp=3",
+        "optim.llr.until=1.0",
+        "train.steps=4",
+        "train.save_every=2",
+        "train.keep_checkpoints=2",
+    )
     full = Trainer(quick_config(*overrides), run_dir=tmp_path / "full")
     full.train()
     # The same run cut after step 2: its step-2 checkpoint is the state to resume from.
@@ -107,10 +122,16 @@ def test_resume_restores_alphadecay_and_llr_and_continues_like_an_uninterrupted_
     resumed.train()
     assert optimizer_values(resumed) == optimizer_values(full)
     assert json.dumps(resumed.alphadecay.state_dict()) == json.dumps(full.alphadecay.state_dict())  # NaN-safe
-    rows = {r["step"]: r for r in map(json.loads, (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines())
-            if "loss" in r}
-    reference = {r["step"]: r for r in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines())
-                 if "loss" in r}
+    rows = {
+        r["step"]: r
+        for r in map(json.loads, (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    }
+    reference = {
+        r["step"]: r
+        for r in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    }
     for step in (3, 4):
         assert rows[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5)
 

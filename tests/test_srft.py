@@ -9,8 +9,15 @@ import torch
 
 from reasonrl.algos.grpo import GRPO
 from reasonrl.algos.srft import (
-    SRFT, SRFTConfig, augmented_group_advantages, entropy_bonus, entropy_weights, offpolicy_term, positive_weighted,
-    sft_term, srft_loss,
+    SRFT,
+    SRFTConfig,
+    augmented_group_advantages,
+    entropy_bonus,
+    entropy_weights,
+    offpolicy_term,
+    positive_weighted,
+    sft_term,
+    srft_loss,
 )
 from reasonrl.cli import main
 from reasonrl.config import ConfigError, load_config
@@ -42,8 +49,9 @@ def test_defaults_are_the_papers_coefficients():
     assert cfg.scale_rewards == "group"
 
 
-@pytest.mark.parametrize("override", ["algo.sft_entropy_sign=2", "algo.rl_coef=-0.1", "algo.scale_rewards=std",
-                                      "algo.loss_type=ppo"])
+@pytest.mark.parametrize(
+    "override", ["algo.sft_entropy_sign=2", "algo.rl_coef=-0.1", "algo.scale_rewards=std", "algo.loss_type=ppo"]
+)
 def test_invalid_settings_are_config_errors(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
         load_config(None, ["algo=srft", override])
@@ -115,11 +123,19 @@ def test_srft_loss_is_the_sum_of_the_hand_computed_terms():
     # rows: rollout with A = +1 (2 tokens), rollout with A = -1 (1 token), demonstration with A = 0.5 (2 tokens)
     logp = torch.log(t64([[0.5, 0.5], [0.25, 0.9], [0.5, 0.25]]))
     h = t64([[1.0, 2.0], [0.5, 7.0], [1.0, 0.0]])
-    t = {"completion_mask": t64([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]),
-         "demo_mask": t64([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]),
-         "advantages": t64([1.0, -1.0, 0.5])}
-    totals = {"num_tokens": 3.0, "num_seqs": 2.0, "max_completion_length": 2.0, "demo_tokens": 2.0,
-              "positive_tokens": 2.0, "all_tokens": 5.0}
+    t = {
+        "completion_mask": t64([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]),
+        "demo_mask": t64([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]),
+        "advantages": t64([1.0, -1.0, 0.5]),
+    }
+    totals = {
+        "num_tokens": 3.0,
+        "num_seqs": 2.0,
+        "max_completion_length": 2.0,
+        "demo_tokens": 2.0,
+        "positive_tokens": 2.0,
+        "all_tokens": 5.0,
+    }
     loss, m = srft_loss(logp, h, t, totals, SRFTConfig())
     sft = (0.5 * math.exp(-1) * LN2 + 0.5 * math.exp(0) * LN4) / 2  # w_SFT = 0.5 exp(-H) on the demo tokens
     off = -0.5 * (0.5 + 0.25) / 2  # -A_demo * pi
@@ -141,11 +157,19 @@ def test_bnpo_weighs_the_on_policy_term_by_the_share_of_rollouts_not_of_all_rows
     # the rollout token mean, dapo's value; counting the demonstration row would scale it by 3/2.
     logp = torch.log(t64([[0.5, 0.5], [0.25, 0.9], [0.5, 0.25]]))
     h = t64([[1.0, 2.0], [0.5, 7.0], [1.0, 0.0]])
-    t = {"completion_mask": t64([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]),
-         "demo_mask": t64([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]),
-         "advantages": t64([1.0, -1.0, 0.5])}
-    totals = {"num_tokens": 3.0, "num_seqs": 2.0, "max_completion_length": 2.0, "demo_tokens": 2.0,
-              "positive_tokens": 2.0, "all_tokens": 5.0}
+    t = {
+        "completion_mask": t64([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]),
+        "demo_mask": t64([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]),
+        "advantages": t64([1.0, -1.0, 0.5]),
+    }
+    totals = {
+        "num_tokens": 3.0,
+        "num_seqs": 2.0,
+        "max_completion_length": 2.0,
+        "demo_tokens": 2.0,
+        "positive_tokens": 2.0,
+        "all_tokens": 5.0,
+    }
     _, m = srft_loss(logp, h, t, totals, SRFTConfig(loss_type="bnpo"))
     assert m["srft/onpolicy_loss"] == pytest.approx(-(1 * 0.1 * math.e + 1 * 0.1 * math.exp(2) - 1) / 3)
 
@@ -166,8 +190,15 @@ def grads(trainer: Trainer, algo, batch, size: int) -> tuple[list[torch.Tensor],
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
 def test_without_sft_and_offpolicy_terms_srft_is_the_core_grpo_loss(quick_config, tmp_path, loss_type):
     common = ("rewards.funcs=srft_test_digits:1.0", "train.prompts_per_step=2", f"algo.loss_type={loss_type}")
-    cfg = quick_config("algo=srft", *common, "algo.sft_coef=0", "algo.offpolicy_coef=0", "algo.rl_coef=1",
-                       "algo.rl_entropy_sign=0", "algo.entropy_coef=0")
+    cfg = quick_config(
+        "algo=srft",
+        *common,
+        "algo.sft_coef=0",
+        "algo.offpolicy_coef=0",
+        "algo.rl_coef=1",
+        "algo.rl_entropy_sign=0",
+        "algo.entropy_coef=0",
+    )
     trainer = Trainer(cfg, run_dir=tmp_path / "srft")
     batch = trainer.algo.gather(trainer.ctx)
     assert len(batch) == 2 * 4 + 2 and batch.tensors["demo_mask"].sum() > 0
@@ -188,8 +219,14 @@ def test_without_sft_and_offpolicy_terms_srft_is_the_core_grpo_loss(quick_config
 
 @pytest.mark.parametrize("sign", ["-1", "1"])
 def test_gradient_accumulation_micro_batches_of_2_equal_the_whole_batch(quick_config, tmp_path, sign):
-    cfg = quick_config("algo=srft", "rewards.funcs=srft_test_digits:1.0", "train.prompts_per_step=3",
-                       f"algo.sft_entropy_sign={sign}", "algo.offpolicy_shaping=0.1", "algo.entropy_coef=0.01")
+    cfg = quick_config(
+        "algo=srft",
+        "rewards.funcs=srft_test_digits:1.0",
+        "train.prompts_per_step=3",
+        f"algo.sft_entropy_sign={sign}",
+        "algo.offpolicy_shaping=0.1",
+        "algo.entropy_coef=0.01",
+    )
     trainer = Trainer(cfg, run_dir=tmp_path / "acc")
     batch = trainer.algo.gather(trainer.ctx)  # 12 rollouts, then 3 demonstrations: micro-batches split both kinds
     assert sum(bool(m.tensors["demo_mask"].sum() > 0) for m in batch.micro_batches(2)) == 2
@@ -198,8 +235,14 @@ def test_gradient_accumulation_micro_batches_of_2_equal_the_whole_batch(quick_co
     assert sum(g.abs().sum() for g in whole) > 0
     for a, b in zip(whole, split):  # float32 summation order: tolerance relative to the gradient's scale
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
-    for key in ("srft/sft_loss", "srft/offpolicy_loss", "srft/onpolicy_loss", "srft/sft_weight", "srft/rl_weight",
-                "entropy"):
+    for key in (
+        "srft/sft_loss",
+        "srft/offpolicy_loss",
+        "srft/onpolicy_loss",
+        "srft/sft_weight",
+        "srft/rl_weight",
+        "entropy",
+    ):
         assert split_m[key] == pytest.approx(whole_m[key], rel=1e-5, abs=1e-7), key
 
 
@@ -213,15 +256,34 @@ def test_an_example_without_a_solution_is_a_data_error(quick_config, tmp_path):
 
 def test_cli_train_algo_srft_runs_and_logs_each_term(nano_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["train", "algo=srft", f"model.path={nano_dir}", "--output-dir", str(run), "rollout.num_generations=2",
-            "rollout.max_completion_length=8", "train.prompts_per_step=2", "train.steps=2", "data.eval_n=2", "--quiet"]
+    args = [
+        "train",
+        "algo=srft",
+        f"model.path={nano_dir}",
+        "--output-dir",
+        str(run),
+        "rollout.num_generations=2",
+        "rollout.max_completion_length=8",
+        "train.prompts_per_step=2",
+        "train.steps=2",
+        "data.eval_n=2",
+        "--quiet",
+    ]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"] == str(run)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2]
-    for key in ("srft/sft_loss", "srft/offpolicy_loss", "srft/onpolicy_loss", "srft/sft_weight", "srft/rl_weight",
-                "entropy", "srft/demo_reward", "reward"):
+    for key in (
+        "srft/sft_loss",
+        "srft/offpolicy_loss",
+        "srft/onpolicy_loss",
+        "srft/sft_weight",
+        "srft/rl_weight",
+        "entropy",
+        "srft/demo_reward",
+        "reward",
+    ):
         assert all(math.isfinite(r[key]) for r in steps), key
     assert steps[0]["srft/demo_reward"] == 1.0  # the world's step-by-step demonstrations are correct
 
@@ -235,8 +297,16 @@ def test_shipped_srft_configs_load(name):
 def test_the_sft_term_teaches_the_demonstrations_in_30_steps(quick_config, tmp_path):
     """Step-counted: with the released code's exp(+H) weight, a random model's NLL of the demonstrations falls.
     (With the paper's exp(-H) the weight at a random model's entropy is ~0.5/321, and it barely moves: docs/srft.md.)"""
-    cfg = quick_config("algo=srft", "algo.sft_entropy_sign=1", "rollout.num_generations=2", "data.levels=[1]",
-                       "rollout.max_completion_length=8", "train.prompts_per_step=8", "train.steps=30", "optim.lr=3e-3")
+    cfg = quick_config(
+        "algo=srft",
+        "algo.sft_entropy_sign=1",
+        "rollout.num_generations=2",
+        "data.levels=[1]",
+        "rollout.max_completion_length=8",
+        "train.prompts_per_step=8",
+        "train.steps=30",
+        "optim.lr=3e-3",
+    )
     Trainer(cfg, run_dir=tmp_path / "learn").train()
     rows = [json.loads(line) for line in (tmp_path / "learn" / "metrics.jsonl").read_text().splitlines()]
     nll = [r["srft/demo_nll"] for r in rows if "loss" in r]

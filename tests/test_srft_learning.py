@@ -9,7 +9,9 @@ from reasonrl.config import load_config
 from reasonrl.models import load_model
 from reasonrl.trainer import Trainer
 
-NOISE = 0.6  # Gaussian noise per weight, in units of each tensor's std: the student's L1-3 accuracy drops to 2.5% (n=16)
+NOISE = (
+    0.6  # Gaussian noise per weight, in units of each tensor's std: the student's L1-3 accuracy drops to 2.5% (n=16)
+)
 
 
 @pytest.fixture(scope="session")
@@ -29,10 +31,19 @@ def weak_student(tmp_path_factory):
 
 def test_srft_raises_accuracy_of_a_weak_start(weak_student, tmp_path):
     """12 SRFT steps with the paper's defaults (configs/srft.yaml) at lr 1e-3; about 35 s on one thread."""
-    config = load_config("configs/srft.yaml", [
-        f"model.path={weak_student}", "data.eval_n=16", "train.steps=12", "optim.lr=1e-3", "optim.warmup_steps=2",
-        "train.progress=false", "train.seed=0", f"train.output_dir={tmp_path / 'srft'}",
-    ])
+    config = load_config(
+        "configs/srft.yaml",
+        [
+            f"model.path={weak_student}",
+            "data.eval_n=16",
+            "train.steps=12",
+            "optim.lr=1e-3",
+            "optim.warmup_steps=2",
+            "train.progress=false",
+            "train.seed=0",
+            f"train.output_dir={tmp_path / 'srft'}",
+        ],
+    )
     final = Trainer(config, run_dir=tmp_path / "srft").train()
     rows = [json.loads(line) for line in (tmp_path / "srft" / "metrics.jsonl").read_text().splitlines()]
     before = rows[0]["eval/accuracy"]

@@ -27,6 +27,8 @@ def test_grpo_steps_log_each_phase(quick_config, tmp_path):
     assert len(steps) == 2
     for r in steps:
         phases = {k: v for k, v in r.items() if k.startswith("time/")}
-        assert {"time/generate", "time/reward", "time/forward", "time/backward", "time/optimizer", "time/other"} <= set(phases)
+        assert {"time/generate", "time/reward", "time/forward", "time/backward", "time/optimizer", "time/other"} <= set(
+            phases
+        )
         assert all(v >= 0 for v in phases.values())
         assert sum(phases.values()) == pytest.approx(r["step_time"], rel=1e-3, abs=1e-4)

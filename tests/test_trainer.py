@@ -48,8 +48,12 @@ def test_kl_estimator_reaches_the_loss(quick_config, tmp_path):
     losses, grads = [], []
     for estimator in ("k3", "k3_is"):
         torch.manual_seed(0)
-        cfg = quick_config("rewards.funcs=test_digits:1.0", "train.prompts_per_step=2", "algo.beta=0.5",
-                           f"algo.kl_estimator={estimator}")
+        cfg = quick_config(
+            "rewards.funcs=test_digits:1.0",
+            "train.prompts_per_step=2",
+            "algo.beta=0.5",
+            f"algo.kl_estimator={estimator}",
+        )
         trainer = Trainer(cfg, run_dir=tmp_path / estimator)
         batch = trainer.algo.gather(trainer.ctx)
         batch.tensors["ref_logprobs"] -= 0.5  # a reference unlike the policy, so k3 > 0
@@ -73,8 +77,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(quick_config, tmp_path)
     checkpointed = grads_with_micro_batches(trainer, batch, 8)
     for a, b in zip(plain, checkpointed):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    configured = Trainer(quick_config("rewards.funcs=test_digits:1.0", "model.gradient_checkpointing=true"),
-                         run_dir=tmp_path / "gc")
+    configured = Trainer(
+        quick_config("rewards.funcs=test_digits:1.0", "model.gradient_checkpointing=true"), run_dir=tmp_path / "gc"
+    )
     assert configured.model.is_gradient_checkpointing
 
 
@@ -101,8 +106,13 @@ def test_dynamic_sampling_never_emits_a_zero_variance_group(quick_config, tmp_pa
     def long_reward(prompts, completions, completion_ids, **kwargs):
         return [float(len(ids) > 6) for ids in completion_ids]
 
-    cfg = quick_config("algo=dapo", "rewards.funcs=test_long:1.0", "algo.overlong_buffer=0", "algo.max_resample_rounds=4",
-                       "rollout.temperature=1.5")
+    cfg = quick_config(
+        "algo=dapo",
+        "rewards.funcs=test_long:1.0",
+        "algo.overlong_buffer=0",
+        "algo.max_resample_rounds=4",
+        "rollout.temperature=1.5",
+    )
     trainer = Trainer(cfg, run_dir=tmp_path / "ds")
     for _ in range(3):
         batch = trainer.algo.gather(trainer.ctx)
@@ -153,8 +163,12 @@ def test_replayed_rollouts_reproduce_the_recorded_losses(quick_config, tmp_path)
     recorded = quick_config("rewards.funcs=test_digits:1.0", "rollout.save_rollouts=true", "train.steps=3")
     Trainer(recorded, run_dir=tmp_path / "rec").train()
     assert len(list((tmp_path / "rec" / "rollouts").glob("call_*.jsonl"))) == 3
-    replay = quick_config("rewards.funcs=test_digits:1.0", "train.steps=3", "rollout.engine=replay",
-                          f"rollout.replay_dir={tmp_path / 'rec' / 'rollouts'}")
+    replay = quick_config(
+        "rewards.funcs=test_digits:1.0",
+        "train.steps=3",
+        "rollout.engine=replay",
+        f"rollout.replay_dir={tmp_path / 'rec' / 'rollouts'}",
+    )
     torch.manual_seed(123)  # a different sampling seed must not matter: no sampling happens
     Trainer(replay, run_dir=tmp_path / "rep").train()
     a, b = run_metrics(tmp_path / "rec"), run_metrics(tmp_path / "rep")
@@ -173,8 +187,13 @@ def test_sampler_mismatch_is_logged_and_corrected_by_truncated_importance_sampli
     call.write_text("".join(json.dumps({**r, "logprobs": [x - 0.3 for x in r["logprobs"]]}) + "\n" for r in rows))
     grad_norms = {}
     for cap in (0.0, 2.0, 1.2):
-        replay = quick_config("rewards.funcs=test_digits:1.0", "train.steps=1", "rollout.engine=replay",
-                              f"rollout.replay_dir={call.parent}", f"algo.tis_cap={cap}")
+        replay = quick_config(
+            "rewards.funcs=test_digits:1.0",
+            "train.steps=1",
+            "rollout.engine=replay",
+            f"rollout.replay_dir={call.parent}",
+            f"algo.tis_cap={cap}",
+        )
         Trainer(replay, run_dir=tmp_path / f"cap{cap}").train()
         m = run_metrics(tmp_path / f"cap{cap}")[1]
         assert m["rollout/logprob_abs_diff"] == pytest.approx(0.3, abs=1e-4)
@@ -201,8 +220,9 @@ def test_one_update_per_round_needs_no_extra_forward_pass(quick_config, tmp_path
     assert calls == []  # generation does not score
     trainer._update(batch)
     assert len(calls) == 2  # 8 rows / micro-batches of 4
-    cfg2 = quick_config("rewards.funcs=test_digits:1.0", "train.micro_batch_size=4", "train.prompts_per_step=2",
-                        "algo.num_iterations=2")
+    cfg2 = quick_config(
+        "rewards.funcs=test_digits:1.0", "train.micro_batch_size=4", "train.prompts_per_step=2", "algo.num_iterations=2"
+    )
     trainer2 = Trainer(cfg2, run_dir=tmp_path / "fw2")
     calls.clear()
     batch = trainer2.algo.gather(trainer2.ctx)

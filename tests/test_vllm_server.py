@@ -74,9 +74,18 @@ def test_sampling_and_greedy_requests_carry_vllms_fields(server):
     prompts = prompts_of(tok)[:2]
     engine.generate(prompts, 2, SamplingParams(max_new_tokens=8, temperature=0.7, top_p=0.9, top_k=0))
     sampling = server.requests[-1]
-    assert sampling == {"model": "student", "prompt": prompts, "n": 2, "max_tokens": 8, "temperature": 0.7,
-                        "top_p": 0.9, "top_k": -1, "stop_token_ids": [tok.eos_token_id], "return_token_ids": True,
-                        "logprobs": 0}
+    assert sampling == {
+        "model": "student",
+        "prompt": prompts,
+        "n": 2,
+        "max_tokens": 8,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": -1,
+        "stop_token_ids": [tok.eos_token_id],
+        "return_token_ids": True,
+        "logprobs": 0,
+    }
     out = engine.generate(prompts, 1, SamplingParams(max_new_tokens=8, top_k=5, greedy=True))
     greedy = server.requests[-1]
     assert greedy["temperature"] == 0.0 and greedy["top_k"] == 5 and "logprobs" not in greedy
@@ -125,15 +134,18 @@ def no_choices(response):
     response.pop("choices")
 
 
-@pytest.mark.parametrize("tamper, message", [
-    (drop_token_ids, r"choices\[1\] has no token_ids"),
-    (drop_a_choice, r"3 choices for 2 prompts x n=2"),
-    (abort, r"finish_reason is 'abort'"),
-    (short_logprobs, r"log-probs for"),
-    (text_token, r"token_ids holds a non-number"),
-    (repeat_index, r"index 0 is out of range or repeated"),
-    (no_choices, r"response.choices is missing"),
-])
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (drop_token_ids, r"choices\[1\] has no token_ids"),
+        (drop_a_choice, r"3 choices for 2 prompts x n=2"),
+        (abort, r"finish_reason is 'abort'"),
+        (short_logprobs, r"log-probs for"),
+        (text_token, r"token_ids holds a non-number"),
+        (repeat_index, r"index 0 is out of range or repeated"),
+        (no_choices, r"response.choices is missing"),
+    ],
+)
 def test_malformed_answers_are_errors_naming_the_url(server, tamper, message):
     engine = engine_for(server)
     server.tamper = tamper
@@ -141,10 +153,13 @@ def test_malformed_answers_are_errors_naming_the_url(server, tamper, message):
         engine.generate(prompts_of(server.tokenizer)[:2], 2, SamplingParams(max_new_tokens=6))
 
 
-@pytest.mark.parametrize("raw, message", [
-    ((500, b'{"error": {"message": "CUDA out of memory"}}'), r"answered HTTP 500 .*CUDA out of memory"),
-    ((200, b"<html>not json"), r"answered with invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ((500, b'{"error": {"message": "CUDA out of memory"}}'), r"answered HTTP 500 .*CUDA out of memory"),
+        ((200, b"<html>not json"), r"answered with invalid JSON"),
+    ],
+)
 def test_failed_answers_are_errors_naming_the_url(server, raw, message):
     engine = engine_for(server)
     server.raw = raw
@@ -190,9 +205,13 @@ class FakeNCCL:
             def broadcast(self, tensor, src):
                 fake.sent.append((tensor.clone(), src))
 
-        self.modules = {"vllm": None, "vllm.distributed": None, "vllm.distributed.device_communicators": None,
-                        "vllm.distributed.device_communicators.pynccl": PyNcclCommunicator,
-                        "vllm.distributed.utils": StatelessProcessGroup}
+        self.modules = {
+            "vllm": None,
+            "vllm.distributed": None,
+            "vllm.distributed.device_communicators": None,
+            "vllm.distributed.device_communicators.pynccl": PyNcclCommunicator,
+            "vllm.distributed.utils": StatelessProcessGroup,
+        }
 
     def install(self, monkeypatch) -> None:
         for name, cls in self.modules.items():
@@ -216,18 +235,32 @@ def test_weight_push_drives_vllms_transfer_routes_before_the_next_generation(ser
     engine.sync_weights(model)
     engine.generate(prompts_of(tok)[:1], 1, greedy)
     update = ["/pause", "/start_weight_update", "/update_weights", "/finish_weight_update", "/resume"]
-    assert [path for path, _ in server.calls] == ["/v1/models", "/get_world_size", "/init_weight_transfer_engine",
-                                                  *update, "/v1/completions", "/v1/completions",
-                                                  *update, "/v1/completions"]
+    assert [path for path, _ in server.calls] == [
+        "/v1/models",
+        "/get_world_size",
+        "/init_weight_transfer_engine",
+        *update,
+        "/v1/completions",
+        "/v1/completions",
+        *update,
+        "/v1/completions",
+    ]
     bodies = dict(server.calls)  # the last body of each route
     init = bodies["/init_weight_transfer_engine"]["init_info"]
-    assert init == {"master_address": "127.0.0.1", "master_port": init["master_port"], "rank_offset": 1,
-                    "world_size": 2}
+    assert init == {
+        "master_address": "127.0.0.1",
+        "master_port": init["master_port"],
+        "rank_offset": 1,
+        "world_size": 2,
+    }
     assert nccl.rendezvous == [{"host": "127.0.0.1", "port": init["master_port"], "rank": 0, "world_size": 2}]
     assert bodies["/start_weight_update"] == {"is_checkpoint_format": True}
     state = model.state_dict()
-    assert bodies["/update_weights"]["update_info"] == {"names": list(state), "dtype_names": ["float32"] * len(state),
-                                                        "shapes": [list(t.shape) for t in state.values()]}
+    assert bodies["/update_weights"]["update_info"] == {
+        "names": list(state),
+        "dtype_names": ["float32"] * len(state),
+        "shapes": [list(t.shape) for t in state.values()],
+    }
     assert len(nccl.sent) == 2 * len(state)  # every tensor, in the announced order, from rank 0, at each push
     for (tensor, src), expected in zip(nccl.sent, [*state.values(), *state.values()]):
         assert src == 0 and torch.equal(tensor, expected)
@@ -245,13 +278,16 @@ def test_a_failed_weight_update_stops_generation_and_resumes_the_server(server, 
 
 def test_config_selects_the_server_engine_and_checks_its_keys(server, student, tmp_path):
     model, tok = student
-    config = load_config(None, ["rollout.engine=vllm-server", f"rollout.vllm.server_url={server.url}",
-                                "rollout.vllm.server_timeout=30"])
+    config = load_config(
+        None, ["rollout.engine=vllm-server", f"rollout.vllm.server_url={server.url}", "rollout.vllm.server_timeout=30"]
+    )
     engine = make_engine(config, model, tok, tmp_path)
     assert isinstance(engine, VLLMServerEngine) and engine.url == server.url and engine.timeout == 30.0
-    bad = {"rollout.vllm.server_url=localhost:8000": "rollout.vllm.server_url='localhost:8000' is not an http",
-           "rollout.vllm.server_timeout=0": "rollout.vllm.server_timeout must be > 0",
-           "rollout.vllm_server_url=http://x:1": "rollout.vllm_server_url was renamed rollout.vllm.server_url"}
+    bad = {
+        "rollout.vllm.server_url=localhost:8000": "rollout.vllm.server_url='localhost:8000' is not an http",
+        "rollout.vllm.server_timeout=0": "rollout.vllm.server_timeout must be > 0",
+        "rollout.vllm_server_url=http://x:1": "rollout.vllm_server_url was renamed rollout.vllm.server_url",
+    }
     for override, message in bad.items():
         with pytest.raises(ConfigError, match=message):  # at load time, before any weights are read
             load_config(None, ["rollout.engine=vllm-server", override])

@@ -9,7 +9,11 @@ from reasonrl.worlds.arith import LEVELS, ArithWorld, add_steps, in_eval_split, 
 
 
 def test_examples_are_a_pure_function_of_seed_and_index():
-    a, b, c = ArithWorld(levels=[1, 2, 3, 4, 5, 6], seed=3), ArithWorld(levels=[1, 2, 3, 4, 5, 6], seed=3), ArithWorld(seed=4)
+    a, b, c = (
+        ArithWorld(levels=[1, 2, 3, 4, 5, 6], seed=3),
+        ArithWorld(levels=[1, 2, 3, 4, 5, 6], seed=3),
+        ArithWorld(seed=4),
+    )
     assert [a.example(i) for i in range(20)] == [b.example(i) for i in range(20)]
     assert [a.example(i).prompt for i in range(20)] != [c.example(i).prompt for i in range(20)]
 
@@ -18,9 +22,11 @@ def test_every_level_draws_only_its_own_level_and_has_a_correct_gold_answer():
     world = ArithWorld(levels=list(LEVELS))
     for example in world.eval_set(n_per_level=20) + [world.example(i) for i in range(200)]:
         expression = example.meta["expression"]
-        assert int(example.answer) == eval(expression)  # noqa: S307 - our own generated arithmetic
+        assert int(example.answer) == eval(expression)
         assert example.level in LEVELS
-        assert example.solution.startswith("<think>\n") and example.solution.endswith(f"</think>\n\\boxed{{{example.answer}}}")
+        assert example.solution.startswith("<think>\n") and example.solution.endswith(
+            f"</think>\n\\boxed{{{example.answer}}}"
+        )
         assert example.direct == f"\\boxed{{{example.answer}}}"
 
 
@@ -36,7 +42,7 @@ def test_column_addition_steps_compute_the_sum(a, b):
     for step in add_steps(a, b):
         lhs_rhs = re.match(r"([\d+]+)=(\d+)", step)
         if lhs_rhs:
-            assert eval(lhs_rhs.group(1)) == int(lhs_rhs.group(2))  # noqa: S307
+            assert eval(lhs_rhs.group(1)) == int(lhs_rhs.group(2))
         written.append(re.findall(r"write (\d)", step)[0])
     assert int("".join(reversed(written))) == a + b
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from reasonrl.config import ALGO_CONFIGS
 
@@ -10,7 +11,7 @@ if TYPE_CHECKING:
     from reasonrl.algos.base import Algorithm
     from reasonrl.config import Config
 
-ALGORITHMS: dict[str, Callable[["Config"], "Algorithm"]] = {}
+ALGORITHMS: dict[str, Callable[[Config], Algorithm]] = {}
 
 
 def register_algorithm(*names: str):
@@ -24,18 +25,26 @@ def register_algorithm(*names: str):
     return wrap
 
 
-def make_algorithm(config: "Config") -> "Algorithm":
+def make_algorithm(config: Config) -> Algorithm:
     name = config.algo.name
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}; known: {sorted(ALGORITHMS)}")
     options = ALGO_CONFIGS.get(name)
     if options is not None and not isinstance(config.algo, options):  # e.g. the default, loaded before registration
-        raise ValueError(f"config.algo is a {type(config.algo).__name__}, not {name}'s {options.__name__}: the config "
-                         f"was loaded before reasonrl.algos registered it; import reasonrl.algos before load_config")
+        raise ValueError(
+            f"config.algo is a {type(config.algo).__name__}, not {name}'s {options.__name__}: the config "
+            f"was loaded before reasonrl.algos registered it; import reasonrl.algos before load_config"
+        )
     return ALGORITHMS[name](config)
 
 
-from reasonrl.algos import dpo, dpo_vp, grpo, sft, srft  # noqa: E402,F401  (registration)
-from reasonrl.algos import opd  # noqa: E402,F401
-from reasonrl.algos import autothink  # noqa: E402,F401
-from reasonrl.algos import pretrain  # noqa: E402,F401
+from reasonrl.algos import (  # noqa: E402,F401  (registration)
+    autothink,
+    dpo,
+    dpo_vp,
+    grpo,
+    opd,
+    pretrain,
+    sft,
+    srft,
+)

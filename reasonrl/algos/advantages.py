@@ -9,7 +9,7 @@ with a single valid reward has no spread and gets std 0.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

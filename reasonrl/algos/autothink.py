@@ -87,8 +87,14 @@ R0 = {(True, True): 1.0, (True, False): 0.0, (False, True): 2.0, (False, False):
 
 
 @register_reward("autothink")
-def autothink_reward(prompts: list[str], completions: list[str], answer: list[str], meta: list[dict] | None = None,
-                     verifier=None, **fields) -> Scores:
+def autothink_reward(
+    prompts: list[str],
+    completions: list[str],
+    answer: list[str],
+    meta: list[dict] | None = None,
+    verifier=None,
+    **fields,
+) -> Scores:
     """R0: the mode-aware correctness reward (module docstring); NaN where verification failed or timed out."""
     checked = accuracy(prompts, [answer_text(c) or "" for c in completions], answer, meta, verifier)
     values = []
@@ -103,8 +109,9 @@ def autothink_reward(prompts: list[str], completions: list[str], answer: list[st
     return Scores(values, checked.status, checked.errors)
 
 
-def rescore_direct_correct(rewards: torch.Tensor, think: torch.Tensor, correct: torch.Tensor, value: float,
-                           weight: float = 1.0) -> torch.Tensor:
+def rescore_direct_correct(
+    rewards: torch.Tensor, think: torch.Tensor, correct: torch.Tensor, value: float, weight: float = 1.0
+) -> torch.Tensor:
     """Rewards with R0 of the correct direct answers moved from the official +2 to `value` (R0 enters the summed
     reward with `weight`); NaN rows stay NaN."""
     return torch.where(~think & correct, rewards + weight * (value - R0[(False, True)]), rewards)
@@ -113,8 +120,9 @@ def rescore_direct_correct(rewards: torch.Tensor, think: torch.Tensor, correct: 
 # ---- stage shaping, on tensors: rewards [N] (NaN = failed verification), flags [N] bool, groups [N] -----------
 
 
-def length_shaping(rewards: torch.Tensor, correct: torch.Tensor, lengths: torch.Tensor, groups: torch.Tensor,
-                   alpha: float, beta: float) -> torch.Tensor:
+def length_shaping(
+    rewards: torch.Tensor, correct: torch.Tensor, lengths: torch.Tensor, groups: torch.Tensor, alpha: float, beta: float
+) -> torch.Tensor:
     """Stage 3: within each group, shorter correct answers gain (exp(-alpha z) - 1) and shorter wrong ones lose
     (1 - exp(-beta z)), z the length z-score among the group's correct (wrong) answers; subsets of one are left."""
     out = rewards.clone().double()
@@ -130,8 +138,9 @@ def length_shaping(rewards: torch.Tensor, correct: torch.Tensor, lengths: torch.
     return out.to(rewards.dtype)
 
 
-def batch_balance(rewards: torch.Tensor, think: torch.Tensor, correct: torch.Tensor, rate: float,
-                  slope: float) -> tuple[torch.Tensor, float, float]:
+def batch_balance(
+    rewards: torch.Tensor, think: torch.Tensor, correct: torch.Tensor, rate: float, slope: float
+) -> tuple[torch.Tensor, float, float]:
     """Stage 1: pull the over-represented mode's rewards towards its targets; returns (rewards, lambda_T, lambda_N)."""
     out, valid = rewards.clone(), ~rewards.isnan()
     if not valid.any():
@@ -227,7 +236,8 @@ class AutoThink(GRPO):
                 raise ValueError(
                     f"algo=autothink needs the ellipsis prompt, but model {ctx.config.model.path!r} prompts in mode "
                     f"{mode!r}. Use model.path=autothink_base, or write a copy with reasonrl.prompt_modes."
-                    f"save_prompt_mode(MODEL, OUT_DIR, 'ellipsis') (docs/autothink.md)")
+                    f"save_prompt_mode(MODEL, OUT_DIR, 'ellipsis') (docs/autothink.md)"
+                )
             self.checked_prompt = True
         stage = self.stage_at(ctx.step)
         self.params.max_new_tokens = self.max_lengths[stage - 1]
@@ -242,19 +252,32 @@ class AutoThink(GRPO):
         rewards = rescore_direct_correct(rewards, think_t, correct_t, self.cfg.nothink_correct_reward, self.r0_weight)
         # Official order: length shaping per group, then the batch balance.
         if stage == 3:
-            rewards = length_shaping(rewards, correct_t, torch.tensor(lengths), torch.tensor(rollouts.group),
-                                     self.cfg.length_alpha, self.cfg.length_beta)
+            rewards = length_shaping(
+                rewards,
+                correct_t,
+                torch.tensor(lengths),
+                torch.tensor(rollouts.group),
+                self.cfg.length_alpha,
+                self.cfg.length_beta,
+            )
         lam_t = lam_n = 0.0
         if stage == 1:
-            rewards, lam_t, lam_n = batch_balance(rewards, think_t, correct_t, self.cfg.balance_rate,
-                                                  self.cfg.balance_slope)
+            rewards, lam_t, lam_n = batch_balance(
+                rewards, think_t, correct_t, self.cfg.balance_rate, self.cfg.balance_slope
+            )
         rollouts.rewards = rewards.tolist()
         levels = [m.get("level") for m in rollouts.meta]
         metrics.update({f"autothink/{k}": v for k, v in mode_metrics(think, correct, lengths, levels).items()})
         valid = rewards[~rewards.isnan()]
-        metrics.update({"autothink/stage": float(stage), "autothink/shaped_reward": float(valid.mean()),
-                        "autothink/balance_lambda_think": lam_t, "autothink/balance_lambda_no_think": lam_n,
-                        "autothink/format_error_rate": sum(map(is_format_error, rollouts.texts)) / len(rollouts)})
+        metrics.update(
+            {
+                "autothink/stage": float(stage),
+                "autothink/shaped_reward": float(valid.mean()),
+                "autothink/balance_lambda_think": lam_t,
+                "autothink/balance_lambda_no_think": lam_n,
+                "autothink/format_error_rate": sum(map(is_format_error, rollouts.texts)) / len(rollouts),
+            }
+        )
         return rollouts, metrics
 
 
@@ -279,8 +302,10 @@ def continuation(example: Example, think: bool) -> str:
     or `</think>\\n` + the direct answer, which after the ellipsis prompt reads `<think>\\n...\\n</think>\\n\\boxed{N}`."""
     text = example.solution if think else example.direct
     if not text or (think and not text.startswith("<think>\n")):
-        raise DataError(f"autothink_sft needs a `<think>\\n`-opened solution and a direct answer in every example "
-                        f"(prompt: {str(example.prompt)[:80]!r})")
+        raise DataError(
+            f"autothink_sft needs a `<think>\\n`-opened solution and a direct answer in every example "
+            f"(prompt: {str(example.prompt)[:80]!r})"
+        )
     return text.removeprefix("<think>\n") if think else "</think>\n" + text
 
 
@@ -310,5 +335,6 @@ class AutoThinkSFT(SFT):
             completions.append(encode_completion(ctx.tokenizer, continuation(ex, think)))
         tensors = build_sequences(prompts, completions, ctx.tokenizer.pad_token_id)
         num_tokens = float(tensors["completion_mask"].sum())
-        return TrainBatch(tensors, totals={"num_tokens": num_tokens}, metrics={"num_tokens": num_tokens},
-                          sort_by_length=True)
+        return TrainBatch(
+            tensors, totals={"num_tokens": num_tokens}, metrics={"num_tokens": num_tokens}, sort_by_length=True
+        )

@@ -7,8 +7,9 @@ micro-batches and summing their losses gives exactly the full-batch loss: gradie
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -19,7 +20,10 @@ def example_fields(examples: list[Example], n: int) -> dict[str, list[Any]]:
 
 
 def collect_rollouts(
-    ctx, examples: list[Example], n: int, params: SamplingParams,
+    ctx,
+    examples: list[Example],
+    n: int,
+    params: SamplingParams,
     extra_rewards: list[tuple[str, float, Callable]] = (),
 ):
     """Generate n completions per example and score them with the run's rewards (+ algorithm-specific extras,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def build_sequences(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def build_sequences(
+    prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
     """Left-padded prompts followed by right-padded completions, so all completions start at one column.
 
     Returns input_ids/attention_mask [N, P + C] and completion_mask [N, C].

@@ -65,8 +65,14 @@ class DPOConfig(PreferenceConfig):
 
 
 def dpo_loss(
-    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-    beta: float, label_smoothing: float = 0.0, loss_type: str = "sigmoid", token_counts: torch.Tensor | None = None,
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+    loss_type: str = "sigmoid",
+    token_counts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair losses [N] and the implicit rewards beta (log pi - log pi_ref) of chosen and rejected (detached).
     `token_counts` [N, 2] (IPO only): the completions' lengths, to take IPO's log-ratios per token (TRL's IPO)."""
@@ -143,13 +149,24 @@ class PairwiseDPO:
         logps = sequence_logprobs(ctx.model, micro.tensors)
         ref = micro.tensors["ref_logps"].to(logps.device)
         counts = micro.tensors["pair_completion_mask"].sum(-1) if self.cfg.ipo_logratio == "mean" else None
-        losses, chosen, rejected = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], self.cfg.beta,
-                                            self.cfg.label_smoothing, self.cfg.loss_type, counts)
+        losses, chosen, rejected = dpo_loss(
+            logps[:, 0],
+            logps[:, 1],
+            ref[:, 0],
+            ref[:, 1],
+            self.cfg.beta,
+            self.cfg.label_smoothing,
+            self.cfg.loss_type,
+            counts,
+        )
         n = micro.totals["num_pairs"]
         metrics = {
-            "rewards/chosen": chosen.sum() / n, "rewards/rejected": rejected.sum() / n,
-            "rewards/margins": (chosen - rejected).sum() / n, "rewards/accuracies": (chosen > rejected).sum() / n,
-            "logps/chosen": logps[:, 0].detach().sum() / n, "logps/rejected": logps[:, 1].detach().sum() / n,
+            "rewards/chosen": chosen.sum() / n,
+            "rewards/rejected": rejected.sum() / n,
+            "rewards/margins": (chosen - rejected).sum() / n,
+            "rewards/accuracies": (chosen > rejected).sum() / n,
+            "logps/chosen": logps[:, 0].detach().sum() / n,
+            "logps/rejected": logps[:, 1].detach().sum() / n,
         }
         return losses.sum() / n, {k: float(v) for k, v in metrics.items()}
 
@@ -187,8 +204,10 @@ class DPO(PairwiseDPO):
             pair = Pair(prompt, encode_completion(tok, chosen), encode_completion(tok, rejected))
             longest = len(prompt) + max(len(pair.chosen_ids), len(pair.rejected_ids))
             if context and longest > context:
-                raise ValueError(f"{self.cfg.pairs}: a pair of {longest} tokens exceeds the model's context of "
-                                 f"{context} (prompt starts {str(example.prompt)[:60]!r})")
+                raise ValueError(
+                    f"{self.cfg.pairs}: a pair of {longest} tokens exceeds the model's context of "
+                    f"{context} (prompt starts {str(example.prompt)[:60]!r})"
+                )
             pairs.append(pair)
         return pairs
 

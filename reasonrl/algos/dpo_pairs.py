@@ -104,8 +104,14 @@ def load_round_pairs(path: Path) -> list[Pair]:
             for line_no, line in enumerate(f, 1):
                 try:
                     row = json.loads(line)
-                    pairs.append(Pair(list(row["prompt_ids"]), list(row["chosen_ids"]), list(row["rejected_ids"]),
-                                      (float(row["ref_chosen_logp"]), float(row["ref_rejected_logp"]))))
+                    pairs.append(
+                        Pair(
+                            list(row["prompt_ids"]),
+                            list(row["chosen_ids"]),
+                            list(row["rejected_ids"]),
+                            (float(row["ref_chosen_logp"]), float(row["ref_rejected_logp"])),
+                        )
+                    )
                 except (ValueError, KeyError, TypeError) as e:
                     raise DataError(f"{path}, line {line_no}: not a DPO-VP round record ({e!r})") from None
     except OSError as e:

@@ -76,14 +76,19 @@ class DPOVPConfig(PreferenceConfig):
         if not 0 <= self.unlabeled_fraction < 1:
             raise ValueError(f"algo.unlabeled_fraction must be in [0, 1), got {self.unlabeled_fraction!r}")
         if not self.rm_lr > 0 or self.rm_epochs < 1 or self.rm_batch_size < 1:
-            raise ValueError(f"algo.rm_lr must be > 0, algo.rm_epochs and algo.rm_batch_size >= 1, got "
-                             f"{self.rm_lr}, {self.rm_epochs}, {self.rm_batch_size}")
+            raise ValueError(
+                f"algo.rm_lr must be > 0, algo.rm_epochs and algo.rm_batch_size >= 1, got "
+                f"{self.rm_lr}, {self.rm_epochs}, {self.rm_batch_size}"
+            )
         if not (0 <= self.rm_margin <= 1 and 0 <= self.rm_threshold <= 1):
-            raise ValueError(f"algo.rm_margin and algo.rm_threshold are probabilities in [0, 1], got "
-                             f"{self.rm_margin}, {self.rm_threshold}")
+            raise ValueError(
+                f"algo.rm_margin and algo.rm_threshold are probabilities in [0, 1], got "
+                f"{self.rm_margin}, {self.rm_threshold}"
+            )
         if self.rounds < 1 or self.steps_per_round < 1:
-            raise ValueError(f"algo.rounds and algo.steps_per_round must be >= 1, got {self.rounds}, "
-                             f"{self.steps_per_round}")
+            raise ValueError(
+                f"algo.rounds and algo.steps_per_round must be >= 1, got {self.rounds}, {self.steps_per_round}"
+            )
         if not self.temperatures or any(not t > 0 for t in self.temperatures):
             raise ValueError(f"algo.temperatures must be a non-empty list of positive numbers, got {self.temperatures}")
         if self.wrong_pairs not in WRONG_PAIRS:
@@ -119,8 +124,10 @@ class DPOVP(PairwiseDPO):
     def gather(self, ctx) -> TrainBatch:
         state, metrics = ctx.state.get("dpo_vp"), {}
         if state is not None and ("rm_file" in state) != self.cfg.reward_model:
-            raise ValueError(f"this run was started with algo.reward_model={'rm_file' in state}; resume it with its "
-                             f"own config (RUN_DIR/config.yaml)")
+            raise ValueError(
+                f"this run was started with algo.reward_model={'rm_file' in state}; resume it with its "
+                f"own config (RUN_DIR/config.yaml)"
+            )
         if state is None or state["step_in_round"] >= self.cfg.steps_per_round:
             k = 0 if state is None else state["round"] + 1
             if self.cfg.reward_model and self.rm is None:
@@ -177,8 +184,13 @@ class DPOVP(PairwiseDPO):
         pairs, rows = [pairs[i] for i in order], [rows[i] for i in order]
         self.reference_logps(ctx.model, pairs, ctx.tokenizer.pad_token_id)
         for row, pair in zip(rows, pairs):
-            row.update(prompt_ids=pair.prompt_ids, chosen_ids=pair.chosen_ids, rejected_ids=pair.rejected_ids,
-                       ref_chosen_logp=pair.ref_logps[0], ref_rejected_logp=pair.ref_logps[1])
+            row.update(
+                prompt_ids=pair.prompt_ids,
+                chosen_ids=pair.chosen_ids,
+                rejected_ids=pair.rejected_ids,
+                ref_chosen_logp=pair.ref_logps[0],
+                ref_rejected_logp=pair.ref_logps[1],
+            )
         save_round_pairs(ctx.run_dir / _round_file(k), rows)
         metrics.update(round_metrics(rows), **{"dpo_vp/temperature": temperature})
         return pairs, metrics
@@ -194,19 +206,30 @@ class DPOVP(PairwiseDPO):
         pairs, rows = [], []
         for g, example in enumerate(examples):
             idx = groups.get(g, [])
-            pick = select_pair([scores[i] for i in idx], [lengths[i] for i in idx], rng, params.max_new_tokens,
-                               self.cfg.wrong_pairs)
+            pick = select_pair(
+                [scores[i] for i in idx], [lengths[i] for i in idx], rng, params.max_new_tokens, self.cfg.wrong_pairs
+            )
             if pick is None:
                 continue
             c, rej = idx[pick[0]], idx[pick[1]]
             pairs.append(Pair(rollouts.prompt_ids[c], rollouts.completion_ids[c], rollouts.completion_ids[rej]))
-            rows.append({"round": k + 1, "prompt": example.prompt, "chosen": rollouts.texts[c],
-                         "rejected": rollouts.texts[rej], "answer": example.answer, "labelled": True,
-                         "chosen_score": scores[c], "rejected_score": scores[rej]})
+            rows.append(
+                {
+                    "round": k + 1,
+                    "prompt": example.prompt,
+                    "chosen": rollouts.texts[c],
+                    "rejected": rollouts.texts[rej],
+                    "answer": example.answer,
+                    "labelled": True,
+                    "chosen_score": scores[c],
+                    "rejected_score": scores[rej],
+                }
+            )
         metrics = rollout_metrics(rollouts, result, params.max_new_tokens) | score_shares(scores)
         valid = [i for i, s in enumerate(scores) if s is not None]  # failed verifications teach the RM nothing
-        verified = tuple([seq[i] for i in valid] for seq in (rollouts.prompt_ids, rollouts.completion_ids, scores,
-                                                             rollouts.group))
+        verified = tuple(
+            [seq[i] for i in valid] for seq in (rollouts.prompt_ids, rollouts.completion_ids, scores, rollouts.group)
+        )
         return pairs, rows, metrics, verified
 
     def _train_reward_model(self, ctx, k: int, verified: tuple[list, list, list, list]) -> dict[str, float]:
@@ -215,11 +238,20 @@ class DPOVP(PairwiseDPO):
         prompts, completions, scores, groups = verified
         cfg, pad = self.cfg, ctx.tokenizer.pad_token_id
         probs = score_samples(self.rm, prompts, completions, pad, cfg.rm_batch_size)
-        metrics = {f"rm/{name}": v for name, v in rm_metrics(probs, scores, groups, cfg.rm_margin,
-                                                             cfg.rm_threshold).items()}
+        metrics = {
+            f"rm/{name}": v for name, v in rm_metrics(probs, scores, groups, cfg.rm_margin, cfg.rm_threshold).items()
+        }
         metrics["rm/train_loss"] = train_reward_model(
-            self.rm, prompts, completions, [float(s == 1) for s in scores], pad, cfg.rm_lr, cfg.rm_epochs,
-            cfg.rm_batch_size, random.Random(f"dpo_vp/rm/{self.seed}/{k}"))
+            self.rm,
+            prompts,
+            completions,
+            [float(s == 1) for s in scores],
+            pad,
+            cfg.rm_lr,
+            cfg.rm_epochs,
+            cfg.rm_batch_size,
+            random.Random(f"dpo_vp/rm/{self.seed}/{k}"),
+        )
         metrics["rm/train_samples"] = float(len(scores))
         save_reward_model(self.rm, ctx.run_dir / _rm_file(k), {"round": str(k + 1), "policy": ctx.config.model.path})
         return metrics
@@ -229,8 +261,9 @@ class DPOVP(PairwiseDPO):
         with ctx.timer.section("generate"):
             out = ctx.engine.generate(ctx.encode_prompts(blind), self.num_generations, params)
         with ctx.timer.section("reward_model"):
-            probs = score_samples(self.rm, out.prompt_ids, out.completion_ids, ctx.tokenizer.pad_token_id,
-                                  self.cfg.rm_batch_size)
+            probs = score_samples(
+                self.rm, out.prompt_ids, out.completion_ids, ctx.tokenizer.pad_token_id, self.cfg.rm_batch_size
+            )
         groups = _group_rows(out.group)
         pairs, rows = [], []
         for g, example in enumerate(blind):
@@ -240,12 +273,25 @@ class DPOVP(PairwiseDPO):
                 continue
             c, rej = idx[pick[0]], idx[pick[1]]
             pairs.append(Pair(out.prompt_ids[c], out.completion_ids[c], out.completion_ids[rej]))
-            rows.append({"round": k + 1, "prompt": example.prompt, "answer": "", "labelled": False,
-                         "chosen": decode_completion(ctx.tokenizer, out.completion_ids[c]),
-                         "rejected": decode_completion(ctx.tokenizer, out.completion_ids[rej]),
-                         "chosen_score": None, "rejected_score": None, "chosen_rm": probs[c], "rejected_rm": probs[rej]})
-        metrics = {"rm/hidden_pairs": float(len(pairs)), "rm/hidden_mean_p": sum(probs) / max(1, len(probs)),
-                   "dpo_vp/hidden_tokens": float(sum(len(c) for c in out.completion_ids))}
+            rows.append(
+                {
+                    "round": k + 1,
+                    "prompt": example.prompt,
+                    "answer": "",
+                    "labelled": False,
+                    "chosen": decode_completion(ctx.tokenizer, out.completion_ids[c]),
+                    "rejected": decode_completion(ctx.tokenizer, out.completion_ids[rej]),
+                    "chosen_score": None,
+                    "rejected_score": None,
+                    "chosen_rm": probs[c],
+                    "rejected_rm": probs[rej],
+                }
+            )
+        metrics = {
+            "rm/hidden_pairs": float(len(pairs)),
+            "rm/hidden_mean_p": sum(probs) / max(1, len(probs)),
+            "dpo_vp/hidden_tokens": float(sum(len(c) for c in out.completion_ids)),
+        }
         return pairs, rows, metrics
 
 
@@ -275,8 +321,11 @@ def round_metrics(rows: list[dict]) -> dict[str, float]:
     """Pair counts of the round by (chosen, rejected) kind; `rm` for the reward model's pairs of hidden prompts."""
     metrics = {"dpo_vp/round_pairs": float(len(rows))}
     for row in rows:
-        kind = ("rm" if row["chosen_score"] is None
-                else f"{SCORE_NAMES[row['chosen_score']]}_vs_{SCORE_NAMES[row['rejected_score']]}")
+        kind = (
+            "rm"
+            if row["chosen_score"] is None
+            else f"{SCORE_NAMES[row['chosen_score']]}_vs_{SCORE_NAMES[row['rejected_score']]}"
+        )
         metrics[f"dpo_vp/pairs/{kind}"] = metrics.get(f"dpo_vp/pairs/{kind}", 0.0) + 1.0
     return metrics
 

@@ -121,13 +121,20 @@ class GRPO:
         self.extra_rewards = []
         if self.cfg.overlong_buffer > 0:
             self.extra_rewards.append(
-                ("overlong", 1.0, soft_overlong_punishment(r.max_completion_length, self.cfg.overlong_buffer, self.cfg.overlong_penalty))
+                (
+                    "overlong",
+                    1.0,
+                    soft_overlong_punishment(
+                        r.max_completion_length, self.cfg.overlong_buffer, self.cfg.overlong_penalty
+                    ),
+                )
             )
 
     def _sample(self, ctx) -> tuple[Rollouts, dict[str, float]]:
         """One round of prompts, or with dynamic sampling: rounds until `prompts_per_step` informative groups."""
-        rollouts, result = collect_rollouts(ctx, ctx.stream.next(self.prompts_per_step), self.num_generations,
-                                            self.params, self.extra_rewards)
+        rollouts, result = collect_rollouts(
+            ctx, ctx.stream.next(self.prompts_per_step), self.num_generations, self.params, self.extra_rewards
+        )
         metrics = rollout_metrics(rollouts, result, self.params.max_new_tokens)
         if not self.cfg.dynamic_sampling:
             return rollouts, metrics
@@ -139,8 +146,9 @@ class GRPO:
             if len(kept) >= wanted or rounds >= self.cfg.max_resample_rounds:
                 break
             rounds += 1
-            rollouts, result = collect_rollouts(ctx, ctx.stream.next(self.prompts_per_step), self.num_generations,
-                                                self.params, self.extra_rewards)
+            rollouts, result = collect_rollouts(
+                ctx, ctx.stream.next(self.prompts_per_step), self.num_generations, self.params, self.extra_rewards
+            )
         metrics["dynamic_sampling/rounds"] = float(rounds)
         metrics["dynamic_sampling/kept_groups"] = float(min(len(kept), wanted))
         return Rollouts.concat(kept[:wanted]), metrics
@@ -175,7 +183,9 @@ class GRPO:
         with torch.no_grad(), ctx.timer.section("score"):
             for micro in TrainBatch(tensors).micro_batches(ctx.config.train.micro_batch_size):
                 logp, _ = completion_logprobs(model, micro.tensors, self.temperature)
-                out.append(torch.nn.functional.pad(logp.cpu(), (0, tensors["completion_mask"].shape[1] - logp.shape[1])))
+                out.append(
+                    torch.nn.functional.pad(logp.cpu(), (0, tensors["completion_mask"].shape[1] - logp.shape[1]))
+                )
         return torch.cat(out)
 
     def num_updates(self, batch: TrainBatch) -> int:
@@ -197,10 +207,18 @@ class GRPO:
         tis = self.cfg.tis_cap > 0 and sampling is not None
         is_weights = truncated_is_weights(old, sampling, self.cfg.tis_cap) if tis else None
         loss, metrics = policy_loss(
-            logp, old, t["advantages"].to(device), mask, loss_type=self.cfg.loss_type, epsilon=self.cfg.epsilon,
-            epsilon_high=self.cfg.epsilon_high, beta=self.cfg.beta,
-            ref_logp=t["ref_logprobs"].to(device) if "ref_logprobs" in t else None, totals=micro.totals,
-            is_weights=is_weights, kl_estimator=self.cfg.kl_estimator,
+            logp,
+            old,
+            t["advantages"].to(device),
+            mask,
+            loss_type=self.cfg.loss_type,
+            epsilon=self.cfg.epsilon,
+            epsilon_high=self.cfg.epsilon_high,
+            beta=self.cfg.beta,
+            ref_logp=t["ref_logprobs"].to(device) if "ref_logprobs" in t else None,
+            totals=micro.totals,
+            is_weights=is_weights,
+            kl_estimator=self.cfg.kl_estimator,
         )
         if sampling is not None and not self.params.greedy:  # greedy rollouts carry no sampling log-probs
             metrics |= sampler_mismatch(old, sampling, mask, micro.totals["num_tokens"])

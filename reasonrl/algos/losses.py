@@ -11,7 +11,7 @@ sum to the full-batch loss (exact gradient accumulation). `totals` holds:
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -19,8 +19,17 @@ from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS, register_advantage, 
 
 # The advantage estimators are re-exported so the whole GRPO family imports from one module.
 __all__ = [
-    "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "KL_ESTIMATORS", "LOSS_TYPES", "kl_k3", "overlong_mask", "policy_loss",
-    "register_advantage", "sampler_mismatch", "truncated_is_weights", "zero_variance_groups",
+    "ADVANTAGE_ESTIMATORS",
+    "AGGREGATIONS",
+    "KL_ESTIMATORS",
+    "LOSS_TYPES",
+    "kl_k3",
+    "overlong_mask",
+    "policy_loss",
+    "register_advantage",
+    "sampler_mismatch",
+    "truncated_is_weights",
+    "zero_variance_groups",
 ]
 
 Totals = Mapping[str, float]
@@ -54,14 +63,17 @@ def truncated_is_weights(train_logp: torch.Tensor, sampling_logp: torch.Tensor, 
     return (train_logp - sampling_logp).exp().clamp(max=cap).detach()
 
 
-def sampler_mismatch(train_logp: torch.Tensor, sampling_logp: torch.Tensor, mask: torch.Tensor,
-                     num_tokens: float) -> dict[str, torch.Tensor]:
+def sampler_mismatch(
+    train_logp: torch.Tensor, sampling_logp: torch.Tensor, mask: torch.Tensor, num_tokens: float
+) -> dict[str, torch.Tensor]:
     """How far the rollout engine's log-probs are from the trainer's on the sampled tokens, summed over masked
     tokens and divided by the batch's `num_tokens`: mean |difference| and the k3 estimate of KL(sampler || train)."""
     on = mask > 0
     diff = torch.where(on, train_logp.detach() - sampling_logp, 0.0)
-    return {"rollout/logprob_abs_diff": diff.abs().sum() / num_tokens,
-            "rollout/mismatch_kl": torch.where(on, diff.exp() - diff - 1, 0.0).sum() / num_tokens}
+    return {
+        "rollout/logprob_abs_diff": diff.abs().sum() / num_tokens,
+        "rollout/mismatch_kl": torch.where(on, diff.exp() - diff - 1, 0.0).sum() / num_tokens,
+    }
 
 
 # ---- aggregation: (masked per-token loss [N, C], mask, totals) -> scalar ------------------------------

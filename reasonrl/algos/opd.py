@@ -69,7 +69,9 @@ class OPDConfig(AlgoConfig):
         if not 0 < self.fraction <= 1:
             raise ValueError(f"algo.fraction must be in (0, 1], got {self.fraction}")
         if self.kl_coef < 0 or self.outcome_coef < 0:
-            raise ValueError(f"algo.kl_coef and algo.outcome_coef must be >= 0, got {self.kl_coef}, {self.outcome_coef}")
+            raise ValueError(
+                f"algo.kl_coef and algo.outcome_coef must be >= 0, got {self.kl_coef}, {self.outcome_coef}"
+            )
 
 
 @register_algo_config("popd")
@@ -105,7 +107,10 @@ def kl_row(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 
 def token_stats(
-    logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
     kl_grad: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-position [N, C] quantities of both distributions at `temperature`, one row at a time (a [C, V]
@@ -131,8 +136,9 @@ def token_stats(
     return {k: torch.stack(v) for k, v in out.items()}
 
 
-def opd_advantages(k1: torch.Tensor, kl_coef: float, outcome: torch.Tensor | None = None,
-                   outcome_coef: float = 0.0) -> torch.Tensor:
+def opd_advantages(
+    k1: torch.Tensor, kl_coef: float, outcome: torch.Tensor | None = None, outcome_coef: float = 0.0
+) -> torch.Tensor:
     """A_t = -kl_coef * k1_t (+ outcome_coef * A_i): the reward r_t = log pi_T - log pi_theta taken as the
     advantage itself, token by token, without discount or baseline; plus the completion's outcome advantage."""
     adv = -kl_coef * k1.detach()
@@ -147,8 +153,14 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, num_tokens: float) -> torch
 
 
 def opd_loss(
-    logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-    totals: Mapping[str, float], cfg: OPDConfig, temperature: float = 1.0, outcome: torch.Tensor | None = None,
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    totals: Mapping[str, float],
+    cfg: OPDConfig,
+    temperature: float = 1.0,
+    outcome: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The OPD loss of one micro-batch from student logits (with gradient) and teacher logits [N, C, V], and its
     metrics; `targets` [N, C] are the sampled tokens, `outcome` [N] the outcome advantages (or None)."""
@@ -182,8 +194,10 @@ def load_teacher(path: str, model_cfg) -> torch.nn.Module:
     teacher, teacher_tok = load_model(path, model_cfg.dtype, model_cfg.device)
     scratch = model_cfg.path.startswith("scratch:")  # a random-init student: its tokenizer is built, not loaded
     if not scratch and load_tokenizer(model_cfg.path).get_vocab() != teacher_tok.get_vocab():
-        raise ValueError(f"algo.teacher={path!r} has a different tokenizer than model.path={model_cfg.path!r}; "
-                         "on-policy distillation scores the student's tokens with the teacher, so both must match")
+        raise ValueError(
+            f"algo.teacher={path!r} has a different tokenizer than model.path={model_cfg.path!r}; "
+            "on-policy distillation scores the student's tokens with the teacher, so both must match"
+        )
     return teacher.eval().requires_grad_(False)
 
 
@@ -213,8 +227,9 @@ class OPD:
         metrics["opd/horizon"] = float(h)
         tensors = build_sequences(rollouts.prompt_ids, rollouts.completion_ids, ctx.tokenizer.pad_token_id)
         if self.cfg.outcome_coef > 0:  # NaN rewards (failed checks) get advantage 0, so they add distillation only
-            tensors["advantages"] = grpo_advantages(torch.tensor(rollouts.rewards), torch.tensor(rollouts.group),
-                                                    self.cfg.scale_rewards)
+            tensors["advantages"] = grpo_advantages(
+                torch.tensor(rollouts.rewards), torch.tensor(rollouts.group), self.cfg.scale_rewards
+            )
         totals = {
             "num_tokens": max(1.0, float(tensors["completion_mask"].sum())),
             "num_seqs": float(len(rollouts)),
@@ -233,7 +248,7 @@ class OPD:
         logits = completion_logits(ctx.model, t)
         with torch.no_grad():
             teacher_logits = completion_logits(self.teacher, t).to(logits.device)
-        targets = t["input_ids"][:, -logits.shape[1]:].to(logits.device)
+        targets = t["input_ids"][:, -logits.shape[1] :].to(logits.device)
         mask = t["completion_mask"].to(logits.device)
         outcome = t["advantages"].to(logits.device) if "advantages" in t else None
         return opd_loss(logits, teacher_logits, targets, mask, micro.totals, self.cfg, self.temperature, outcome)

@@ -55,8 +55,10 @@ class PretrainConfig(AlgoConfig):
         if not 0 < self.held_out < 0.5:
             raise ValueError(f"held_out must be in (0, 0.5), got {self.held_out}")
         if min(self.vocab_size - 300, self.seq_len, self.batch_size, self.eval_tokens) < 1 or self.corpus_chars < 0:
-            raise ValueError(f"invalid pretraining options {self}: vocab_size must exceed 300 (256 bytes + "
-                             "specials), sizes must be positive, corpus_chars >= 0")
+            raise ValueError(
+                f"invalid pretraining options {self}: vocab_size must exceed 300 (256 bytes + "
+                "specials), sizes must be positive, corpus_chars >= 0"
+            )
         if self.seq_len > CONTEXT:
             raise ValueError(f"seq_len {self.seq_len} exceeds the tiny models' context of {CONTEXT} tokens")
 
@@ -64,8 +66,9 @@ class PretrainConfig(AlgoConfig):
 def pretrain_config() -> Config:
     """Defaults for pretraining a tiny model (the RL defaults, lr 5e-5 and no decay, suit fine-tuning instead)."""
     return Config(
-        optim=OptimConfig(lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95), schedule="cosine", warmup_steps=50,
-                          min_lr_ratio=0.1),
+        optim=OptimConfig(
+            lr=3e-3, weight_decay=0.1, betas=(0.9, 0.95), schedule="cosine", warmup_steps=50, min_lr_ratio=0.1
+        ),
         train=TrainConfig(steps=1000, eval_every=100),
         algo=PretrainConfig(),
     )
@@ -87,7 +90,7 @@ def split_corpus(text: str, held_out: float = 0.05, pieces: int = 100) -> tuple[
     stride = round(1 / held_out)
     train, heldout = [], []
     for i in range(pieces):
-        (heldout if i % stride == stride - 1 else train).append(text[bounds[i]:bounds[i + 1]])
+        (heldout if i % stride == stride - 1 else train).append(text[bounds[i] : bounds[i + 1]])
     return "".join(train), "".join(heldout)
 
 
@@ -136,7 +139,7 @@ class WindowStream:
 
     def next(self, n: int) -> torch.Tensor:
         starts = torch.randint(0, len(self.ids) - self.seq_len, (n,), generator=self.generator)
-        return torch.stack([self.ids[s:s + self.seq_len] for s in starts.tolist()])
+        return torch.stack([self.ids[s : s + self.seq_len] for s in starts.tolist()])
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": base64.b64encode(self.generator.get_state().numpy().tobytes()).decode("ascii")}
@@ -162,13 +165,15 @@ class Pretrain:
         if self.cfg.corpus_chars:
             text = text[: self.cfg.corpus_chars]
         train_text, heldout_text = split_corpus(text, self.cfg.held_out)
-        self.tokenizer = build_tokenizer((train_text[i:i + 10_000] for i in range(0, len(train_text), 10_000)),
-                                         self.cfg.vocab_size)
+        self.tokenizer = build_tokenizer(
+            (train_text[i : i + 10_000] for i in range(0, len(train_text), 10_000)), self.cfg.vocab_size
+        )
         self.train_ids = encode(self.tokenizer, train_text)
         self.heldout_ids = encode(self.tokenizer, heldout_text)[: self.cfg.eval_tokens]
         if len(self.train_ids) <= self.cfg.seq_len:
-            raise ValueError(f"training split has {len(self.train_ids)} tokens, fewer than one window of "
-                             f"{self.cfg.seq_len}")
+            raise ValueError(
+                f"training split has {len(self.train_ids)} tokens, fewer than one window of {self.cfg.seq_len}"
+            )
 
     def build_model(self, config: Config) -> tuple[torch.nn.Module, Any]:
         model = tiny_model(self.tokenizer, self.cfg.size, seed=config.train.seed)

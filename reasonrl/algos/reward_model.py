@@ -81,8 +81,9 @@ def select_rm_pair(probs: list[float], margin: float, threshold: float) -> tuple
     return best, worst
 
 
-def rm_metrics(probs: list[float], scores: list[int], groups: list[int], margin: float,
-               threshold: float) -> dict[str, float]:
+def rm_metrics(
+    probs: list[float], scores: list[int], groups: list[int], margin: float, threshold: float
+) -> dict[str, float]:
     """The RM against the verifier on verified samples (`scores` are DPO-VP's v = +1, 0, -1 per sample):
 
     accuracy        share of samples where (p > 0.5) equals (v = +1)
@@ -98,8 +99,10 @@ def rm_metrics(probs: list[float], scores: list[int], groups: list[int], margin:
     if not probs:
         return {}
     labels = [s == 1 for s in scores]
-    out = {"accuracy": sum((p > 0.5) == lab for p, lab in zip(probs, labels)) / len(probs),
-           "base_rate": sum(labels) / len(labels)}
+    out = {
+        "accuracy": sum((p > 0.5) == lab for p, lab in zip(probs, labels)) / len(probs),
+        "base_rate": sum(labels) / len(labels),
+    }
     by_group: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         by_group.setdefault(g, []).append(i)
@@ -121,17 +124,20 @@ def rm_metrics(probs: list[float], scores: list[int], groups: list[int], margin:
     return out
 
 
-def _batches(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, rows: list[int],
-             batch_size: int):
+def _batches(
+    prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, rows: list[int], batch_size: int
+):
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        tensors = trim_padding(build_sequences([prompt_ids[i] for i in chunk], [completion_ids[i] for i in chunk],
-                                               pad_id))
+        tensors = trim_padding(
+            build_sequences([prompt_ids[i] for i in chunk], [completion_ids[i] for i in chunk], pad_id)
+        )
         yield chunk, tensors
 
 
-def score_samples(rm: RewardModel, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
-                  batch_size: int) -> list[float]:
+def score_samples(
+    rm: RewardModel, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, batch_size: int
+) -> list[float]:
     """p(correct) of every (prompt, completion), batch by batch, without gradients."""
     rm.eval()
     probs: list[float] = []
@@ -141,9 +147,17 @@ def score_samples(rm: RewardModel, prompt_ids: list[list[int]], completion_ids: 
     return probs
 
 
-def train_reward_model(rm: RewardModel, prompt_ids: list[list[int]], completion_ids: list[list[int]],
-                       labels: list[float], pad_id: int, lr: float, epochs: int, batch_size: int,
-                       rng: random.Random) -> float:
+def train_reward_model(
+    rm: RewardModel,
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    labels: list[float],
+    pad_id: int,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    rng: random.Random,
+) -> float:
     """`epochs` passes of AdamW (fresh each call, grad-norm clip 1.0) in an order shuffled by `rng`; returns the
     last epoch's mean loss (NaN when there is nothing to train on)."""
     if not labels:

@@ -29,7 +29,9 @@ def demonstration(example: Example, cfg: SFTConfig, rng: random.Random) -> str:
     text = example.direct if use_direct else example.solution
     if not text:
         field = "direct" if use_direct else "solution"
-        raise DataError(f"SFT needs a {field!r} demonstration, but an example has none (prompt: {str(example.prompt)[:80]!r})")
+        raise DataError(
+            f"SFT needs a {field!r} demonstration, but an example has none (prompt: {str(example.prompt)[:80]!r})"
+        )
     return text
 
 
@@ -51,8 +53,9 @@ class SFT:
         completions = [encode_completion(ctx.tokenizer, demonstration(ex, self.cfg, rng)) for ex in examples]
         tensors = build_sequences(ctx.encode_prompts(examples), completions, ctx.tokenizer.pad_token_id)
         num_tokens = float(tensors["completion_mask"].sum())
-        return TrainBatch(tensors, totals={"num_tokens": num_tokens}, metrics={"num_tokens": num_tokens},
-                          sort_by_length=True)
+        return TrainBatch(
+            tensors, totals={"num_tokens": num_tokens}, metrics={"num_tokens": num_tokens}, sort_by_length=True
+        )
 
     def num_updates(self, batch: TrainBatch) -> int:
         return 1

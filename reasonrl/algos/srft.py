@@ -22,8 +22,8 @@ Terms 1-2 are divided by the batch's demonstration tokens, term 3 by `loss_type`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
@@ -126,7 +126,10 @@ def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, num_tokens: float, 
 
 
 def srft_loss(
-    logp: torch.Tensor, entropy: torch.Tensor, t: Mapping[str, torch.Tensor], totals: Mapping[str, float],
+    logp: torch.Tensor,
+    entropy: torch.Tensor,
+    t: Mapping[str, torch.Tensor],
+    totals: Mapping[str, float],
     cfg: SRFTConfig,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L_SRFT of one micro-batch from its token log-probs and entropies, and its metrics (batch-normalised)."""
@@ -138,14 +141,24 @@ def srft_loss(
     # With one update per round the sampling policy is the current one: rho = pi / sg(pi) = 1, gradient intact.
     # Only the rollout rows (a demonstration holds at least its EOS): bnpo weighs by the share of totals["num_seqs"].
     rows = demo_mask.sum(-1) == 0
-    on, clip_metrics = policy_loss(logp[rows], logp[rows].detach(), positive_weighted(adv, w_rl)[rows], on_mask[rows],
-                                   loss_type=cfg.loss_type, totals=totals, epsilon=cfg.epsilon,
-                                   epsilon_high=cfg.epsilon_high)
+    on, clip_metrics = policy_loss(
+        logp[rows],
+        logp[rows].detach(),
+        positive_weighted(adv, w_rl)[rows],
+        on_mask[rows],
+        loss_type=cfg.loss_type,
+        totals=totals,
+        epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high,
+    )
     bonus = entropy_bonus(entropy, on_mask + demo_mask, totals["all_tokens"], cfg.entropy_coef)
     positive = on_mask * (adv > 0).unsqueeze(-1)
     h = entropy.detach()
     metrics = {
-        "srft/sft_loss": sft, "srft/offpolicy_loss": off, "srft/onpolicy_loss": on, "srft/entropy_loss": bonus,
+        "srft/sft_loss": sft,
+        "srft/offpolicy_loss": off,
+        "srft/onpolicy_loss": on,
+        "srft/entropy_loss": bonus,
         "srft/demo_nll": masked_sum(-logp.detach(), demo_mask) / totals["demo_tokens"],
         "srft/sft_weight": masked_sum(w_sft, demo_mask) / totals["demo_tokens"],
         "srft/rl_weight": masked_sum(w_rl, positive) / totals["positive_tokens"],
@@ -162,8 +175,10 @@ def srft_loss(
 def demonstration(example: Example) -> str:
     """The example's step-by-step demonstration y*; SRFT cannot run on data without one."""
     if not example.solution:
-        raise DataError("SRFT needs a demonstration in every example's 'solution' field (data.solution_field), "
-                        f"but an example has none (prompt: {str(example.prompt)[:80]!r})")
+        raise DataError(
+            "SRFT needs a demonstration in every example's 'solution' field (data.solution_field), "
+            f"but an example has none (prompt: {str(example.prompt)[:80]!r})"
+        )
     return example.solution
 
 
@@ -194,8 +209,11 @@ class SRFT:
         rewards = torch.tensor(rollouts.rewards, dtype=demo_rewards.dtype)
         groups = torch.tensor(rollouts.group)
         advantages = augmented_group_advantages(rewards, groups, demo_rewards, self.cfg.scale_rewards)
-        tensors = build_sequences(rollouts.prompt_ids + ctx.encode_prompts(examples),
-                                  rollouts.completion_ids + demo_ids, ctx.tokenizer.pad_token_id)
+        tensors = build_sequences(
+            rollouts.prompt_ids + ctx.encode_prompts(examples),
+            rollouts.completion_ids + demo_ids,
+            ctx.tokenizer.pad_token_id,
+        )
         tokens, n = tensors["completion_mask"], len(rollouts)
         is_demo = (torch.arange(len(tokens)) >= n).float().unsqueeze(1)
         finite = torch.isfinite(torch.cat([rewards, demo_rewards])).float().unsqueeze(1)
@@ -212,11 +230,13 @@ class SRFT:
             "all_tokens": max(1.0, float((on + demo).sum())),
         }
         valid = demo_rewards[torch.isfinite(demo_rewards)]
-        metrics.update({
-            "srft/demo_reward": float(valid.mean()) if len(valid) else float("nan"),
-            "srft/demo_advantage": float(advantages[n:].mean()),
-            "srft/demo_length": float(demo.sum()) / len(demos),
-        })
+        metrics.update(
+            {
+                "srft/demo_reward": float(valid.mean()) if len(valid) else float("nan"),
+                "srft/demo_advantage": float(advantages[n:].mean()),
+                "srft/demo_length": float(demo.sum()) / len(demos),
+            }
+        )
         return TrainBatch(tensors, totals, metrics, extra={"rollouts": rollouts})
 
     def _score_demos(self, ctx, examples: list[Example], demos: list[str], demo_ids: list[list[int]]) -> list[float]:
@@ -232,7 +252,8 @@ class SRFT:
         pass
 
     def loss(self, ctx, micro: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        logp, entropy = completion_logprobs(ctx.model, micro.tensors, self.temperature, with_entropy=True,
-                                            entropy_grad=self.cfg.entropy_coef > 0)
+        logp, entropy = completion_logprobs(
+            ctx.model, micro.tensors, self.temperature, with_entropy=True, entropy_grad=self.cfg.entropy_coef > 0
+        )
         t = {k: micro.tensors[k].to(logp.device) for k in ("completion_mask", "demo_mask", "advantages")}
         return srft_loss(logp, entropy, t, micro.totals, self.cfg)

@@ -34,7 +34,9 @@ def unsupported_reason(model: torch.nn.Module, max_length: int) -> str | None:
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "model_type", None) not in ARCHITECTURES:
         return f"model_type {getattr(cfg, 'model_type', None)!r} is not one of {sorted(ARCHITECTURES)}"
-    rope = (getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}).get("rope_type", "default")
+    rope = (getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}).get(
+        "rope_type", "default"
+    )
     if rope not in STATIC_ROPE:
         return f"rope_type {rope!r} depends on the sequence length"
     window = getattr(cfg, "sliding_window", None)
@@ -79,7 +81,9 @@ class _Layer:
 def _cat_bias(*linears) -> torch.Tensor | None:
     if all(lin.bias is None for lin in linears):
         return None
-    return torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.weight.shape[0]) for lin in linears])
+    return torch.cat(
+        [lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.weight.shape[0]) for lin in linears]
+    )
 
 
 def _input_major(weight: torch.Tensor) -> torch.Tensor:
@@ -116,7 +120,9 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin
 
 
-def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+def _decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float
+) -> torch.Tensor:
     """One query per row against the cache, GQA without repeating keys: the query heads of a key head become
     rows of one small matmul (faster than SDPA's CPU kernel for a single query). `bias` [B * KV, 1, T] is 0 on
     keys a row may see and -inf on its padding; baddbmm adds it and the scale in the same kernel."""
@@ -167,15 +173,26 @@ class Decoder:
         for layer in base.layers:
             a, m = layer.self_attn, layer.mlp
             q_norm, k_norm = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
-            (qkv, qkv_bias), (gate_up, gate_up_bias) = _weights([a.q_proj, a.k_proj, a.v_proj], fuse, layout), _weights(
-                [m.gate_proj, m.up_proj], fuse, layout)
-            self.layers.append(_Layer(
-                norm1=layer.input_layernorm.weight, norm2=layer.post_attention_layernorm.weight,
-                qkv=qkv, qkv_bias=qkv_bias, out=layout(effective_weight(a.o_proj)), out_bias=a.o_proj.bias,
-                gate_up=gate_up, gate_up_bias=gate_up_bias,
-                down=layout(effective_weight(m.down_proj)), down_bias=m.down_proj.bias,
-                q_norm=q_norm.weight if q_norm is not None else None, k_norm=k_norm.weight if k_norm is not None else None,
-            ))
+            (qkv, qkv_bias), (gate_up, gate_up_bias) = (
+                _weights([a.q_proj, a.k_proj, a.v_proj], fuse, layout),
+                _weights([m.gate_proj, m.up_proj], fuse, layout),
+            )
+            self.layers.append(
+                _Layer(
+                    norm1=layer.input_layernorm.weight,
+                    norm2=layer.post_attention_layernorm.weight,
+                    qkv=qkv,
+                    qkv_bias=qkv_bias,
+                    out=layout(effective_weight(a.o_proj)),
+                    out_bias=a.o_proj.bias,
+                    gate_up=gate_up,
+                    gate_up_bias=gate_up_bias,
+                    down=layout(effective_weight(m.down_proj)),
+                    down_bias=m.down_proj.bias,
+                    q_norm=q_norm.weight if q_norm is not None else None,
+                    k_norm=k_norm.weight if k_norm is not None else None,
+                )
+            )
         self.split = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
         self.dtype = self.layers[0].down.dtype
         self.intermediate = self.layers[0].down.shape[1]
@@ -192,8 +209,14 @@ class Decoder:
         batch, seq, _ = x.shape
         normed = _rms_norm(x, w.norm1, self.eps, self.fused)
         if self.fused and w.q_norm is None and (lib := native.applies(x)):  # RoPE and transposes in one pass
-            qk, v = native.RopeSplit.apply(F.linear(normed, w.qkv[0], w.qkv_bias[0]), cos.squeeze(1), sin.squeeze(1),
-                                           self.heads, self.kv_heads, lib)
+            qk, v = native.RopeSplit.apply(
+                F.linear(normed, w.qkv[0], w.qkv_bias[0]),
+                cos.squeeze(1),
+                sin.squeeze(1),
+                self.heads,
+                self.kv_heads,
+                lib,
+            )
             return *qk.split([self.heads, self.kv_heads], 1), v
         q, k, v = _project(normed, w.qkv, w.qkv_bias, self.split)
         q = q.view(batch, seq, self.heads, self.head_dim)
@@ -216,14 +239,23 @@ class Decoder:
         return x + F.linear(hidden, w.down, w.down_bias)
 
     def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling,
-                                              enable_gqa=self.kv_heads != self.heads)
+        return F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=self.kv_heads != self.heads
+        )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(_rms_norm(x, self.base.norm.weight, self.eps, self.fused)).float()
 
-    def forward(self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, start: int, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        start: int,
+        attn_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Logits of the last position. ids [B, S] sit at cache columns start..start+S; cos/sin [B, S, D]."""
         end = start + ids.shape[1]
         x = self.base.embed_tokens(ids)  # the module, so its padding_idx (no gradient) holds too
@@ -243,8 +275,14 @@ class Decoder:
 def native_step(decoder: Decoder, k_cache: torch.Tensor):
     """The fused C decode step for `decoder` (modeling/native.py), or None where it does not apply: no compiler,
     not float32 on CPU, unfused projections (large models), an activation other than SiLU."""
-    if (k_cache.device.type != "cpu" or decoder.dtype != torch.float32 or not decoder.fused
-            or not decoder.silu or decoder.head_dim % 2 or not k_cache[0, 0].is_contiguous()):
+    if (
+        k_cache.device.type != "cpu"
+        or decoder.dtype != torch.float32
+        or not decoder.fused
+        or not decoder.silu
+        or decoder.head_dim % 2
+        or not k_cache[0, 0].is_contiguous()
+    ):
         return None
     lib = native.kernels()
     return native.NativeStep(decoder, lib) if lib is not None else None

@@ -44,7 +44,10 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
 
 
 def token_logprobs_and_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, entropy_grad: bool = False,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`token_logprobs` and `token_entropy` sharing one logsumexp per chunk. The entropy is detached unless
     `entropy_grad` (an entropy bonus needs its gradient); the log-probs keep theirs either way."""
@@ -81,7 +84,10 @@ def completion_logits(model: torch.nn.Module, micro: dict[str, torch.Tensor]) ->
 
 
 def completion_logprobs(
-    model: torch.nn.Module, micro: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False,
+    model: torch.nn.Module,
+    micro: dict[str, torch.Tensor],
+    temperature: float = 1.0,
+    with_entropy: bool = False,
     entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [N, C] of the completion tokens (and their entropies) in one forward pass.
@@ -89,7 +95,7 @@ def completion_logprobs(
     Entropies are detached unless `entropy_grad` (an entropy bonus in the loss needs their gradient).
     """
     logits = completion_logits(model, micro)
-    targets = micro["input_ids"][:, -logits.shape[1]:].to(logits.device)
+    targets = micro["input_ids"][:, -logits.shape[1] :].to(logits.device)
     if with_entropy:
         return token_logprobs_and_entropy(logits, targets, temperature, entropy_grad)
     return token_logprobs(logits, targets, temperature), None

@@ -71,8 +71,10 @@ def _build() -> ctypes.CDLL:
         # Build beside the target, then rename: a concurrent or interrupted build never leaves a partial library.
         with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
             obj, lib = Path(scratch) / "kernels.o", Path(scratch) / "kernels.so"
-            for command in ([compiler, *FLAGS, "-c", str(SOURCE), "-o", str(obj)],
-                            [compiler, "-shared", str(obj), "-o", str(lib), "-lm"]):
+            for command in (
+                [compiler, *FLAGS, "-c", str(SOURCE), "-o", str(obj)],
+                [compiler, "-shared", str(obj), "-o", str(lib), "-lm"],
+            ):
                 done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
                 if done.returncode:
                     raise RuntimeError(f"{' '.join(command[:2])} ... failed: {done.stderr.strip()[-500:]}")
@@ -107,8 +109,16 @@ class NativeStep:
     def __init__(self, decoder, lib: ctypes.CDLL):
         self.decoder, self.lib = decoder, lib
 
-    def __call__(self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
-                 v_cache: torch.Tensor, col: int, starts: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self,
+        ids: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        col: int,
+        starts: torch.Tensor,
+    ) -> torch.Tensor:
         """Logits [B, V] of ids [B] at cache column `col`. cos/sin [B, D] (rows may be strided); caches
         [L, B, KV, T, D] with contiguous rows; starts [B] int64, each row's first real column."""
         d, lib = self.decoder, self.lib
@@ -118,26 +128,47 @@ class NativeStep:
         normed, attended = torch.empty_like(x), x.new_empty(rows, heads * dim)
         hidden = x.new_empty(rows, d.intermediate)
         scores = x.new_empty((heads // kv_heads) * max_len)
-        lib.add_rms_norm(x.data_ptr(), None, d.layers[0].norm1.data_ptr(), normed.data_ptr(), None, rows, x.shape[1],
-                         eps)
+        lib.add_rms_norm(
+            x.data_ptr(), None, d.layers[0].norm1.data_ptr(), normed.data_ptr(), None, rows, x.shape[1], eps
+        )
         for i, w in enumerate(d.layers):
             qkv = torch.nn.functional.linear(normed, w.qkv[0], w.qkv_bias[0])
             keys, values = k_cache[i], v_cache[i]
             failed = lib.attention_step(
-                qkv.data_ptr(), rows, heads, kv_heads, dim, cos.data_ptr(), sin.data_ptr(), cos.stride(0),
-                _ptr(w.q_norm), _ptr(w.k_norm), eps, keys.data_ptr(), values.data_ptr(), keys.stride(0), max_len,
-                starts.data_ptr(), col, d.scaling, attended.data_ptr(), scores.data_ptr())
+                qkv.data_ptr(),
+                rows,
+                heads,
+                kv_heads,
+                dim,
+                cos.data_ptr(),
+                sin.data_ptr(),
+                cos.stride(0),
+                _ptr(w.q_norm),
+                _ptr(w.k_norm),
+                eps,
+                keys.data_ptr(),
+                values.data_ptr(),
+                keys.stride(0),
+                max_len,
+                starts.data_ptr(),
+                col,
+                d.scaling,
+                attended.data_ptr(),
+                scores.data_ptr(),
+            )
             if failed:
                 raise RuntimeError(f"decode kernel rejected the step (code {failed}): dim {dim}, column {col}")
             out = torch.nn.functional.linear(attended, w.out, w.out_bias)
-            lib.add_rms_norm(x.data_ptr(), out.data_ptr(), w.norm2.data_ptr(), normed.data_ptr(), None, rows,
-                             x.shape[1], eps)
+            lib.add_rms_norm(
+                x.data_ptr(), out.data_ptr(), w.norm2.data_ptr(), normed.data_ptr(), None, rows, x.shape[1], eps
+            )
             gate_up = torch.nn.functional.linear(normed, w.gate_up[0], w.gate_up_bias[0])
             lib.swiglu(gate_up.data_ptr(), rows, d.intermediate, hidden.data_ptr())
             down = torch.nn.functional.linear(hidden, w.down, w.down_bias)
             next_norm = d.layers[i + 1].norm1 if i + 1 < len(d.layers) else d.base.norm.weight
-            lib.add_rms_norm(x.data_ptr(), down.data_ptr(), next_norm.data_ptr(), normed.data_ptr(), None, rows,
-                             x.shape[1], eps)
+            lib.add_rms_norm(
+                x.data_ptr(), down.data_ptr(), next_norm.data_ptr(), normed.data_ptr(), None, rows, x.shape[1], eps
+            )
         return d.model.lm_head(normed).float()
 
 
@@ -166,8 +197,16 @@ class RMSNorm(torch.autograd.Function):
         x, weight, rstd = ctx.saved_tensors
         grad, grad_x = grad.contiguous(), torch.empty_like(x)
         grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
-        ctx.lib.rms_norm_backward(grad.data_ptr(), x.data_ptr(), weight.data_ptr(), rstd.data_ptr(), grad_x.data_ptr(),
-                                  _ptr(grad_weight), len(rstd), x.shape[-1])
+        ctx.lib.rms_norm_backward(
+            grad.data_ptr(),
+            x.data_ptr(),
+            weight.data_ptr(),
+            rstd.data_ptr(),
+            grad_x.data_ptr(),
+            _ptr(grad_weight),
+            len(rstd),
+            x.shape[-1],
+        )
         return grad_x, grad_weight, None, None
 
 
@@ -181,8 +220,19 @@ class RopeSplit(torch.autograd.Function):
         batch, seq, width = qkv.shape
         dim = width // (heads + 2 * kv_heads)
         qk, v = qkv.new_empty(batch, heads + kv_heads, seq, dim), qkv.new_empty(batch, kv_heads, seq, dim)
-        lib.rope_split(qkv.data_ptr(), qk.data_ptr(), v.data_ptr(), cos.data_ptr(), sin.data_ptr(), batch, seq, heads,
-                       kv_heads, dim, 0)
+        lib.rope_split(
+            qkv.data_ptr(),
+            qk.data_ptr(),
+            v.data_ptr(),
+            cos.data_ptr(),
+            sin.data_ptr(),
+            batch,
+            seq,
+            heads,
+            kv_heads,
+            dim,
+            0,
+        )
         ctx.save_for_backward(cos, sin)
         ctx.sizes, ctx.lib = (batch, seq, heads, kv_heads, dim, width), lib
         return qk, v
@@ -195,8 +245,19 @@ class RopeSplit(torch.autograd.Function):
         grad_qk = cos.new_zeros(batch, heads + kv_heads, seq, dim) if grad_qk is None else grad_qk.contiguous()
         grad_v = cos.new_zeros(batch, kv_heads, seq, dim) if grad_v is None else grad_v.contiguous()
         grad_qkv = cos.new_empty(batch, seq, width)
-        ctx.lib.rope_split(grad_qkv.data_ptr(), grad_qk.data_ptr(), grad_v.data_ptr(), cos.data_ptr(), sin.data_ptr(),
-                           batch, seq, heads, kv_heads, dim, 1)
+        ctx.lib.rope_split(
+            grad_qkv.data_ptr(),
+            grad_qk.data_ptr(),
+            grad_v.data_ptr(),
+            cos.data_ptr(),
+            sin.data_ptr(),
+            batch,
+            seq,
+            heads,
+            kv_heads,
+            dim,
+            1,
+        )
         return grad_qkv, None, None, None, None, None
 
 
@@ -218,6 +279,7 @@ class SwiGLU(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (gate_up,) = ctx.saved_tensors
         grad, grad_gate_up = grad.contiguous(), torch.empty_like(gate_up)
-        ctx.lib.swiglu_backward(grad.data_ptr(), gate_up.data_ptr(), grad.numel() // grad.shape[-1], grad.shape[-1],
-                                grad_gate_up.data_ptr())
+        ctx.lib.swiglu_backward(
+            grad.data_ptr(), gate_up.data_ptr(), grad.numel() // grad.shape[-1], grad.shape[-1], grad_gate_up.data_ptr()
+        )
         return grad_gate_up, None

@@ -36,7 +36,9 @@ def fallback_reason(model: torch.nn.Module) -> str | None:
     return unsupported_reason(model, 0) or merged_training_reason(model)
 
 
-def shared_prefix_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, num_completion: int) -> torch.Tensor:
+def shared_prefix_logits(
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, num_completion: int
+) -> torch.Tensor:
     """Float32 logits [N, C, V] predicting the C completion tokens of `ids` [N, P + C] (left-padded prompts, then
     right-padded completions, as algos/common.build_sequences lays them out). Every row needs a prompt token."""
     decoder = Decoder(model)
@@ -58,8 +60,9 @@ def shared_prefix_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.
     positions = prompt_len[index, None] + torch.arange(num_in, device=device)
     cos_c, sin_c = cos_table[positions].unsqueeze(1), sin_table[positions].unsqueeze(1)
     causal = torch.ones(num_in, num_in, dtype=torch.bool, device=device).tril()
-    completion_mask = torch.cat([prompt_real[index, None, None, :].expand(-1, 1, num_in, -1),
-                                 causal.expand(len(ids), 1, -1, -1)], -1)
+    completion_mask = torch.cat(
+        [prompt_real[index, None, None, :].expand(-1, 1, num_in, -1), causal.expand(len(ids), 1, -1, -1)], -1
+    )
     y = decoder.base.embed_tokens(ids[:, width_p : width_p + num_in])  # padding_idx rows get no gradient, as in HF
 
     last = len(decoder.layers) - 1

@@ -1,5 +1,5 @@
 """Generation engines and the Rollouts record they produce."""
 
-from reasonrl.rollout.base import Rollouts, RolloutEngine, SamplingParams
+from reasonrl.rollout.base import RolloutEngine, Rollouts, SamplingParams
 
-__all__ = ["Rollouts", "RolloutEngine", "SamplingParams"]
+__all__ = ["RolloutEngine", "Rollouts", "SamplingParams"]

@@ -134,7 +134,9 @@ class FastEngine(HFEngine):
                 n = len(rows) - num_done
                 holes, movers = done[:n].nonzero().squeeze(-1), (~done[n:]).nonzero().squeeze(-1) + n
                 rows, next_tokens, tokens, logprobs, lengths, done, cos_rows, sin_rows = (
-                    _shrink(x, holes, movers, n) for x in (rows, next_tokens, tokens, logprobs, lengths, done, cos_rows, sin_rows))
+                    _shrink(x, holes, movers, n)
+                    for x in (rows, next_tokens, tokens, logprobs, lengths, done, cos_rows, sin_rows)
+                )
                 for cache in (k_cache, v_cache):  # only the columns written so far need to move
                     _shrink(cache[:, :, :, :col], holes, movers, n, dim=1)
                 k_cache, v_cache = k_cache[:, :n], v_cache[:, :n]
@@ -145,8 +147,15 @@ class FastEngine(HFEngine):
             if fused_step:
                 logits = fused_step(next_tokens, cos_rows[:, col], sin_rows[:, col], k_cache, v_cache, col, padding)
             else:
-                logits = decoder.forward(next_tokens.unsqueeze(-1), cos_rows[:, col : col + 1],
-                                         sin_rows[:, col : col + 1], k_cache, v_cache, col, padding[:, :, : col + 1])
+                logits = decoder.forward(
+                    next_tokens.unsqueeze(-1),
+                    cos_rows[:, col : col + 1],
+                    sin_rows[:, col : col + 1],
+                    k_cache,
+                    v_cache,
+                    col,
+                    padding[:, :, : col + 1],
+                )
             self.decode_calls += 1
         flush(torch.ones_like(done))
         logprobs = None if params.greedy else logprobs_out.cpu()

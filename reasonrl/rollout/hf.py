@@ -43,8 +43,11 @@ class HFEngine:
         # top_k=0 must be passed explicitly: left unset, generate() falls back to its default of top-k 50.
         sampling = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         config = GenerationConfig(
-            max_new_tokens=params.max_new_tokens, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-            return_dict_in_generate=True, output_logits=not params.greedy,
+            max_new_tokens=params.max_new_tokens,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=not params.greedy,
             **({"do_sample": False} if params.greedy else sampling),
         )
         result = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)

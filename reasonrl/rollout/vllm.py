@@ -34,14 +34,27 @@ def _import_vllm():
 class VLLMEngine:
     """Colocated vLLM: samples with its own copy of the weights, which `sync_weights` keeps current."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, model_path: str, gpu_memory_utilization: float = 0.3,
-                 sleep: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        model_path: str,
+        gpu_memory_utilization: float = 0.3,
+        sleep: bool = True,
+        seed: int = 0,
+    ):
         vllm = _import_vllm()
         self.vllm, self.tokenizer, self.sleep = vllm, tokenizer, sleep
         context = getattr(model.config, "max_position_embeddings", None)
-        kwargs = dict(model=model_path, tokenizer=model_path, gpu_memory_utilization=gpu_memory_utilization,
-                      enable_sleep_mode=sleep, seed=seed, max_model_len=context,
-                      dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
+        kwargs = dict(
+            model=model_path,
+            tokenizer=model_path,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_sleep_mode=sleep,
+            seed=seed,
+            max_model_len=context,
+            dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        )
         try:  # vLLM >= 0.10 reports log-probs after temperature, the sampling distribution the trainer compares with
             self.llm = vllm.LLM(**kwargs, logprobs_mode="processed_logprobs")
         except TypeError:
@@ -70,8 +83,12 @@ class VLLMEngine:
             if self.pending is not None:
                 self._push_weights()
             sampling = self.vllm.SamplingParams(
-                n=n, max_tokens=params.max_new_tokens, temperature=0.0 if params.greedy else params.temperature,
-                top_p=params.top_p, top_k=params.top_k or -1, logprobs=None if params.greedy else 0,
+                n=n,
+                max_tokens=params.max_new_tokens,
+                temperature=0.0 if params.greedy else params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k or -1,
+                logprobs=None if params.greedy else 0,
                 stop_token_ids=[self.tokenizer.eos_token_id],
             )
             prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]
@@ -86,7 +103,9 @@ class VLLMEngine:
                 out.prompt_ids.append(list(prompt))
                 out.completion_ids.append(tokens)
                 # With logprobs=0 each position holds the sampled token's log-prob (and no alternatives).
-                out.logprobs.append([] if params.greedy else [pos[t].logprob for t, pos in zip(tokens, sample.logprobs)])
+                out.logprobs.append(
+                    [] if params.greedy else [pos[t].logprob for t, pos in zip(tokens, sample.logprobs)]
+                )
                 out.finished.append(sample.finish_reason == "stop")
                 out.group.append(group)
         return out

@@ -78,8 +78,9 @@ def _alongside(remote: Callable[[], Any], local: Callable[[], Any]) -> Any:
 class VLLMServerEngine:
     """Samples from a running vLLM server; `sync_weights` keeps its weights the trainer's (pushed over NCCL)."""
 
-    def __init__(self, url: str, tokenizer, timeout: float = 600.0, prompts_per_request: int = 64,
-                 concurrent_requests: int = 8):
+    def __init__(
+        self, url: str, tokenizer, timeout: float = 600.0, prompts_per_request: int = 64, concurrent_requests: int = 8
+    ):
         self.url, self.tokenizer, self.timeout = url.rstrip("/"), tokenizer, timeout
         self.prompts_per_request, self.concurrent_requests = prompts_per_request, concurrent_requests
         self.pending: torch.nn.Module | None = None
@@ -104,10 +105,13 @@ class VLLMServerEngine:
         except (TimeoutError, urllib.error.URLError) as e:
             reason = getattr(e, "reason", e)
             if isinstance(reason, TimeoutError):
-                raise VLLMServerError(f"vLLM server {url} did not answer within {self.timeout} s "
-                                      f"(rollout.vllm.server_timeout)") from None
-            raise VLLMServerError(f"cannot reach the vLLM server at {url} ({reason}); start it (docs/scaling.md) "
-                                  f"or point rollout.vllm.server_url at it") from None
+                raise VLLMServerError(
+                    f"vLLM server {url} did not answer within {self.timeout} s (rollout.vllm.server_timeout)"
+                ) from None
+            raise VLLMServerError(
+                f"cannot reach the vLLM server at {url} ({reason}); start it (docs/scaling.md) "
+                f"or point rollout.vllm.server_url at it"
+            ) from None
         except (OSError, http.client.HTTPException) as e:  # the connection broke mid-answer
             raise VLLMServerError(f"vLLM server {url} dropped the connection: {e!r}") from None
         try:
@@ -121,9 +125,16 @@ class VLLMServerEngine:
     def generate(self, prompt_ids: list[list[int]], n: int, params: SamplingParams) -> Rollouts:
         if self.pending is not None:
             self._push_weights()
-        body = {"model": self.model_name, "n": n, "max_tokens": params.max_new_tokens,
-                "temperature": 0.0 if params.greedy else params.temperature, "top_p": params.top_p,
-                "top_k": params.top_k or -1, "stop_token_ids": [self.tokenizer.eos_token_id], "return_token_ids": True}
+        body = {
+            "model": self.model_name,
+            "n": n,
+            "max_tokens": params.max_new_tokens,
+            "temperature": 0.0 if params.greedy else params.temperature,
+            "top_p": params.top_p,
+            "top_k": params.top_k or -1,
+            "stop_token_ids": [self.tokenizer.eos_token_id],
+            "return_token_ids": True,
+        }
         if not params.greedy:
             body["logprobs"] = 0  # the sampled token's log-prob only, no alternatives
         size = self.prompts_per_request
@@ -157,8 +168,9 @@ class VLLMServerEngine:
                     raise _Malformed(f"choice index {index} is out of range or repeated")
                 rows[index] = self._parse_choice(choice, f"choices[{index}]", "logprobs" in body)
         except _Malformed as e:
-            raise VLLMServerError(f"vLLM server {self.url}/v1/completions answered outside vLLM's documented "
-                                  f"completion shape: {e}") from None
+            raise VLLMServerError(
+                f"vLLM server {self.url}/v1/completions answered outside vLLM's documented completion shape: {e}"
+            ) from None
         return rows
 
     def _parse_choice(self, choice: dict, where: str, with_logprobs: bool) -> tuple[list[int], list[float], bool]:
@@ -181,15 +193,20 @@ class VLLMServerEngine:
         from reasonrl.lora import is_lora, merged_state_dict
 
         if not torch.cuda.is_available():
-            raise RuntimeError("rollout.engine=vllm-server pushes weights to the server over NCCL, which needs a "
-                               "CUDA GPU in the trainer process, and none is available")
+            raise RuntimeError(
+                "rollout.engine=vllm-server pushes weights to the server over NCCL, which needs a "
+                "CUDA GPU in the trainer process, and none is available"
+            )
         model, self.pending = self.pending, None
         if self.group is None:
             self.group = self._join_weight_transfer()
         state = merged_state_dict(model) if is_lora(model) else model.state_dict()
         tensors = [t.detach().to(self.group.device).contiguous() for t in state.values()]
-        update_info = {"names": list(state), "dtype_names": [str(t.dtype).removeprefix("torch.") for t in tensors],
-                       "shapes": [list(t.shape) for t in tensors]}  # no "packed": one broadcast per tensor, in order
+        update_info = {
+            "names": list(state),
+            "dtype_names": [str(t.dtype).removeprefix("torch.") for t in tensors],
+            "shapes": [list(t.shape) for t in tensors],
+        }  # no "packed": one broadcast per tensor, in order
 
         def broadcast() -> None:
             for tensor in tensors:  # on the current CUDA stream; `tensors` lives until the workers have them all
@@ -212,8 +229,10 @@ class VLLMServerEngine:
             from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
             from vllm.distributed.utils import StatelessProcessGroup
         except ImportError as e:
-            raise ImportError("rollout.engine=vllm-server needs vLLM in the trainer's environment too, for its NCCL "
-                              "communicator: pip install 'reasonrl[vllm]'") from e
+            raise ImportError(
+                "rollout.engine=vllm-server needs vLLM in the trainer's environment too, for its NCCL "
+                "communicator: pip install 'reasonrl[vllm]'"
+            ) from e
         try:
             world = _get(self._call("/get_world_size"), "world_size", int, "response") + 1
         except _Malformed as e:

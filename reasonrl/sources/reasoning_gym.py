@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import difflib
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from reasonrl.data import DataError, Example
 
@@ -80,4 +81,3 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [v for v in map(_jsonable, x) if v is not _DROP]
     return _DROP
-

@@ -33,12 +33,33 @@ class AlphaDecay(SpectralScheduler):
     Defaults: s1 = 0.6666, s2 = 3 (the released scripts' Adam setting; they use s2 = 5 for AdamW), every 500 updates.
     """
 
-    def __init__(self, optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer], model: nn.Module, *,
-                 every: int = 500, min_ratio: float = 0.6666, max_ratio: float = 3.0, mapping: str = "linear",
-                 exclude_first: bool = True, exclude_last: bool = True, min_eigs: int = 50, xmin_pos: float = 2):
-        super().__init__(optimizers, model, kinds=LINEAR_KINDS, every=every, mapping=mapping, min_ratio=min_ratio,
-                         max_ratio=max_ratio, exclude_first=exclude_first, exclude_last=exclude_last,
-                         min_eigs=min_eigs, xmin_pos=xmin_pos)
+    def __init__(
+        self,
+        optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+        model: nn.Module,
+        *,
+        every: int = 500,
+        min_ratio: float = 0.6666,
+        max_ratio: float = 3.0,
+        mapping: str = "linear",
+        exclude_first: bool = True,
+        exclude_last: bool = True,
+        min_eigs: int = 50,
+        xmin_pos: float = 2,
+    ):
+        super().__init__(
+            optimizers,
+            model,
+            kinds=LINEAR_KINDS,
+            every=every,
+            mapping=mapping,
+            min_ratio=min_ratio,
+            max_ratio=max_ratio,
+            exclude_first=exclude_first,
+            exclude_last=exclude_last,
+            min_eigs=min_eigs,
+            xmin_pos=xmin_pos,
+        )
         missing = [i for i, g in enumerate(self.groups) if "weight_decay" not in g]
         if missing:
             raise ValueError(f"param groups {missing} have no weight_decay: this optimizer does not decay weights")

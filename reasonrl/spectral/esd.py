@@ -121,17 +121,31 @@ def eigenvalues(weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return out  # type: ignore[return-value]
 
 
-def spectrum(name: str, module: nn.Module, eigs: torch.Tensor, methods: Iterable[str] = ("hill", "ks"),
-             min_eigs: int = 50, xmin_pos: float = 2, eps: float = 0.0) -> ModuleSpectrum:
+def spectrum(
+    name: str,
+    module: nn.Module,
+    eigs: torch.Tensor,
+    methods: Iterable[str] = ("hill", "ks"),
+    min_eigs: int = 50,
+    xmin_pos: float = 2,
+    eps: float = 0.0,
+) -> ModuleSpectrum:
     """Metrics of one module from its ascending eigenvalues; eigenvalues <= eps (and zeros) are left out of the fit."""
     eigs = eigs.float()
     lam_max = float(eigs[-1]) if eigs.numel() else 0.0
     kept = eigs[eigs > eps]
     layer, mtype = layer_and_type(name)
     result = ModuleSpectrum(
-        name=name, kind=type(module).__name__, shape=tuple(module.weight.shape), layer=layer, type=mtype,
-        n_eigs=eigs.numel(), status="ok", spectral_norm=math.sqrt(lam_max),
-        stable_rank=float(eigs.sum()) / lam_max if lam_max > 0 else 0.0, eigs=eigs.cpu(),
+        name=name,
+        kind=type(module).__name__,
+        shape=tuple(module.weight.shape),
+        layer=layer,
+        type=mtype,
+        n_eigs=eigs.numel(),
+        status="ok",
+        spectral_norm=math.sqrt(lam_max),
+        stable_rank=float(eigs.sum()) / lam_max if lam_max > 0 else 0.0,
+        eigs=eigs.cpu(),
     )
     if eigs.numel() < max(min_eigs, 2):
         result.status = "too_few_eigs"
@@ -151,8 +165,13 @@ def spectrum(name: str, module: nn.Module, eigs: torch.Tensor, methods: Iterable
     return result
 
 
-def spectra(modules: Sequence[tuple[str, nn.Module]], methods: Iterable[str] = ("hill", "ks"), min_eigs: int = 50,
-            xmin_pos: float = 2, eps: float = 0.0) -> list[ModuleSpectrum]:
+def spectra(
+    modules: Sequence[tuple[str, nn.Module]],
+    methods: Iterable[str] = ("hill", "ks"),
+    min_eigs: int = 50,
+    xmin_pos: float = 2,
+    eps: float = 0.0,
+) -> list[ModuleSpectrum]:
     """`spectrum` of each (name, module), the SVDs batched across modules of the same shape."""
     methods = tuple(methods)
     unknown = set(methods) - {"hill", "ks"}
@@ -162,8 +181,15 @@ def spectra(modules: Sequence[tuple[str, nn.Module]], methods: Iterable[str] = (
     return [spectrum(n, m, e, methods, min_eigs, xmin_pos, eps) for (n, m), e in zip(modules, eigs)]
 
 
-def analyze(model: nn.Module, methods: Iterable[str] = ("hill", "ks"), min_eigs: int = 50, xmin_pos: float = 2,
-            eps: float = 0.0, kinds: tuple[type, ...] = ALL_KINDS, include: Sequence[str] = ()) -> list[ModuleSpectrum]:
+def analyze(
+    model: nn.Module,
+    methods: Iterable[str] = ("hill", "ks"),
+    min_eigs: int = 50,
+    xmin_pos: float = 2,
+    eps: float = 0.0,
+    kinds: tuple[type, ...] = ALL_KINDS,
+    include: Sequence[str] = (),
+) -> list[ModuleSpectrum]:
     """Spectral metrics of every weight module of `model` (Linear, Embedding, Conv, HF Conv1D), in module order.
 
     `include`: keep only modules whose name contains one of these substrings (all when empty).

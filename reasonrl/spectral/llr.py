@@ -36,14 +36,39 @@ class LLR(SpectralScheduler):
     yaml config: r_min = 1, r_max = 3, every 40 updates, ramp 20, frozen after 20% of `total_steps`.
     """
 
-    def __init__(self, optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer], model: nn.Module, *,
-                 total_steps: int, base_scheduler: LRScheduler | Sequence[LRScheduler] | None = None,
-                 every: int = 40, ramp: int = 20, until: float = 0.2, min_ratio: float = 1.0, max_ratio: float = 3.0,
-                 mapping: str = "linear", pinned: Sequence[str] = ("embed", "head"), exclude_first: bool = False,
-                 exclude_last: bool = False, min_eigs: int = 50, xmin_pos: float = 2):
-        super().__init__(optimizers, model, kinds=ALL_KINDS, every=every, mapping=mapping, min_ratio=min_ratio,
-                         max_ratio=max_ratio, exclude_first=exclude_first, exclude_last=exclude_last, pinned=pinned,
-                         min_eigs=min_eigs, xmin_pos=xmin_pos)
+    def __init__(
+        self,
+        optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+        model: nn.Module,
+        *,
+        total_steps: int,
+        base_scheduler: LRScheduler | Sequence[LRScheduler] | None = None,
+        every: int = 40,
+        ramp: int = 20,
+        until: float = 0.2,
+        min_ratio: float = 1.0,
+        max_ratio: float = 3.0,
+        mapping: str = "linear",
+        pinned: Sequence[str] = ("embed", "head"),
+        exclude_first: bool = False,
+        exclude_last: bool = False,
+        min_eigs: int = 50,
+        xmin_pos: float = 2,
+    ):
+        super().__init__(
+            optimizers,
+            model,
+            kinds=ALL_KINDS,
+            every=every,
+            mapping=mapping,
+            min_ratio=min_ratio,
+            max_ratio=max_ratio,
+            exclude_first=exclude_first,
+            exclude_last=exclude_last,
+            pinned=pinned,
+            min_eigs=min_eigs,
+            xmin_pos=xmin_pos,
+        )
         if base_scheduler is None:
             self.base_schedulers: list[LRScheduler] = []
         elif isinstance(base_scheduler, LRScheduler):
@@ -90,8 +115,11 @@ class LLR(SpectralScheduler):
 
     def state_dict(self) -> dict:
         return self._state() | {
-            "base_lrs": list(self.base_lrs), "start": dict(self.start), "target": dict(self.target),
-            "ramp_start": self.ramp_start, "base_schedulers": [s.state_dict() for s in self.base_schedulers],
+            "base_lrs": list(self.base_lrs),
+            "start": dict(self.start),
+            "target": dict(self.target),
+            "ramp_start": self.ramp_start,
+            "base_schedulers": [s.state_dict() for s in self.base_schedulers],
         }
 
     def load_state_dict(self, state: dict) -> None:

@@ -24,9 +24,16 @@ from reasonrl.spectral.esd import ModuleSpectrum
 
 # (header, field, format) of the table columns
 _COLUMNS = (
-    ("module", "name", "{}"), ("shape", "shape", "{}"), ("N", "n_eigs", "{}"),
-    ("alpha", "alpha", "{:.2f}"), ("D", "D", "{:.3f}"), ("alpha_ks", "alpha_ks", "{:.2f}"), ("D_ks", "D_ks", "{:.3f}"),
-    ("tail_ks", "n_tail_ks", "{}"), ("stable_rank", "stable_rank", "{:.1f}"), ("norm", "spectral_norm", "{:.3g}"),
+    ("module", "name", "{}"),
+    ("shape", "shape", "{}"),
+    ("N", "n_eigs", "{}"),
+    ("alpha", "alpha", "{:.2f}"),
+    ("D", "D", "{:.3f}"),
+    ("alpha_ks", "alpha_ks", "{:.2f}"),
+    ("D_ks", "D_ks", "{:.3f}"),
+    ("tail_ks", "n_tail_ks", "{}"),
+    ("stable_rank", "stable_rank", "{:.1f}"),
+    ("norm", "spectral_norm", "{:.3g}"),
     ("status", "status", "{}"),
 )
 _NARROW = ("module", "N", "alpha", "D", "alpha_ks", "status")  # what fits a narrow terminal
@@ -57,8 +64,9 @@ def print_table(rows: Sequence[ModuleSpectrum], title: str = "", console: Consol
     console.print(table)
 
 
-def write_report(rows: Sequence[ModuleSpectrum], out_dir: str | Path, esd_modules: Sequence[str] = (),
-                 title: str = "") -> list[Path]:
+def write_report(
+    rows: Sequence[ModuleSpectrum], out_dir: str | Path, esd_modules: Sequence[str] = (), title: str = ""
+) -> list[Path]:
     """Write spectrum.md, spectrum.json, alpha.png and esd_<module>.png for modules matching `esd_modules`.
 
     `esd_modules` are name substrings; when empty, the ESDs of the heaviest- and lightest-tailed fitted modules.
@@ -125,8 +133,10 @@ def plot_esd(row: ModuleSpectrum, path: Path) -> Path:
     if eigs.size:
         bins = np.logspace(np.log10(eigs.min()), np.log10(eigs.max()), max(10, min(100, eigs.size // 4)) + 1)
         ax.hist(eigs, bins=bins, density=True, alpha=0.5, color="grey", label=f"ESD (N={eigs.size})")
-        fits = (("median Hill", row.alpha, row.xmin, row.n_tail, "C0"),
-                ("KS-optimal", row.alpha_ks, row.xmin_ks, row.n_tail_ks, "C3"))
+        fits = (
+            ("median Hill", row.alpha, row.xmin, row.n_tail, "C0"),
+            ("KS-optimal", row.alpha_ks, row.xmin_ks, row.n_tail_ks, "C3"),
+        )
         for label, alpha, xmin, n_tail, color in fits:
             if math.isnan(alpha):
                 continue
@@ -134,8 +144,9 @@ def plot_esd(row: ModuleSpectrum, path: Path) -> Path:
             density = n_tail / eigs.size * (alpha - 1) / xmin * (lam / xmin) ** -alpha
             ax.plot(lam, density, color=color, lw=2, label=f"{label}: alpha={alpha:.2f}")
             ax.axvline(xmin, color=color, ls="--", lw=0.8)
-    ax.set(xscale="log", yscale="log", xlabel="eigenvalue of W^T W", ylabel="density",
-           title=f"{row.name} ({row.status})")
+    ax.set(
+        xscale="log", yscale="log", xlabel="eigenvalue of W^T W", ylabel="density", title=f"{row.name} ({row.status})"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=110)

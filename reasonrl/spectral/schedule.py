@@ -20,8 +20,14 @@ from reasonrl.config import MAPPINGS
 from reasonrl.spectral.esd import ALL_KINDS, layer_and_type, spectra, weight_modules
 
 
-def alpha_ratios(alphas: Sequence[float], mapping: str = "linear", min_ratio: float = 0.5, max_ratio: float = 1.5,
-                 layers: Sequence[int | None] | None = None, sigmoid_scale: float = 4.0) -> np.ndarray:
+def alpha_ratios(
+    alphas: Sequence[float],
+    mapping: str = "linear",
+    min_ratio: float = 0.5,
+    max_ratio: float = 1.5,
+    layers: Sequence[int | None] | None = None,
+    sigmoid_scale: float = 4.0,
+) -> np.ndarray:
     """Multipliers of the base value (lr or weight decay) from each module's α; larger α -> larger ratio.
 
     linear (TempBalance `tb_linear_map`): min_ratio + (max_ratio - min_ratio) (α - α_min) / (α_max - α_min).
@@ -41,8 +47,9 @@ def alpha_ratios(alphas: Sequence[float], mapping: str = "linear", min_ratio: fl
         out = np.empty_like(a)
         for b in np.unique(blocks):
             mask = blocks == b
-            out[mask] = alpha_ratios(a[mask], mapping.removeprefix("layer_"), min_ratio, max_ratio,
-                                     sigmoid_scale=sigmoid_scale)
+            out[mask] = alpha_ratios(
+                a[mask], mapping.removeprefix("layer_"), min_ratio, max_ratio, sigmoid_scale=sigmoid_scale
+            )
         return out
     if mapping == "linear":
         lo, hi = a.min(), a.max()
@@ -98,10 +105,22 @@ class SpectralScheduler:
     α of the others (LLR's embedding and head). Modules with too few eigenvalues keep the base value.
     """
 
-    def __init__(self, optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer], model: nn.Module, *,
-                 kinds: tuple[type, ...], every: int, mapping: str, min_ratio: float, max_ratio: float,
-                 exclude_first: bool, exclude_last: bool, pinned: Sequence[str] = (), min_eigs: int = 50,
-                 xmin_pos: float = 2):
+    def __init__(
+        self,
+        optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+        model: nn.Module,
+        *,
+        kinds: tuple[type, ...],
+        every: int,
+        mapping: str,
+        min_ratio: float,
+        max_ratio: float,
+        exclude_first: bool,
+        exclude_last: bool,
+        pinned: Sequence[str] = (),
+        min_eigs: int = 50,
+        xmin_pos: float = 2,
+    ):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if mapping not in MAPPINGS:
@@ -111,7 +130,7 @@ class SpectralScheduler:
         self.min_ratio, self.max_ratio, self.pinned = min_ratio, max_ratio, tuple(pinned)
         self.min_eigs, self.xmin_pos = min_eigs, xmin_pos
         candidates = weight_modules(model, kinds)
-        candidates = candidates[1 if exclude_first else 0: len(candidates) - (1 if exclude_last else 0)]
+        candidates = candidates[1 if exclude_first else 0 : len(candidates) - (1 if exclude_last else 0)]
         groups = self.groups
         # A module's groups are found through its weight: the group holding it names the tag to collect.
         group_of = {id(p): i for i, g in enumerate(groups) for p in g["params"]}
@@ -122,8 +141,10 @@ class SpectralScheduler:
                 continue
             tag = groups[group_of[id(module.weight)]].get("module")
             if tag is None:
-                raise ValueError(f"{name}.weight shares a param group with other parameters; build the optimizer "
-                                 f"on reasonrl.spectral.build_param_groups(model) so each module has its own group")
+                raise ValueError(
+                    f"{name}.weight shares a param group with other parameters; build the optimizer "
+                    f"on reasonrl.spectral.build_param_groups(model) so each module has its own group"
+                )
             self.modules.append((name, module))
             self.groups_of[name] = [i for i, g in enumerate(groups) if g.get("module") == tag]
         self.step_count = 0
@@ -138,14 +159,20 @@ class SpectralScheduler:
     def compute_ratios(self) -> dict[str, float]:
         """Measure α of the tuned modules on the current weights and map it to ratios; 1 for those not fitted."""
         pinned = {n for n, _ in self.modules if any(s in n for s in self.pinned)}
-        measured = spectra([(n, m) for n, m in self.modules if n not in pinned], ("hill",), self.min_eigs,
-                           self.xmin_pos)
+        measured = spectra(
+            [(n, m) for n, m in self.modules if n not in pinned], ("hill",), self.min_eigs, self.xmin_pos
+        )
         alphas = {s.name: s.alpha for s in measured if s.status == "ok"}
         if alphas:
             alphas.update({n: max(alphas.values()) for n in pinned})
         names = list(alphas)
-        ratios = alpha_ratios([alphas[n] for n in names], self.mapping, self.min_ratio, self.max_ratio,
-                              [layer_and_type(n)[0] for n in names])
+        ratios = alpha_ratios(
+            [alphas[n] for n in names],
+            self.mapping,
+            self.min_ratio,
+            self.max_ratio,
+            [layer_and_type(n)[0] for n in names],
+        )
         self.alphas = {n: alphas.get(n, math.nan) for n, _ in self.modules}
         return {n: 1.0 for n, _ in self.modules} | {n: float(r) for n, r in zip(names, ratios)}
 

@@ -121,7 +121,9 @@ class ArithWorld:
     def __init__(self, levels: list[int] | tuple[int, ...] = (1, 2, 3), seed: int = 0):
         unknown = [lv for lv in levels if lv not in self.levels]
         if unknown or not levels:
-            raise ValueError(f"{self.name} levels must be a non-empty subset of {list(self.levels)}, got {list(levels)}")
+            raise ValueError(
+                f"{self.name} levels must be a non-empty subset of {list(self.levels)}, got {list(levels)}"
+            )
         self.train_levels = tuple(levels)
         self.seed = seed
 
