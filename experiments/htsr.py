@@ -5,10 +5,14 @@ steps and the same data order, over several seeds, and reports held-out perplexi
 the steps at which each run's held-out loss first reaches the uniform run's final loss. The fourth setting,
 `lr_matched`, is uniform lr at LLR's average multiplier (measured from the same size's LLR runs): LLR's
 multipliers lie in [1, 3], so a gain of LLR over uniform may be the higher lr rather than the per-layer shape.
-Also reports the tail fits behind the schedules (eigenvalues per module, both α estimators, KS distances).
-Writes docs/results/htsr.md (text below the notes marker survives a re-run) and PNGs of held-out perplexity and
-mean α over training. Reproduce:
+Two more settings run Muon (optim.name=muon: Muon on hidden matrices, AdamW on the rest) at --muon-lr, uniform
+and with LLR, as the LLR paper reports LLR with both optimizers; each setting is compared with the uniform run of
+its own optimizer. Also reports the tail fits behind the schedules (eigenvalues per module, both α estimators, KS
+distances). Writes docs/results/htsr.md (text below the notes marker survives a re-run) and PNGs of held-out
+perplexity and mean α over training; a run of other --settings than the four AdamW ones writes them under --out.
+Reproduce:
     OMP_NUM_THREADS=1 .venv/bin/python experiments/htsr.py          (full: 2 sizes x 4 settings x 3 seeds)
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/htsr.py --settings uniform_muon llr_muon --out runs/htsr-muon
     .venv/bin/python experiments/htsr.py --quick                     (a smoke run of every code path; runs/ only)
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -44,7 +49,18 @@ SETTINGS = {
     "alphadecay": ["optim.weight_decay_schedule=alphadecay"],
     "llr": ["optim.lr_schedule=llr"],
     "lr_matched": [],
+    "uniform_muon": ["optim.name=muon"],
+    "llr_muon": ["optim.name=muon", "optim.lr_schedule=llr"],
 }
+# The *_muon settings' optim.lr: the best of 1e-3, 3e-3, 1e-2, 3e-2 for uniform_muon on nano, seed 0, by final
+# held-out perplexity (107.5, 59.1, 46.7, 47.1), i.e. chosen on the split the table reports.
+MUON_LR = 1e-2
+ADAMW_SETTINGS = ["uniform", "alphadecay", "llr", "lr_matched"]  # the default --settings, and docs/results/htsr.md's
+
+
+def baseline(setting: str) -> str:
+    """The uniform run a setting is compared with: the one with the same optimizer."""
+    return "uniform_muon" if setting.endswith("_muon") else "uniform"
 
 
 def run(size: str, setting: str, seed: int, args, extra: list[str]) -> Path:
@@ -153,14 +169,15 @@ def mean_std(values: list[float], digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def table(runs: dict[tuple[str, str, int], Path], sizes: list[str], seeds: list[int]) -> str:
+def table(runs: dict[tuple[str, str, int], Path], sizes: list[str], settings: list[str], seeds: list[int]) -> str:
+    """Final held-out perplexity per setting, and against the same seed's uniform run of the same optimizer."""
     lines = [
         "| size | setting | held-out ppl (final) | vs uniform (per seed) | steps to uniform's final loss (per seed) |",
         "|---|---|---|---|---|",
     ]
     for size in sizes:
-        final_uniform = {s: evals(runs[size, "uniform", s])[-1] for s in seeds}
-        for setting in SETTINGS:
+        for setting in settings:
+            final_uniform = {s: evals(runs[size, baseline(setting), s])[-1] for s in seeds}
             finals = [evals(runs[size, setting, s])[-1]["eval/perplexity"] for s in seeds]
             ratio = [f / final_uniform[s]["eval/perplexity"] for f, s in zip(finals, seeds)]
             reach = [first_step_reaching(evals(runs[size, setting, s]), final_uniform[s]["eval/loss"]) for s in seeds]
@@ -169,7 +186,7 @@ def table(runs: dict[tuple[str, str, int], Path], sizes: list[str], seeds: list[
     return "\n".join(lines)
 
 
-def tail_fit_table(runs: dict, sizes: list[str], seeds: list[int], setting: str = "uniform") -> str:
+def tail_fit_table(runs: dict, sizes: list[str], seeds: list[int], setting: str) -> str:
     """Per module type, over layers and seeds of the final `setting` models: eigenvalue count, both fits, KS distances.
 
     σ is the standard error of the Hill α under the power-law model, (α - 1)/sqrt(n_tail): the noise the
@@ -201,12 +218,14 @@ def tail_fit_table(runs: dict, sizes: list[str], seeds: list[int], setting: str 
     return "\n".join(lines)
 
 
-def plot_mean(runs: dict, size: str, seeds: list[int], key: str, ylabel: str, path: Path, log: bool = False) -> Path:
+def plot_mean(
+    runs: dict, size: str, settings: list[str], seeds: list[int], key: str, ylabel: str, path: Path, log: bool = False
+) -> Path:
     """Mean over seeds of `key` per setting, with a band of one standard deviation."""
     fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for setting in SETTINGS:
+    for setting in settings:
         series = [
             {r["step"]: r[key] for r in read_metrics(runs[size, setting, s]) if r.get(key) is not None} for s in seeds
         ]
@@ -235,6 +254,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="nano model, 1 seed, 40 steps, 200k characters")
     # Defaults: the committed run, sized to ~40 CPU-minutes at one thread (about 0.06 / 0.17 s per step).
     parser.add_argument("--sizes", nargs="+", default=["nano", "tiny"])
+    parser.add_argument("--settings", nargs="+", default=ADAMW_SETTINGS, choices=list(SETTINGS))
+    parser.add_argument("--muon-lr", type=float, default=MUON_LR, help="optim.lr of the *_muon settings")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--eval-every", type=int, default=30)
@@ -246,6 +267,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "htsr")
     parser.add_argument("--reuse", action="store_true", help="keep finished runs of the same config in --out")
     args = parser.parse_args()
+    settings = list(dict.fromkeys(args.settings))
+    needed = {baseline(s) for s in settings} | ({"llr"} if "lr_matched" in settings else set())
+    if not needed <= set(settings):
+        parser.error(
+            f"--settings {' '.join(settings)} needs {' and '.join(sorted(needed - set(settings)))} too "
+            f"(the baselines the table compares with)"
+        )
+    settings.sort(key=list(SETTINGS).index)  # lr_matched after llr, whose runs set its lr
     if args.quick:
         args.sizes, args.seeds, args.steps, args.eval_every = ["nano"], 1, 40, 10
         args.seq_len, args.batch_size, args.vocab_size, args.corpus_chars = 64, 8, 512, 200_000
@@ -254,8 +283,8 @@ def main() -> None:
     base_lr = pretrain_config().optim.lr
     runs, multiplier, started = {}, {}, time.perf_counter()  # started: for the progress lines
     for size in args.sizes:
-        for setting in SETTINGS:
-            extra = []
+        for setting in settings:
+            extra = [f"optim.lr={args.muon_lr:g}"] if setting.endswith("_muon") else []
             if setting == "lr_matched":
                 multiplier[size] = statistics.mean(llr_mean_multiplier(runs[size, "llr", s]) for s in seeds)
                 extra = [f"optim.lr={base_lr * multiplier[size]:.6g}"]
@@ -272,7 +301,7 @@ def main() -> None:
         sum((p / "metrics.jsonl").stat().st_mtime - (p / "config.yaml").stat().st_mtime for p in runs.values()) / 60
     )
 
-    results = args.out if args.quick else ROOT / "docs" / "results"
+    results = args.out if args.quick or settings != ADAMW_SETTINGS else ROOT / "docs" / "results"
     results.mkdir(parents=True, exist_ok=True)
     pngs = []
     for size in args.sizes:
@@ -280,6 +309,7 @@ def main() -> None:
             plot_mean(
                 runs,
                 size,
+                settings,
                 seeds,
                 "eval/perplexity",
                 "held-out perplexity",
@@ -288,32 +318,53 @@ def main() -> None:
             )
         )
         pngs.append(
-            plot_mean(runs, size, seeds, "spectral/alpha_mean", "mean Hill α", results / f"htsr-{size}-alpha.png")
+            plot_mean(
+                runs, size, settings, seeds, "spectral/alpha_mean", "mean Hill α", results / f"htsr-{size}-alpha.png"
+            )
         )
     params = {
         size: sum(
-            p.numel() for p in load_model(str(runs[size, "uniform", 0] / "final"), "float32", "cpu")[0].parameters()
+            p.numel() for p in load_model(str(runs[size, settings[0], 0] / "final"), "float32", "cpu")[0].parameters()
         )
         for size in args.sizes
     }
-    command = "experiments/htsr.py" + (" --quick" if args.quick else "")
+    command = " ".join(["experiments/htsr.py", *sys.argv[1:]])
+    muon = [s for s in settings if s.endswith("_muon")]
     text = (
         f"# HT-SR schedules in miniature\n\nMade by `OMP_NUM_THREADS=1 .venv/bin/python {command}` (one thread): "
         f"{len(runs)} runs, {train_minutes:.1f} minutes of training and evaluation in all; sizes "
         + ", ".join(f"{s} ({params[s] / 1e6:.2f}M parameters)" for s in args.sizes)
         + f"; {len(seeds)} seeds; {args.steps} steps of {args.batch_size} x {args.seq_len} tokens; World English "
-        f"Bible, 5% held out, the first {args.eval_tokens} held-out tokens scored. AdamW, lr {base_lr:g} cosine, "
-        f"wd 0.1; every setting sees the same data order per seed. `lr_matched` is uniform lr at "
-        + ", ".join(f"{multiplier[s]:.3f} x {base_lr:g} ({s})" for s in args.sizes)
-        + ": LLR's multiplier averaged over parameters and updates (lr-weighted), from that size's LLR runs.\n\n"
-        f"{table(runs, args.sizes, seeds)}\n\n"
+        f"Bible, 5% held out, the first {args.eval_tokens} held-out tokens scored; every setting sees the same data "
+        "order per seed."
+        + ("" if settings == muon else f" AdamW, lr {base_lr:g} cosine, wd 0.1.")
+        + (
+            ""
+            if "lr_matched" not in settings
+            else " `lr_matched` is uniform lr at "
+            + ", ".join(f"{multiplier[s]:.3f} x {base_lr:g} ({s})" for s in args.sizes)
+            + ": LLR's multiplier averaged over parameters and updates (lr-weighted), from that size's LLR runs."
+        )
+        + (
+            ""
+            if not muon
+            else f" {', '.join(f'`{s}`' for s in muon)}: Muon on the hidden matrices and AdamW on "
+            f"embeddings and norms (`optim.name=muon`, updates scaled to AdamW's RMS), lr {args.muon_lr:g} cosine, "
+            "wd 0.1; compared with `uniform_muon`."
+        )
+        + f"\n\n{table(runs, args.sizes, settings, seeds)}\n\n"
         "Steps are eval steps (every "
         f"{args.eval_every}): the first at which held-out loss is at or below the "
-        "same seed's uniform run's final held-out loss.\n\n"
+        "same seed's uniform run's final held-out loss (of the same optimizer).\n\n"
         "## The tail fits behind the schedules\n\n"
         "Final uniform models, per module type: mean ± std over layers and seeds. Hill is the fixed-median fit the "
         "schedules use; KS is weightwatcher's x_min choice.\n\n"
-        f"{tail_fit_table(runs, args.sizes, seeds)}\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
+        + "\n\n".join(
+            f"`{s}`:\n\n{tail_fit_table(runs, args.sizes, seeds, s)}" for s in dict.fromkeys(map(baseline, settings))
+        )
+        + "\n\n"
+        + "\n".join(f"![{p.stem}]({p.name})" for p in pngs)
+        + "\n"
     )
     write_keeping_notes(results / "htsr.md", text, NOTES)
     print(text)
