@@ -22,6 +22,9 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     greedy: bool = False
+    # Token ids that end a completion (a turn, in multi-turn episodes) like EOS does; the stop id is kept as the
+    # completion's last token. Tags such as </search> are single added tokens, so nothing is decoded to find them.
+    stop_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -31,12 +34,16 @@ class Rollouts:
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
     logprobs: list[list[float]]  # per completion token, under the sampling policy (empty for greedy eval)
-    finished: list[bool]  # ended with EOS; False means cut at max_new_tokens
+    finished: list[bool]  # ended with EOS or a stop id; False means cut at max_new_tokens
     group: list[int]
     rewards: list[float] = field(default_factory=list)
     reward_components: dict[str, list[float]] = field(default_factory=dict)
     meta: list[dict[str, Any]] = field(default_factory=list)  # per row: answer, level, example fields
     texts: list[str] = field(default_factory=list)  # decoded completions, for rewards and logging only
+    # Multi-turn episodes (empty for single-turn rows, and in files written before they existed):
+    loss_mask: list[list[int]] = field(default_factory=list)  # per completion token: 1 sampled by the policy, 0 env
+    token_rewards: list[list[float]] = field(default_factory=list)  # per completion token: turn rewards at turn ends
+    episode: list[int] = field(default_factory=list)  # window mode: the episode a step row belongs to
 
     def __len__(self) -> int:
         return len(self.completion_ids)
@@ -54,13 +61,16 @@ class Rollouts:
             reward_components={k: pick(v) for k, v in self.reward_components.items()},
             meta=pick(self.meta),
             texts=pick(self.texts),
+            loss_mask=pick(self.loss_mask),
+            token_rewards=pick(self.token_rewards),
+            episode=pick(self.episode),
         )
 
     @staticmethod
     def concat(parts: list[Rollouts]) -> Rollouts:
         """Join rollouts; group ids are renumbered so groups of different parts never merge."""
         out = Rollouts([], [], [], [], [])
-        offset = 0
+        offset = episodes = 0
         for part in parts:
             out.prompt_ids += part.prompt_ids
             out.completion_ids += part.completion_ids
@@ -70,9 +80,13 @@ class Rollouts:
             out.rewards += part.rewards
             out.meta += part.meta
             out.texts += part.texts
+            out.loss_mask += part.loss_mask
+            out.token_rewards += part.token_rewards
+            out.episode += [e + episodes for e in part.episode]  # like groups: episodes of two parts never merge
             for k, v in part.reward_components.items():
                 out.reward_components.setdefault(k, []).extend(v)
             offset = max(out.group, default=-1) + 1
+            episodes = max(out.episode, default=-1) + 1
         return out
 
     def completion_lengths(self) -> torch.Tensor:
@@ -105,7 +119,7 @@ class Rollouts:
                     out.group.append(int(row["group"]))
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
                     raise ValueError(f"{path}:{line_no}: not a rollout record ({e})") from None
-                for name in ("rewards", "meta", "texts"):
+                for name in ("rewards", "meta", "texts", "loss_mask", "token_rewards", "episode"):
                     if row.get(name) is not None:
                         getattr(out, name).append(row[name])
                 for k, v in (row.get("reward_components") or {}).items():
