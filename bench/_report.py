@@ -12,9 +12,10 @@ PHASES = ["generate", "reward", "score", "forward", "backward", "optimizer", "ot
 
 def _cpu_name() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
@@ -49,9 +50,11 @@ def speed_table(results: dict) -> list[str]:
     for setting, r in results.items():
         t, o = r["trl"], r["reasonrl"]
         lines.append(
-            f"| {setting} | {t['sec_per_step']:.3f} | {o['sec_per_step']:.3f} | **{t['sec_per_step'] / o['sec_per_step']:.2f}x** "
+            f"| {setting} | {t['sec_per_step']:.3f} | {o['sec_per_step']:.3f} "
+            f"| **{t['sec_per_step'] / o['sec_per_step']:.2f}x** "
             f"| {t['tok_per_sec']:.0f} | {o['tok_per_sec']:.0f} | {t['peak_rss_mb']:.0f} | {o['peak_rss_mb']:.0f} "
-            f"| {t['train_rss_mb']:.0f} | {o['train_rss_mb']:.0f} | {t['rss_drift_mb']:+.0f} | {o['rss_drift_mb']:+.0f} "
+            f"| {t['train_rss_mb']:.0f} | {o['train_rss_mb']:.0f} "
+            f"| {t['rss_drift_mb']:+.0f} | {o['rss_drift_mb']:+.0f} "
             f"| {t['reward']:.3f} | {o['reward']:.3f} |"
         )
     return lines
@@ -69,7 +72,8 @@ def breakdown_table(results: dict) -> list[str]:
 
 def flops_table(results: dict, peak: float) -> list[str]:
     lines = [
-        "| setting | generation GFLOP | generation GFLOP/s | training GFLOP | training GFLOP/s (fwd+bwd) | % of matmul peak (training) |",
+        "| setting | generation GFLOP | generation GFLOP/s | training GFLOP | training GFLOP/s (fwd+bwd) "
+        "| % of matmul peak (training) |",
         "|---|---|---|---|---|---|",
     ]
     for setting, r in results.items():
@@ -117,8 +121,9 @@ def write_report(results: dict, args, peak: float, scaling: dict | None = None, 
         "",
         "Both libraries train the shipped `student` (827k-parameter Llama) on arithmetic levels 1-3 with temperature "
         "1.0, lr 5e-5 constant, `loss_type=dapo`, beta 0, one optimizer step per generation round, one micro-batch, "
-        f"float32 (TRL's default bf16 autocast off), gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} "
-        "in both, and the same `accuracy` reward function. Each library/setting/repetition is a fresh process; the two "
+        "float32 (TRL's default bf16 autocast off), gradient checkpointing "
+        f"{'on' if args.gradient_checkpointing else 'off'} in both, and the same `accuracy` reward function. "
+        "Each library/setting/repetition is a fresh process; the two "
         f"libraries alternate. {args.warmup} warm-up steps per process are excluded; {args.steps} measured steps "
         f"x {args.reps} processes per cell. Seconds per step are medians; tokens/s are generated completion tokens "
         "over measured time; peak RSS is the process's high-water mark (imports included), RSS growth is the "

@@ -31,28 +31,34 @@ from _measure import generation_parser, interleaved_generation, per_call_us
 
 def step_table(model) -> None:
     decoder = Decoder(model, decode=True)
-    layers, kv, dim, length, col = len(decoder.layers), decoder.kv_heads, decoder.head_dim, 64, 40
     print("| rows | PyTorch step us | C step us | speed-up |\n|---|---|---|---|")
     with torch.inference_mode():
         for rows in (8, 32, 64):
-            torch.manual_seed(0)
-            k_cache, v_cache = torch.randn(layers, rows, kv, length, dim), torch.randn(layers, rows, kv, length, dim)
-            cos, sin = decoder.rope_table(length, "cpu")
-            cos, sin = cos[None, col].expand(rows, -1).contiguous(), sin[None, col].expand(rows, -1).contiguous()
-            ids, starts = torch.randint(3, 300, (rows,)), torch.randint(0, 8, (rows,))
-            bias = torch.zeros(rows, col + 1).masked_fill_(torch.arange(col + 1) < starts[:, None], float("-inf"))
-            bias = bias.repeat_interleave(kv, 0).unsqueeze(1)
-            step = native_step(decoder, k_cache)
-            native.enabled = False
-            a = per_call_us(
-                lambda: decoder.forward(ids[:, None], cos[:, None], sin[:, None], k_cache, v_cache, col, bias),
-                200,
-                7,
-                statistics.median,
-            )
-            native.enabled = True
-            b = per_call_us(lambda: step(ids, cos, sin, k_cache, v_cache, col, starts), 200, 7, statistics.median)
+            a, b = step_times(decoder, rows)
             print(f"| {rows} | {a:.0f} | {b:.0f} | {a / b:.2f}x |")
+
+
+def step_times(decoder: Decoder, rows: int, length: int = 64, col: int = 40) -> tuple[float, float]:
+    """Median microseconds of one decode step at `rows` rows and cache column `col`: PyTorch ops, then the C step."""
+    layers, kv, dim = len(decoder.layers), decoder.kv_heads, decoder.head_dim
+    torch.manual_seed(0)
+    k_cache, v_cache = torch.randn(layers, rows, kv, length, dim), torch.randn(layers, rows, kv, length, dim)
+    cos, sin = decoder.rope_table(length, "cpu")
+    cos, sin = cos[None, col].expand(rows, -1).contiguous(), sin[None, col].expand(rows, -1).contiguous()
+    ids, starts = torch.randint(3, 300, (rows,)), torch.randint(0, 8, (rows,))
+    bias = torch.zeros(rows, col + 1).masked_fill_(torch.arange(col + 1) < starts[:, None], float("-inf"))
+    bias = bias.repeat_interleave(kv, 0).unsqueeze(1)
+    step = native_step(decoder, k_cache)
+    native.enabled = False
+    a = per_call_us(
+        lambda: decoder.forward(ids[:, None], cos[:, None], sin[:, None], k_cache, v_cache, col, bias),
+        200,
+        7,
+        statistics.median,
+    )
+    native.enabled = True
+    b = per_call_us(lambda: step(ids, cos, sin, k_cache, v_cache, col, starts), 200, 7, statistics.median)
+    return a, b
 
 
 def training_table(settings: list[str], reps: int, run_dir: str) -> None:

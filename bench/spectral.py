@@ -168,7 +168,8 @@ def main() -> None:
     command = "OMP_NUM_THREADS=1 python bench/spectral.py " + " ".join(sys.argv[1:])
     text = (
         "# Spectral analysis: reasonrl.spectral vs weightwatcher\n\n"
-        f"Measured {time.strftime('%Y-%m-%d')} by `{command.strip()}`. Machine: {platform.processor() or platform.machine()}, "
+        f"Measured {time.strftime('%Y-%m-%d')} by `{command.strip()}`. "
+        f"Machine: {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch thread(s), no GPU; torch {torch.__version__}, weightwatcher "
         f"{weightwatcher.__version__}.\n\n"
         "Seconds are medians of "

@@ -2,10 +2,11 @@
 base model at equal steps, over several seeds: accuracy, completion tokens and think rate per difficulty level.
 
 Worlds: `arith` (base `autothink_base`) and `shortcut` (base `autothink_shortcut_base`, easy problems with long
-but skippable traces). Writes docs/results/autothink-WORLD.md and PNG plots. Reproduce:
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py --world shortcut --seeds 0 1 2 --steps 160  (~17 CPU-min)
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py --world shortcut --quick          (a smoke run)
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py --world shortcut --measure MODEL  (per-level modes of a model)
+but skippable traces). Writes docs/results/autothink-WORLD.md and PNG plots. Reproduce (~17 CPU-min); a smoke run;
+the per-level modes of a model:
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py --world shortcut --seeds 0 1 2 --steps 160
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py --world shortcut --quick
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/autothink.py --world shortcut --measure MODEL
 A finished run (its final/ and cpu.json) is reused, so an interrupted experiment picks up where it stopped.
 """
 
@@ -168,7 +169,10 @@ def level_modes(model_dir: str | Path, world: str, n_per_level: int, samples: in
         + " | tokens thinking / direct T=1 | greedy: think rate, accuracy |"
     )
     lines = [head, "|---" * 10 + "|"]
-    pct = lambda m, k: f"{m[k]:.0%}" if k in m else "-"
+
+    def pct(m: dict[str, float], k: str) -> str:
+        return f"{m[k]:.0%}" if k in m else "-"
+
     for level in EVAL_LEVELS:
         examples = w.eval_set([level], n_per_level)
         cells = [str(len(examples))]

@@ -16,6 +16,7 @@ Writes docs/results/dpo_vp.md and PNG plots. Runs are sequential on one thread, 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import shutil
@@ -127,7 +128,7 @@ def hidden_pair_quality(run_dir: Path) -> list[dict[str, float]]:
 
 def interp(band: list[dict], x: float, key: str) -> float:
     """Seed-mean accuracy of `band` at x (`tokens` or `wall`), linear between evaluations; NaN past its end."""
-    for a, b in zip(band, band[1:]):
+    for a, b in itertools.pairwise(band):
         if a[key] <= x <= b[key]:
             return a["accuracy"] + (b["accuracy"] - a["accuracy"]) * (x - a[key]) / max(1e-9, b[key] - a[key])
     return math.nan
@@ -343,8 +344,9 @@ def write_doc(
         "of (correct, wrong) sample pairs where the correct one scores higher. RM pairs: the pairs the RM would "
         "build on these labelled prompts, and the share the verifier agrees with (chosen scores higher) or "
         "contradicts (flipped). Hidden pairs: the pairs the RM actually built on the hidden prompts, after "
-        "training on the round's labelled samples (a later RM than the one in the columns before it, so a round can have "
-        "hidden pairs and no pairs on labelled prompts), checked after the run against the gold answers the run never saw.",
+        "training on the round's labelled samples (a later RM than the one in the columns before it, so a round can "
+        "have hidden pairs and no pairs on labelled prompts), checked after the run against the gold answers the run "
+        "never saw.",
         "",
         *rm_table,
         "",
@@ -359,8 +361,8 @@ def write_doc(
         f"- **RM-labelled prompts**: `50% + RM` {pct(final['50% + RM'])}% vs `50% labelled` "
         f"{pct(final['50% labelled'])}% ({100 * (final['50% + RM'] - final['50% labelled']):+.1f} points) and "
         f"`dpo_vp` with every answer known {pct(final['dpo_vp'])}%. Per round and seed, `50% + RM` minus "
-        "`50% labelled` (points; round 1 is the same run in both arms, since the RM, trained on round 1's samples only, "
-        "is never sure enough to pair a hidden prompt in round 1):",
+        "`50% labelled` (points; round 1 is the same run in both arms, since the RM, trained on round 1's samples "
+        "only, is never sure enough to pair a hidden prompt in round 1):",
         "",
         *paired,
         "",

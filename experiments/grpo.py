@@ -85,8 +85,8 @@ ANALYSIS = """## What this shows, and what fell short
 - Why, as far as measured: the student's errors are digit-copying and carry errors inside long (40-50 token)
   step-by-step traces; an outcome reward gives one bit per trace, and the sampled traces are much noisier than the
   greedy one (sampled thinking accuracy 32% on levels 2-3 vs 50% greedy), so most of the gradient sharpens sampling.
-  None of the variants below moved greedy accuracy by more than the baseline (table). The same model goes from 52% to 100%
-  with 2,400 more SFT steps (docs/results/checkpoints.md), so the capacity is there; dense supervision is what the
+  None of the variants below moved greedy accuracy by more than the baseline (table). The same model goes from 52% to
+  100% with 2,400 more SFT steps (docs/results/checkpoints.md), so the capacity is there; dense supervision is what the
   outcome reward lacks here. Candidate next steps: more samples per prompt, a process-level signal, or on-policy
   distillation from the teacher (issue on OPD).
 
@@ -105,7 +105,9 @@ N=40: 88 problems); all numbers from single runs, so differences of a few points
 | `optim.lr=1e-4` | 40 | 88 | 54.5% | 55.7% | +1.1 | - |
 | `optim.lr=5e-5` | 40 | 88 | 54.5% | 61.4% | +6.8 | - |
 | `train.prompts_per_step=16 optim.lr=1e-4` | 60 | 88 | 54.5% | 56.8% | +2.3 | - |
-| `model.path=DIR`, a student made with `reasonrl sft --config configs/student.yaml algo.demo=solution --export DIR` (58.3% at the end of its SFT) | 60 | 88 | 59.1% | 61.4% | +2.3 | - |"""
+| `model.path=DIR`, a student made with \
+`reasonrl sft --config configs/student.yaml algo.demo=solution --export DIR` (58.3% at the end of its SFT) \
+| 60 | 88 | 59.1% | 61.4% | +2.3 | - |"""
 
 
 def main() -> int:

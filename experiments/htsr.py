@@ -193,7 +193,8 @@ def tail_fit_table(runs: dict, sizes: list[str], seeds: list[int], setting: str)
     schedules' linear maps stretch to their full [min, max] range when α differs little between modules.
     """
     lines = [
-        "| size | module type | shape | eigenvalues | tail (Hill / KS) | Hill α | σ(Hill α) | D (Hill) | KS α | D (KS) |",
+        "| size | module type | shape | eigenvalues | tail (Hill / KS) "
+        "| Hill α | σ(Hill α) | D (Hill) | KS α | D (KS) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for size in sizes:

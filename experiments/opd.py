@@ -297,8 +297,8 @@ def write_doc(
             f"Greedy accuracy (%) on the 408 held-out problems of levels 1-3 (`data.eval_n={EVAL_N}`: 8 + 200 + 200; "
             "one problem is 0.25 points and the binomial standard error at 50% is 2.5 points). Mean ± standard "
             "deviation over seeds. Generated tokens and wall-clock are totals per run: training steps only, without "
-            "evaluations and without reward verification (whose worker start-up costs 5-10 s once, at a random step, in "
-            "about half the runs of any method; see `curve` in the script); the teacher's forward pass is inside "
+            "evaluations and without reward verification (whose worker start-up costs 5-10 s once, at a random step, "
+            "in about half the runs of any method; see `curve` in the script); the teacher's forward pass is inside "
             "`time/forward`. Reverse KL is the k1 estimate on the sampled tokens (nats per token), agreement the share "
             "of sampled positions where student and teacher have the same argmax."
         ),

@@ -15,6 +15,7 @@ Writes docs/results/srft.md and PNG plots. Reproduce (the weak start first, then
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import shutil
@@ -262,7 +263,7 @@ def at_tokens(points: list[dict], budget: float, key: str) -> float:
     tokens, so the pipeline's last zero-token point (the end of SFT) is where its token axis starts."""
     sft_end = max((p for p in points if p["tokens"] == 0), key=lambda p: p["step"])
     pts = [p for p in points if p["tokens"] > 0 or p is sft_end]
-    for a, b in zip(pts, pts[1:]):
+    for a, b in itertools.pairwise(pts):
         if a["tokens"] <= budget <= b["tokens"]:
             t = (budget - a["tokens"]) / max(b["tokens"] - a["tokens"], 1e-9)
             return a[key] + t * (b[key] - a[key])

@@ -151,7 +151,7 @@ def load_checkpoint(
     path = Path(path)
     verify_checkpoint(path)
     with safetensors.safe_open(path / MODEL_FILE, framework="pt") as f:
-        stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+        stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict: no `in`, no iteration)
     adapter_only = any(".lora_" in name for name in stored)
     if adapter_only != is_lora(model):
         raise CheckpointError(

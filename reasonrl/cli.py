@@ -1,4 +1,5 @@
-"""Command line: `reasonrl train | sft | eval | pretrain | plot | spectrum`. Thin: parse arguments, then call the library.
+"""Command line: `reasonrl train | sft | eval | pretrain | plot | spectrum`. Thin: parse arguments, then call the
+library.
 
 train, sft, eval and pretrain share one grammar: `--config FILE` and dotted `key=value` overrides (the keys of
 reasonrl/config.py); their short flags (`eval --data`, `pretrain --size` ...) are aliases of config keys, applied

@@ -56,7 +56,8 @@ class Tracker:
         path = self.run_dir / METRICS_FILE
         if resume_step is not None:
             _truncate_after(path, resume_step)
-        self._file = open(path, "a" if resume_step is not None else "w", encoding="utf-8")
+        # Open for the run's lifetime (one line per log call); close() closes it.
+        self._file = open(path, "a" if resume_step is not None else "w", encoding="utf-8")  # noqa: SIM115
         self._tb = self._wandb = self._trackio = None
         name = self.run_dir.name
         project = os.environ.get("WANDB_PROJECT", "reasonrl")

@@ -3,6 +3,7 @@ the stage schedule, the base-model SFT, and a step-counted check that stage 1 mo
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -239,7 +240,7 @@ def test_stage_schedule_and_per_stage_max_lengths():
     assert algo.max_lengths == [32, 64, 96]  # the paper's 8k : 16k : 24k
     assert [f.name for f in config.rewards.funcs] == ["autothink"]  # R0 replaces the default accuracy reward
     assert AutoThink(load_config(None, ["algo=autothink", "algo.stage=3"])).stage_at(1) == 3
-    with pytest.raises(ValueError, match="algo.stage"):
+    with pytest.raises(ValueError, match=re.escape("algo.stage")):
         load_config(None, ["algo=autothink", "algo.stage=4"])
     with pytest.raises(ValueError, match="autothink"):
         AutoThink(load_config(None, ["algo=autothink", "rewards.funcs=[format]"]))
@@ -305,18 +306,22 @@ def test_autothink_step_pays_correct_direct_answers_the_configured_reward(quick_
     """The algorithm, not just the helper, applies algo.nothink_correct_reward before the stage shaping."""
     texts = [NO_THINK, "</think>\n\\boxed{3}", THINK, "5+7=12\n</think>\n\\boxed{3}"]  # direct right/wrong, think
     r0 = [2.0, -1.0, 1.0, 0.0]
-    crafted = lambda: Rollouts(
-        [[1]] * 4,
-        [[5]] * 4,
-        [[0.0]] * 4,
-        [True] * 4,
-        [0] * 4,
-        rewards=list(r0),
-        reward_components={"autothink": list(r0)},
-        meta=[{"level": 1}] * 4,
-        texts=texts,
-    )
-    monkeypatch.setattr(GRPO, "_sample", lambda self, ctx: (crafted(), {}))
+
+    def crafted(self, ctx) -> tuple[Rollouts, dict]:
+        rollouts = Rollouts(
+            [[1]] * 4,
+            [[5]] * 4,
+            [[0.0]] * 4,
+            [True] * 4,
+            [0] * 4,
+            rewards=list(r0),
+            reward_components={"autothink": list(r0)},
+            meta=[{"level": 1}] * 4,
+            texts=texts,
+        )
+        return rollouts, {}
+
+    monkeypatch.setattr(GRPO, "_sample", crafted)
     shaped = {}
     for value in (2.0, 1.5):
         config = quick_config(

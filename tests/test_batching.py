@@ -39,6 +39,11 @@ def test_length_buckets_split_only_when_padding_costs_more_than_a_pass():
     assert all(e - s <= 3 for s, e in length_buckets([1] * 10, 3, overhead=0))  # the row cap is a memory bound
 
 
+def bucket_cost(cuts: list[tuple[int, int]], lengths: list[int], overhead: int) -> int:
+    """Padded tokens plus a per-pass overhead: what length_buckets minimises (lengths sorted ascending)."""
+    return sum((e - s) * lengths[e - 1] + overhead for s, e in cuts)
+
+
 def test_length_buckets_are_optimal_against_brute_force():
     import itertools
     import random
@@ -47,15 +52,13 @@ def test_length_buckets_are_optimal_against_brute_force():
     for _ in range(200):
         n, max_rows, overhead = rng.randint(1, 7), rng.randint(1, 4), rng.choice([0, 3, 20])
         lengths = sorted(rng.randint(1, 40) for _ in range(n))
-        cost = lambda cuts: sum((e - s) * lengths[e - 1] + overhead for s, e in cuts)  # noqa: E731
         best = float("inf")
         for k in range(n):
             for inner in itertools.combinations(range(1, n), k):
-                edges = [0, *inner, n]
-                cuts = list(zip(edges, edges[1:]))
+                cuts = list(itertools.pairwise([0, *inner, n]))
                 if all(e - s <= max_rows for s, e in cuts):
-                    best = min(best, cost(cuts))
+                    best = min(best, bucket_cost(cuts, lengths, overhead))
         got = length_buckets(lengths, max_rows, overhead)
-        assert got[0][0] == 0 and got[-1][1] == n and all(a[1] == b[0] for a, b in zip(got, got[1:]))
+        assert got[0][0] == 0 and got[-1][1] == n and all(a[1] == b[0] for a, b in itertools.pairwise(got))
         assert all(e - s <= max_rows for s, e in got)
-        assert cost(got) == best
+        assert bucket_cost(got, lengths, overhead) == best

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import pytest
@@ -295,10 +296,8 @@ VALUES = st.recursive(
 
 
 def only_config_errors(call) -> None:
-    try:
+    with contextlib.suppress(ConfigError):
         call()
-    except ConfigError:
-        pass
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

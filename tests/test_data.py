@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import types
@@ -159,7 +160,7 @@ def test_parquet_rows_are_mapped_like_jsonl_rows(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", fake)
     path = tmp_path / "data.parquet"
     path.write_bytes(b"PAR1")
-    with pytest.raises(DataError, match="row 2.*empty prompt"):
+    with pytest.raises(DataError, match=r"row 2.*empty prompt"):
         load_source(str(path), DataConfig(prompt_field="question"), "train")
     fake.rows.pop()
     assert load_source(str(path), DataConfig(prompt_field="question"), "train") == [
@@ -278,10 +279,8 @@ def test_unknown_reasoning_gym_generator_suggests_close_names():
 def test_arbitrary_bytes_load_or_raise_data_error(tmp_path, data):
     path = tmp_path / "fuzz.jsonl"
     path.write_bytes(data)
-    try:
+    with contextlib.suppress(DataError):
         load_jsonl(path)
-    except DataError:
-        pass
 
 
 JSON = st.recursive(

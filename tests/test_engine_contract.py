@@ -91,7 +91,7 @@ def test_rows_stopping_and_logprobs(setup, temperature):
 
 
 def test_greedy_is_the_trainers_argmax_and_follows_synced_weights(setup):
-    name, model, tok, engine, prompts = setup
+    name, model, _, engine, prompts = setup
     greedy = SamplingParams(max_new_tokens=24, greedy=True)
 
     def check_greedy():

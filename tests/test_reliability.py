@@ -1,11 +1,13 @@
 """Reliability under faults: SIGKILL/SIGTERM and resume, a full disk, failing rewards.
 
-Hostile answers and safe loading are in tests/test_hostile_inputs.py. docs/reliability.md lists each guarantee with the test here that proves it. The kill tests run the real command
-line in a subprocess; set REASONRL_RELIABILITY_SEED to draw other kill points (the test prints what it injected).
+Hostile answers and safe loading are in tests/test_hostile_inputs.py. docs/reliability.md lists each guarantee with
+the test here that proves it. The kill tests run the real command line in a subprocess; set REASONRL_RELIABILITY_SEED
+to draw other kill points (the test prints what it injected).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -102,10 +104,8 @@ def logged(run: Path, stale_inode: int | None = None) -> list[dict]:
     records = []
     for line in text.splitlines(keepends=True):
         if line.endswith("\n"):
-            try:
+            with contextlib.suppress(ValueError):
                 records.append(json.loads(line))
-            except ValueError:
-                pass
     return records
 
 
@@ -466,9 +466,13 @@ def test_pretrain_resumes_exactly_after_sigkill(tmp_path, capsys):
     proc, stale, resumed_from = launch(["pretrain", "--output-dir", str(run), *PRETRAIN], log), None, []
     for kind in ("logged", "final"):
         if kind == "logged":
-            hit = wait_until(proc, lambda: any("loss" in r and r["step"] >= 3 for r in logged(run, stale)), log)
+            hit = wait_until(
+                proc, lambda stale=stale: any("loss" in r and r["step"] >= 3 for r in logged(run, stale)), log
+            )
         else:
-            hit = wait_until(proc, lambda: any("loss" not in r and r["step"] == STEPS for r in logged(run, stale)), log)
+            hit = wait_until(
+                proc, lambda stale=stale: any("loss" not in r and r["step"] == STEPS for r in logged(run, stale)), log
+            )
         assert hit, f"the run ended before the {kind} kill point; output:\n{log.read_text()[-3000:]}"
         proc.kill()
         proc.wait()

@@ -211,7 +211,10 @@ def test_llr_ramps_to_new_multipliers_then_freezes():
 def test_llr_resumes_the_same_learning_rates_from_a_reasonrl_checkpoint(tmp_path):
     """LLR is a drop-in for the trainer's scheduler: save_checkpoint / load_checkpoint (weights_only) round-trip it."""
     model = Net()
-    schedule = lambda o: LambdaLR(o, lambda t: 1 - t / 100)
+
+    def schedule(o: torch.optim.Optimizer) -> LambdaLR:
+        return LambdaLR(o, lambda t: 1 - t / 100)
+
     opt, llr = make_llr(model, schedule)
     for _ in range(12):  # stop mid-ramp
         opt.step()

@@ -22,7 +22,7 @@ def test_step_timer_sums_sections_and_reports_the_rest():
 def test_grpo_steps_log_each_phase(quick_config, tmp_path):
     cfg = quick_config("rewards.funcs=format:1.0", "train.micro_batch_size=8")
     Trainer(cfg, run_dir=tmp_path / "t").train()
-    rows = [json.loads(line) for line in open(tmp_path / "t" / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "step_time" in r]
     assert len(steps) == 2
     for r in steps:

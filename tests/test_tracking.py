@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -117,7 +118,7 @@ def test_plot_run_skips_absent_metrics(tmp_path):
 
 
 def test_plot_run_errors_clearly_on_missing_or_empty_metrics(tmp_path):
-    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+    with pytest.raises(FileNotFoundError, match=re.escape("metrics.jsonl")):
         plot_run(tmp_path)
     write_metrics(tmp_path, [])
     with pytest.raises(ValueError, match="empty"):

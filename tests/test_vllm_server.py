@@ -6,6 +6,7 @@ tests/test_engine_contract.py. The weight push is checked up to NCCL: the HTTP r
 which tensors are broadcast, with vLLM's communicator faked on CPU. The NCCL transfer itself needs GPUs: untested.
 """
 
+import re
 import socket
 import sys
 import types
@@ -293,7 +294,7 @@ def test_config_selects_the_server_engine_and_checks_its_keys(server, student, t
             load_config(None, ["rollout.engine=vllm-server", override])
     with pytest.raises(ValueError, match="choose auto, hf, replay, vllm or vllm-server"):
         make_engine(load_config(None, ["rollout.engine=vllm_server"]), model, tok, tmp_path)
-    with pytest.raises(ConfigError, match="did you mean 'rollout.vllm.server_url'"):
+    with pytest.raises(ConfigError, match=re.escape("did you mean 'rollout.vllm.server_url'")):
         load_config(None, ["rollout.vllm.server_uri=http://localhost:8000"])
 
 

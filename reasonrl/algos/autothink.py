@@ -298,8 +298,8 @@ class AutoThinkSFTConfig(AlgoConfig):
 
 
 def continuation(example: Example, think: bool) -> str:
-    """The demonstration after the assistant prefix: the step-by-step solution without its `<think>\\n` opening,
-    or `</think>\\n` + the direct answer, which after the ellipsis prompt reads `<think>\\n...\\n</think>\\n\\boxed{N}`."""
+    """The demonstration after the assistant prefix: the step-by-step solution without its `<think>\\n` opening, or
+    `</think>\\n` + the direct answer, which after the ellipsis prompt reads `<think>\\n...\\n</think>\\n\\boxed{N}`."""
     text = example.solution if think else example.direct
     if not text or (think and not text.startswith("<think>\n")):
         raise DataError(

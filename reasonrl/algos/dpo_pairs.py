@@ -59,7 +59,10 @@ def select_pair(
     if wrong_pairs not in WRONG_PAIRS:
         raise ValueError(f"wrong_pairs must be one of {WRONG_PAIRS}, got {wrong_pairs!r}")
     by_score = {v: [i for i, s in enumerate(scores) if s == v] for v in (1, 0, -1)}
-    longest_first = lambda idx: sorted(idx, key=lambda i: -lengths[i])  # stable: ties keep their order
+
+    def longest_first(idx: list[int]) -> list[int]:
+        return sorted(idx, key=lambda i: -lengths[i])  # stable: ties keep their order
+
     correct, wrong, unboxed = longest_first(by_score[1]), longest_first(by_score[0]), by_score[-1]
     if correct:
         chosen = next((i for i in correct if lengths[i] < max_tokens), correct[0])

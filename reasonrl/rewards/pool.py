@@ -12,6 +12,7 @@ child normally re-imports the parent's `__main__`, which re-runs a user's whole 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import sys
 import threading
@@ -34,11 +35,10 @@ class Outcome(NamedTuple):
 def _worker_main(conn: Connection, fn: Callable[..., Any], warmup: tuple | None) -> None:
     """Worker loop: answer each `(args)` message with an Outcome until the parent closes the pipe."""
     if warmup is not None:
-        # Pay for imports and regex compilation before the first timed item.
-        try:
+        # Pay for imports and regex compilation before the first timed item. A broken fn is reported per item, with its
+        # message, so its failure here is dropped.
+        with contextlib.suppress(Exception):
             fn(*warmup)
-        except Exception:
-            pass  # a broken fn is reported per item, with its message
     conn.send("ready")
     while True:
         try:
