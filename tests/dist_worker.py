@@ -102,7 +102,9 @@ def step(out_dir: str, overrides: list[str]) -> None:
     if trainer.rank == 0:
         out = {f"grad/{k}": p.grad for k, p in trainer.model.named_parameters() if p.grad is not None}
         out["loss"] = torch.tensor([metrics["loss"]], dtype=torch.float64)
-        safetensors.torch.save_file({k: v.contiguous() for k, v in out.items()}, str(Path(out_dir) / "step.safetensors"))
+        safetensors.torch.save_file(
+            {k: v.contiguous() for k, v in out.items()}, str(Path(out_dir) / "step.safetensors")
+        )
     distributed.shutdown()
 
 
@@ -126,7 +128,9 @@ def helpers(out_dir: str) -> None:
     # Rank r holds groups of different sizes and rewards; REINFORCE++ normalises over the whole batch.
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0][: 2 + 2 * r]) + r
     groups = torch.tensor([0, 0, 1, 1][: 2 + 2 * r])
-    advantages = distributed.across_ranks(ADVANTAGE_ESTIMATORS["reinforce_pp"], rewards, groups, "group")
+    advantages = distributed.across_ranks(
+        lambda g, rw: ADVANTAGE_ESTIMATORS["reinforce_pp"](rw, g, "group"), groups, rewards
+    )
     summed = distributed.sum_across_ranks({"x": float(r + 1)})
     mean = distributed.combine_means(distributed.all_gather_json({"y": float(r + 1), f"only{r}": 1.0}))
     grads = torch.nn.Linear(2, 1, bias=False)

@@ -15,19 +15,16 @@ import torch
 
 from reasonrl.algos import register_algorithm
 from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.batch import advantage_names, rollout_advantages, rollout_batch
 from reasonrl.algos.collect import collect_rollouts, rollout_metrics
-from reasonrl.algos.common import build_sequences, pad_values
 from reasonrl.algos.losses import (
-    ADVANTAGE_ESTIMATORS,
     KL_ESTIMATORS,
-    overlong_mask,
     policy_loss,
     sampler_mismatch,
     truncated_is_weights,
     zero_variance_groups,
 )
 from reasonrl.config import AlgoConfig, register_algo_config
-from reasonrl.distributed import across_ranks
 from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.rewards import soft_overlong_punishment
 from reasonrl.rollout.base import Rollouts, SamplingParams
@@ -38,7 +35,7 @@ from reasonrl.rollout.base import Rollouts, SamplingParams
 class GRPOConfig(AlgoConfig):
     name: str = "grpo"
     loss_type: str = "dapo"  # grpo | dr_grpo | dapo | bnpo | gspo
-    advantage: str = "grpo"  # grpo | rloo | reinforce_pp
+    advantage: str = "grpo"  # grpo | rloo | reinforce_pp (episode rewards) | process (per-turn rewards, multi-turn)
     scale_rewards: str = "group"  # group | batch | none
     epsilon: float = 0.2
     epsilon_high: float | None = None  # clip-higher (DAPO: 0.28); None means epsilon
@@ -109,13 +106,15 @@ class GRPO:
         self.cfg: GRPOConfig = config.algo
         self.name = self.cfg.name
         self.needs_reference = self.cfg.beta > 0
-        if self.cfg.advantage not in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"unknown algo.advantage {self.cfg.advantage!r}; known: {sorted(ADVANTAGE_ESTIMATORS)}")
+        if self.cfg.advantage not in advantage_names():
+            raise ValueError(f"unknown algo.advantage {self.cfg.advantage!r}; known: {advantage_names()}")
         if config.rollout.num_generations < 2:
             raise ValueError("rollout.num_generations must be >= 2: group advantages need two samples per prompt")
         self.prompts_per_step = config.train.prompts_per_step
         r = config.rollout
         self.params = SamplingParams(r.max_completion_length, r.temperature, r.top_p, r.top_k)
+        # Dr.GRPO's constant: the generation limit; a multi-turn collector sets an episode's policy-token budget.
+        self.completion_budget = r.max_completion_length
         self.num_generations = r.num_generations
         self.temperature = r.temperature
         self.extra_rewards = []
@@ -155,27 +154,21 @@ class GRPO:
 
     def gather(self, ctx) -> TrainBatch:
         rollouts, metrics = self._sample(ctx)
+        # Over every rank's rows, even none (the statistics are collective): batch statistics are the whole step's.
+        advantages = rollout_advantages(rollouts, self.cfg.advantage, self.cfg.scale_rewards)
         if len(rollouts) == 0:
             return TrainBatch({}, metrics=metrics)
-        rewards, groups = torch.tensor(rollouts.rewards), torch.tensor(rollouts.group)
-        # Over every rank's rows: batch statistics (scale_rewards=batch, REINFORCE++) are the whole step's.
-        advantages = across_ranks(ADVANTAGE_ESTIMATORS[self.cfg.advantage], rewards, groups, self.cfg.scale_rewards)
-        tensors = build_sequences(rollouts.prompt_ids, rollouts.completion_ids, ctx.tokenizer.pad_token_id)
-        mask = tensors["completion_mask"]
-        mask = mask * torch.isfinite(rewards).float().unsqueeze(1)  # failed verifications teach nothing
-        if self.cfg.mask_truncated_completions:
-            mask = overlong_mask(torch.tensor(rollouts.finished), mask)
-        tensors["completion_mask"] = mask
-        tensors["advantages"] = advantages
-        tensors["sampling_logprobs"] = pad_values(rollouts.logprobs, mask.shape[1])
-        totals = {
-            "num_tokens": max(1.0, float(mask.sum())),
-            "num_seqs": float(len(rollouts)),
-            "max_completion_length": float(self.params.max_new_tokens),
-        }
+        batch = rollout_batch(
+            rollouts,
+            ctx.tokenizer.pad_token_id,
+            advantages,
+            self.completion_budget,
+            mask_truncated=self.cfg.mask_truncated_completions,
+            metrics=metrics,
+        )
         if self.needs_reference:
-            tensors["ref_logprobs"] = self._score(ctx.ref_model, tensors, ctx)
-        return TrainBatch(tensors, totals, metrics, extra={"rollouts": rollouts}, sort_by_length=True)
+            batch.tensors["ref_logprobs"] = self._score(ctx.ref_model, batch.tensors, ctx)
+        return batch
 
     def _score(self, model, tensors: dict[str, torch.Tensor], ctx) -> torch.Tensor:
         """Log-probs of the batch's completions under `model`, without gradients, micro-batch by micro-batch."""

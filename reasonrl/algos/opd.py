@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import torch
 
 from reasonrl.algos import register_algorithm
-from reasonrl.algos.advantages import SCALE_REWARDS, grpo_advantages
+from reasonrl.algos.advantages import SCALE_REWARDS
 from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.batch import group_advantages, rollout_batch
 from reasonrl.algos.collect import collect_rollouts, rollout_metrics
-from reasonrl.algos.common import build_sequences
 from reasonrl.algos.losses import AGGREGATIONS, LOSS_TYPES, policy_loss
 from reasonrl.config import AlgoConfig, register_algo_config
 from reasonrl.modeling.logprobs import completion_logits
@@ -225,17 +225,13 @@ class OPD:
         rollouts, result = collect_rollouts(ctx, ctx.stream.next(self.prompts_per_step), self.num_generations, params)
         metrics = rollout_metrics(rollouts, result, h)
         metrics["opd/horizon"] = float(h)
-        tensors = build_sequences(rollouts.prompt_ids, rollouts.completion_ids, ctx.tokenizer.pad_token_id)
+        advantages = None
         if self.cfg.outcome_coef > 0:  # NaN rewards (failed checks) get advantage 0, so they add distillation only
-            tensors["advantages"] = grpo_advantages(
-                torch.tensor(rollouts.rewards), torch.tensor(rollouts.group), self.cfg.scale_rewards
+            advantages = group_advantages(
+                torch.tensor(rollouts.rewards), torch.tensor(rollouts.group), "grpo", self.cfg.scale_rewards
             )
-        totals = {
-            "num_tokens": max(1.0, float(tensors["completion_mask"].sum())),
-            "num_seqs": float(len(rollouts)),
-            "max_completion_length": float(h),  # Dr.GRPO's constant is this step's generation limit
-        }
-        return TrainBatch(tensors, totals, metrics, extra={"rollouts": rollouts}, sort_by_length=True)
+        # Dr.GRPO's constant is this step's generation limit; failed verifications still teach distillation.
+        return rollout_batch(rollouts, ctx.tokenizer.pad_token_id, advantages, h, drop_failed=False, metrics=metrics)
 
     def num_updates(self, batch: TrainBatch) -> int:
         return 1
