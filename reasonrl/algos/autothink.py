@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from reasonrl.algos import register_algorithm
-from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.base import TrainBatch, register_algorithm
 from reasonrl.algos.common import build_sequences
 from reasonrl.algos.grpo import GRPO, GRPOConfig
 from reasonrl.algos.sft import SFT
-from reasonrl.config import AlgoConfig, RewardSpec, register_algo_config
+from reasonrl.config import AlgoConfig, RewardSpec
 from reasonrl.data import DataError, Example
 from reasonrl.distributed import gather_rows
 from reasonrl.models import encode_completion, encode_prompt
@@ -179,7 +178,6 @@ def mode_metrics(think: list[bool], correct: list[bool], lengths: list[int], lev
 # ---- the algorithm ----------------------------------------------------------------------------------------------
 
 
-@register_algo_config("autothink")
 @dataclass
 class AutoThinkConfig(GRPOConfig):
     """Defaults are the official scripts' (specs/llm-methods.md section 3); docs/autothink.md lists deviations."""
@@ -208,7 +206,7 @@ class AutoThinkConfig(GRPOConfig):
             raise ValueError(f"algo.nothink_correct_reward must be a finite number, got {self.nothink_correct_reward}")
 
 
-@register_algorithm("autothink")
+@register_algorithm(autothink=AutoThinkConfig)
 class AutoThink(GRPO):
     """GRPO whose sampled rewards are R0 reshaped for the current stage before the group advantages."""
 
@@ -287,7 +285,6 @@ class AutoThink(GRPO):
 # ---- the base model: SFT on both modes under the ellipsis prompt ------------------------------------------------
 
 
-@register_algo_config("autothink_sft")
 @dataclass
 class AutoThinkSFTConfig(AlgoConfig):
     name: str = "autothink_sft"
@@ -312,7 +309,7 @@ def continuation(example: Example, think: bool) -> str:
     return text.removeprefix("<think>\n") if think else "</think>\n" + text
 
 
-@register_algorithm("autothink_sft")
+@register_algorithm(autothink_sft=AutoThinkSFTConfig)
 class AutoThinkSFT(SFT):
     """SFT whose prompts end with an assistant prefix: a share under `<think>\\n` (always step by step), the rest
     under the ellipsis, where `nothink_fraction` answer directly. Prompt ids come from the same templates as at

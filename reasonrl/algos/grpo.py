@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reasonrl.algos import register_algorithm
-from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.base import TrainBatch, register_algorithm
 from reasonrl.algos.batch import advantage_names, rollout_advantages, rollout_batch
 from reasonrl.algos.collect import collect_rollouts, rollout_metrics
 from reasonrl.algos.losses import (
@@ -24,13 +23,12 @@ from reasonrl.algos.losses import (
     truncated_is_weights,
     zero_variance_groups,
 )
-from reasonrl.config import AlgoConfig, register_algo_config
+from reasonrl.config import AlgoConfig
 from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.rewards import soft_overlong_punishment
 from reasonrl.rollout.base import Rollouts, SamplingParams
 
 
-@register_algo_config("grpo")
 @dataclass
 class GRPOConfig(AlgoConfig):
     name: str = "grpo"
@@ -56,7 +54,6 @@ class GRPOConfig(AlgoConfig):
             raise ValueError(f"algo.kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
 
 
-@register_algo_config("dr_grpo")
 @dataclass
 class DrGRPOConfig(GRPOConfig):
     name: str = "dr_grpo"
@@ -64,7 +61,6 @@ class DrGRPOConfig(GRPOConfig):
     scale_rewards: str = "none"
 
 
-@register_algo_config("dapo")
 @dataclass
 class DAPOConfig(GRPOConfig):
     name: str = "dapo"
@@ -74,7 +70,6 @@ class DAPOConfig(GRPOConfig):
     overlong_buffer: int = 16
 
 
-@register_algo_config("gspo")
 @dataclass
 class GSPOConfig(GRPOConfig):
     name: str = "gspo"
@@ -83,7 +78,6 @@ class GSPOConfig(GRPOConfig):
     epsilon_high: float | None = 4e-4
 
 
-@register_algo_config("rloo")
 @dataclass
 class RLOOConfig(GRPOConfig):
     name: str = "rloo"
@@ -91,14 +85,20 @@ class RLOOConfig(GRPOConfig):
     scale_rewards: str = "none"
 
 
-@register_algo_config("reinforce_pp")
 @dataclass
 class ReinforcePPConfig(GRPOConfig):
     name: str = "reinforce_pp"
     advantage: str = "reinforce_pp"
 
 
-@register_algorithm("grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp")
+@register_algorithm(
+    grpo=GRPOConfig,
+    dr_grpo=DrGRPOConfig,
+    dapo=DAPOConfig,
+    gspo=GSPOConfig,
+    rloo=RLOOConfig,
+    reinforce_pp=ReinforcePPConfig,
+)
 class GRPO:
     needs_rollouts = True
 

@@ -27,13 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
-from reasonrl.algos import register_algorithm
 from reasonrl.algos.advantages import SCALE_REWARDS
-from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.base import TrainBatch, register_algorithm
 from reasonrl.algos.batch import group_advantages, rollout_batch
 from reasonrl.algos.collect import collect_rollouts, example_fields, rollout_metrics
 from reasonrl.algos.losses import LOSS_TYPES, policy_loss
-from reasonrl.config import AlgoConfig, register_algo_config
+from reasonrl.config import AlgoConfig
 from reasonrl.data import DataError, Example
 from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.models import encode_completion
@@ -42,7 +41,6 @@ from reasonrl.rollout.base import SamplingParams
 ENTROPY_SIGNS = (-1.0, 0.0, 1.0)
 
 
-@register_algo_config("srft")
 @dataclass
 class SRFTConfig(AlgoConfig):
     """Defaults are the paper's (specs/llm-methods.md section 1); docs/srft.md says where each comes from."""
@@ -182,7 +180,7 @@ def demonstration(example: Example) -> str:
     return example.solution
 
 
-@register_algorithm("srft")
+@register_algorithm(srft=SRFTConfig)
 class SRFT:
     needs_reference = False  # SRFT uses no KL term
     needs_rollouts = True
