@@ -22,7 +22,9 @@ import torch
 
 from reasonrl import distributed, fsdp
 from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS
+from reasonrl.algos.batch import rollout_advantages
 from reasonrl.algos.losses import policy_loss
+from reasonrl.rollout.base import Rollouts
 
 
 def train(run_dir: str, args: list[str]) -> None:
@@ -131,6 +133,11 @@ def helpers(out_dir: str) -> None:
     advantages = distributed.across_ranks(
         lambda g, rw: ADVANTAGE_ESTIMATORS["reinforce_pp"](rw, g, "group"), groups, rewards
     )
+    # Per-turn credit: batch-scaled turn rewards are normalised over every rank's rows too.
+    turns = Rollouts([[1]] * len(groups), [[3] * (k + 2) for k in range(len(groups))], [], [True] * len(groups), [])
+    turns.group, turns.rewards = groups.tolist(), rewards.tolist()
+    turns.token_rewards = [[0.0] * (k + 1) + [float(k + 2 * r)] for k in range(len(groups))]
+    process = rollout_advantages(turns, "process", "batch")
     summed = distributed.sum_across_ranks({"x": float(r + 1)})
     mean = distributed.combine_means(distributed.all_gather_json({"y": float(r + 1), f"only{r}": 1.0}))
     grads = torch.nn.Linear(2, 1, bias=False)
@@ -145,6 +152,8 @@ def helpers(out_dir: str) -> None:
         "rewards": rewards.tolist(),
         "groups": groups.tolist(),
         "advantages": advantages.tolist(),
+        "token_rewards": turns.token_rewards,
+        "process": process.tolist(),
         "summed": summed,
         "mean": mean,
         "grad": grads.weight.grad.tolist(),

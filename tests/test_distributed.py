@@ -12,7 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS
+from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS, process_advantages
 from reasonrl.algos.losses import policy_loss
 from reasonrl.config import load_config
 from reasonrl.models import load_model
@@ -292,6 +292,14 @@ def test_helpers_reduce_as_documented(tmp_path):
     assert torch.allclose(torch.tensor(r0["advantages"] + r1["advantages"]), expected)
     local_only = ADVANTAGE_ESTIMATORS["reinforce_pp"](torch.tensor(r1["rewards"]), torch.tensor(r1["groups"]), "group")
     assert not torch.allclose(torch.tensor(r1["advantages"]), local_only)  # batch statistics really are global
+    token_rewards = r0["token_rewards"] + r1["token_rewards"]
+    masks = [[1] * len(t) for t in token_rewards]
+    process = process_advantages(token_rewards, masks, groups, list(range(len(groups))), rewards, "batch")
+    assert torch.allclose(torch.tensor(r0["process"] + r1["process"]), process)
+    local = process_advantages(
+        r1["token_rewards"], masks[2:], torch.tensor(r1["groups"]), [0, 1, 2, 3], torch.tensor(r1["rewards"]), "batch"
+    )
+    assert not torch.allclose(torch.tensor(r1["process"])[:, : local.shape[1]], local)
     assert r0["summed"] == {"x": 3.0} and r0["mean"] == {"y": 1.5, "only0": 1.0, "only1": 1.0}
     assert r0["grad"] == r1["grad"] == [[3.0, 3.0]]  # gradients are summed, not averaged
     assert r0["agree"] and r1["agree"]
