@@ -161,7 +161,7 @@ def test_grpo_loss_on_a_multi_turn_batch_uses_policy_tokens_for_entropy_and_dr_g
     r = multi_turn()
     batch = rollout_batch(r, tokenizer.pad_token_id, torch.tensor([1.0, -0.5, 0.0, 2.0]), 96)
     loss, metrics = algo.loss(Context(config, model, tokenizer, stream=None), batch)
-    logp, entropy = completion_logprobs(model, batch.tensors, 1.0, with_entropy=True)
+    _, entropy = completion_logprobs(model, batch.tensors, 1.0, with_entropy=True)
     mask = batch.tensors["completion_mask"]
     assert metrics["entropy"] == pytest.approx(float((entropy * mask).sum() / mask.sum()), rel=1e-5)
     # On-policy, the ratio is 1: the loss is -sum of A over the trained tokens / (rows * the policy-token budget).
