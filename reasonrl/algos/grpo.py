@@ -113,8 +113,6 @@ class GRPO:
         self.prompts_per_step = config.train.prompts_per_step
         r = config.rollout
         self.params = SamplingParams(r.max_completion_length, r.temperature, r.top_p, r.top_k)
-        # Dr.GRPO's constant: the generation limit; a multi-turn collector sets an episode's policy-token budget.
-        self.completion_budget = r.max_completion_length
         self.num_generations = r.num_generations
         self.temperature = r.temperature
         self.extra_rewards = []
@@ -162,13 +160,18 @@ class GRPO:
             rollouts,
             ctx.tokenizer.pad_token_id,
             advantages,
-            self.completion_budget,
+            self.completion_budget(),
             mask_truncated=self.cfg.mask_truncated_completions,
             metrics=metrics,
         )
         if self.needs_reference:
             batch.tensors["ref_logprobs"] = self._score(ctx.ref_model, batch.tensors, ctx)
         return batch
+
+    def completion_budget(self) -> int:
+        """Dr.GRPO's constant: the generation limit (AutoThink's changes per stage); for multi-turn episodes it is
+        their policy-token budget, which the episode collector knows."""
+        return self.params.max_new_tokens
 
     def _score(self, model, tensors: dict[str, torch.Tensor], ctx) -> torch.Tensor:
         """Log-probs of the batch's completions under `model`, without gradients, micro-batch by micro-batch."""
