@@ -5,6 +5,8 @@ into advantages within each group (algos/losses.py holds every equation), then m
 (+ beta * KL to a reference model) for `num_iterations` optimizer steps on the same samples.
 DAPO's dynamic sampling drops groups whose rewards are all equal (zero advantage, zero gradient) and samples
 more prompts until the batch is full again or `max_resample_rounds` is spent.
+Multi-turn episodes train on their policy tokens only; `algo.advantage=process` credits each turn from the per-turn
+rewards instead of the episode reward (algos/batch.py, the path from rollouts to tensors every algorithm shares).
 """
 
 from __future__ import annotations
