@@ -1,7 +1,8 @@
 """Typed configuration: dataclasses, YAML files and dotted overrides (`algo.beta=0.0`).
 
 Unknown keys are errors that name the key and suggest close matches. The `algo` section's dataclass is
-chosen by `algo.name` from the registry the algorithm modules fill (`register_algo_config`), so each algorithm owns
+chosen by `algo.name` from the registry the algorithm modules fill (`register_algo_config`, which algos/base.py's
+`register_algorithm` calls with each algorithm's config sections), so each algorithm owns
 its own options. A leaf: it imports nothing else of reasonrl. Importing `reasonrl.algos` registers the built-in
 algorithms; the trainer and the CLI do it, and a script that calls `load_config` alone imports it first.
 """

@@ -7,7 +7,8 @@ The design keeps one process's math exact at any number of ranks:
   so each rank's loss is its share of the one-process loss and the summed gradients (`all_reduce_gradients`) are
   the one-process gradient. Every rank then takes the same clipped optimizer step and the replicas stay identical
   (`replicas_agree` checks this at every checkpoint).
-- Advantages with batch statistics (scale_rewards=batch, REINFORCE++) see the whole step (`across_ranks`).
+- Every statistic over a step's rows (group advantages, batch-scaled rewards, REINFORCE++, AutoThink's batch balance)
+  is taken over every rank's rows (`gather_rows`, `across_ranks`), so it is the one-process statistic.
 Rank 0 alone writes: metrics, checkpoints, the final model, evaluations.
 
 Launch with `torchrun --nproc_per_node N -m reasonrl.cli train ...`: gloo on CPU, NCCL on GPU. (`accelerate launch
@@ -163,23 +164,32 @@ def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
             g.copy_(reduced.view_as(g))
 
 
-def across_ranks(
-    estimator: Callable[..., torch.Tensor], rewards: torch.Tensor, groups: torch.Tensor, *args
-) -> torch.Tensor:
-    """`estimator(rewards, groups, *args)` over the whole step's rows, returning this rank's rows: statistics over
-    the batch (its reward std, REINFORCE++'s normalisation) are the global batch's, as in one process."""
+def gather_rows(groups: torch.Tensor, *columns: torch.Tensor | list) -> tuple[torch.Tensor, list, slice]:
+    """Every rank's rows of the step, in rank order, as one process would hold them: the group ids (each rank's kept
+    apart from the others'), each per-row column (a tensor [N] or a list with one entry per row, e.g. token lists),
+    and the slice of them that is this rank's rows. Statistics over these rows are the one-process statistics."""
     if world_size() == 1:
-        return estimator(rewards, groups, *args)
-    parts = all_gather_json({"rewards": rewards.tolist(), "groups": groups.tolist()})
-    all_rewards, all_groups, mine, offset = [], [], 0, 0
+        return groups, list(columns), slice(0, len(groups))
+    plain = [c.tolist() if isinstance(c, torch.Tensor) else list(c) for c in columns]
+    parts = all_gather_json({"groups": groups.tolist(), "columns": plain})
+    all_groups, merged, mine, offset = [], [[] for _ in columns], slice(0, 0), 0
     for r, part in enumerate(parts):
         if r == rank():
-            mine = len(all_rewards)
-        all_rewards += part["rewards"]
+            mine = slice(len(all_groups), len(all_groups) + len(groups))
         all_groups += [g + offset for g in part["groups"]]  # a rank's group ids must not merge with another's
         offset += max(part["groups"], default=-1) + 1
-    out = estimator(torch.tensor(all_rewards, dtype=rewards.dtype), torch.tensor(all_groups), *args)
-    return out[mine : mine + len(rewards)]
+        for out, values in zip(merged, part["columns"]):
+            out += values
+    rebuilt = [torch.tensor(m, dtype=c.dtype) if isinstance(c, torch.Tensor) else m for m, c in zip(merged, columns)]
+    return torch.tensor(all_groups, dtype=groups.dtype), rebuilt, mine
+
+
+def across_ranks(fn: Callable[..., Any], groups: torch.Tensor, *columns: torch.Tensor | list) -> Any:
+    """`fn(groups, *columns)` over the whole step's rows (`gather_rows`), returning this rank's rows of its result:
+    group and batch statistics (a batch's reward std, REINFORCE++'s whitening, a batch share) are the one-process
+    ones at any number of ranks."""
+    all_groups, all_columns, mine = gather_rows(groups, *columns)
+    return fn(all_groups, *all_columns)[mine]
 
 
 def replicas_agree(model: torch.nn.Module) -> bool:

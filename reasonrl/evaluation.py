@@ -6,21 +6,9 @@ from collections import defaultdict
 
 from reasonrl.algos.collect import example_fields
 from reasonrl.data import Example
-from reasonrl.models import decode_completion, encode_prompt
+from reasonrl.models import check_room, decode_completion, encode_prompt
 from reasonrl.rewards import RewardManager
 from reasonrl.rollout.base import RolloutEngine, SamplingParams
-
-
-def check_room(prompts: list[list[int]], examples: list[Example], room: int, context: int | None, setting: str) -> None:
-    """A prompt that leaves no room for `room` completion tokens (`setting` names where that number comes from) in
-    the model's context of `context` tokens is an error: past its context a model decodes, but from positions it
-    never saw."""
-    for prompt, example in zip(prompts, examples):
-        if context and len(prompt) + room > context:
-            raise ValueError(
-                f"prompt of {len(prompt)} tokens + {setting}={room} exceeds the model's context of {context} tokens "
-                f"(prompt starts {str(example.prompt)[:60]!r})"
-            )
 
 
 def evaluate(

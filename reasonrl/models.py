@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:
+    from reasonrl.data import Example
 
 ASSETS = Path(__file__).parent / "assets"
 SHIPPED = ("student", "teacher", "autothink_base", "autothink_shortcut_base")
@@ -182,3 +186,15 @@ def encode_completion(tokenizer, text: str) -> list[int]:
 
 def decode_completion(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def check_room(prompts: list[list[int]], examples: list[Example], room: int, context: int | None, setting: str) -> None:
+    """A prompt that leaves no room for `room` completion tokens (`setting` names where that number comes from) in
+    the model's context of `context` tokens is an error: past its context a model decodes, but from positions it
+    never saw."""
+    for prompt, example in zip(prompts, examples):
+        if context and len(prompt) + room > context:
+            raise ValueError(
+                f"prompt of {len(prompt)} tokens + {setting}={room} exceeds the model's context of {context} tokens "
+                f"(prompt starts {str(example.prompt)[:60]!r})"
+            )

@@ -18,16 +18,14 @@ from typing import Any
 import torch
 
 from reasonrl import parallel
-from reasonrl.algos import make_algorithm
-from reasonrl.algos.base import Algorithm, TrainBatch
+from reasonrl.algos.base import Algorithm, Context, TrainBatch, make_algorithm
 from reasonrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained_atomic
 from reasonrl.config import Config, config_to_dict, save_config
-from reasonrl.context import Context
 from reasonrl.data import Example, PromptStream, load_source
 from reasonrl.distributed import combine_means, combine_sums, combine_totals
-from reasonrl.evaluation import check_room, evaluate
+from reasonrl.evaluation import evaluate
 from reasonrl.lora import apply_lora
-from reasonrl.models import encode_prompt, load_model, model_context, resolve_model_path
+from reasonrl.models import check_room, encode_prompt, load_model, model_context, resolve_model_path
 from reasonrl.optim import build_optimizer, initial_schedule_metrics, step_schedules
 from reasonrl.rewards import RewardError, RewardManager
 from reasonrl.rollout.base import RolloutEngine

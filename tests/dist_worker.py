@@ -7,6 +7,10 @@ torchrun --nproc_per_node 2 tests/dist_worker.py helpers OUT_DIR
 torchrun --nproc_per_node 2 tests/dist_worker.py bnpo OUT_DIR
     the bnpo loss of a fixed batch, each rank its half in micro-batches of 2 rows; rank 0 writes the batch and
     the summed loss and all-reduced gradient to OUT_DIR/bnpo.json
+torchrun --nproc_per_node 2 tests/dist_worker.py step OUT_DIR override ...   (or plain `python`: one process)
+    one trainer step of the configured algorithm on scripted rollouts and rewards that depend only on the prompt and
+    the sample index, so any number of ranks sees the same global batch; rank 0 writes the step's loss and the
+    all-reduced gradient to OUT_DIR/step.safetensors
 """
 
 import json
@@ -18,7 +22,9 @@ import torch
 
 from reasonrl import distributed, fsdp
 from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS
+from reasonrl.algos.batch import rollout_advantages
 from reasonrl.algos.losses import policy_loss
+from reasonrl.rollout.base import Rollouts
 
 
 def train(run_dir: str, args: list[str]) -> None:
@@ -37,6 +43,71 @@ def train(run_dir: str, args: list[str]) -> None:
             return
     state = {k: v.contiguous() for k, v in state.items() if "lm_head" not in k}  # tied to the embedding
     safetensors.torch.save_file(state, str(Path(run_dir) / f"rank{trainer.rank}.safetensors"))
+
+
+# Completions the scripted engine picks from: thinking and direct answers of different lengths.
+SCRIPTED = [
+    "<think>\n1+1=2\n</think> \\boxed{2}",
+    "</think> \\boxed{4}",
+    "<think>\nlet me add the digits one by one\n</think> \\boxed{7}",
+    "<think>\nhm\n</think> \\boxed{3}",
+    "</think> \\boxed{5}",
+    "<think>\n2*3=6 and 6+1=7\n</think> \\boxed{7}",
+]
+
+
+class ScriptedEngine:
+    """Sample j of a prompt is a function of the prompt's ids and j alone."""
+
+    def __init__(self, tokenizer):
+        from reasonrl.models import encode_completion
+
+        self.choices = [encode_completion(tokenizer, t) for t in SCRIPTED]
+
+    def generate(self, prompt_ids, n, params):
+        from reasonrl.rollout.base import Rollouts
+
+        out = Rollouts([], [], [], [], [])
+        for i, p in enumerate(prompt_ids):
+            for j in range(n):
+                ids = self.choices[(sum(p) * 7 + j * 5 + len(p)) % len(self.choices)]
+                out.prompt_ids.append(list(p))
+                out.completion_ids.append(ids[: params.max_new_tokens])
+                out.logprobs.append([-0.5 - 0.01 * t for t in range(min(len(ids), params.max_new_tokens))])
+                out.finished.append(len(ids) <= params.max_new_tokens)
+                out.group.append(i)
+        return out
+
+    def sync_weights(self, model):
+        pass
+
+
+class ScriptedRewards:
+    """R0-like rewards from the completion text and the prompt (AutoThink reads the `autothink` component)."""
+
+    def score(self, prompts, completions, fields):
+        from reasonrl.algos.autothink import R0, is_thinking
+        from reasonrl.rewards import RewardResult
+
+        values = [R0[(is_thinking(c), (len(c) + 3 * len(p)) % 3 != 0)] for p, c in zip(prompts, completions)]
+        return RewardResult(values, {"autothink": values})
+
+
+def step(out_dir: str, overrides: list[str]) -> None:
+    import reasonrl.algos  # noqa: F401  (registers the algorithms' config sections)
+    from reasonrl.config import load_config
+    from reasonrl.trainer import Trainer
+
+    trainer = Trainer(load_config(None, overrides), run_dir=Path(out_dir) / "run")
+    trainer.ctx.engine, trainer.ctx.rewards = ScriptedEngine(trainer.tokenizer), ScriptedRewards()
+    metrics = trainer._train_step(1)
+    if trainer.rank == 0:
+        out = {f"grad/{k}": p.grad for k, p in trainer.model.named_parameters() if p.grad is not None}
+        out["loss"] = torch.tensor([metrics["loss"]], dtype=torch.float64)
+        safetensors.torch.save_file(
+            {k: v.contiguous() for k, v in out.items()}, str(Path(out_dir) / "step.safetensors")
+        )
+    distributed.shutdown()
 
 
 def helpers(out_dir: str) -> None:
@@ -59,7 +130,14 @@ def helpers(out_dir: str) -> None:
     # Rank r holds groups of different sizes and rewards; REINFORCE++ normalises over the whole batch.
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0][: 2 + 2 * r]) + r
     groups = torch.tensor([0, 0, 1, 1][: 2 + 2 * r])
-    advantages = distributed.across_ranks(ADVANTAGE_ESTIMATORS["reinforce_pp"], rewards, groups, "group")
+    advantages = distributed.across_ranks(
+        lambda g, rw: ADVANTAGE_ESTIMATORS["reinforce_pp"](rw, g, "group"), groups, rewards
+    )
+    # Per-turn credit: batch-scaled turn rewards are normalised over every rank's rows too.
+    turns = Rollouts([[1]] * len(groups), [[3] * (k + 2) for k in range(len(groups))], [], [True] * len(groups), [])
+    turns.group, turns.rewards = groups.tolist(), rewards.tolist()
+    turns.token_rewards = [[0.0] * (k + 1) + [float(k + 2 * r)] for k in range(len(groups))]
+    process = rollout_advantages(turns, "process", "batch")
     summed = distributed.sum_across_ranks({"x": float(r + 1)})
     mean = distributed.combine_means(distributed.all_gather_json({"y": float(r + 1), f"only{r}": 1.0}))
     grads = torch.nn.Linear(2, 1, bias=False)
@@ -74,6 +152,8 @@ def helpers(out_dir: str) -> None:
         "rewards": rewards.tolist(),
         "groups": groups.tolist(),
         "advantages": advantages.tolist(),
+        "token_rewards": turns.token_rewards,
+        "process": process.tolist(),
         "summed": summed,
         "mean": mean,
         "grad": grads.weight.grad.tolist(),
@@ -132,4 +212,9 @@ def bnpo(out_dir: str) -> None:
 
 if __name__ == "__main__":
     mode, path, *rest = sys.argv[1:]
-    {"train": lambda: train(path, rest), "helpers": lambda: helpers(path), "bnpo": lambda: bnpo(path)}[mode]()
+    {
+        "train": lambda: train(path, rest),
+        "helpers": lambda: helpers(path),
+        "bnpo": lambda: bnpo(path),
+        "step": lambda: step(path, rest),
+    }[mode]()

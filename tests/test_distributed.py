@@ -13,7 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS
+from reasonrl.algos.advantages import ADVANTAGE_ESTIMATORS, process_advantages
 from reasonrl.algos.losses import policy_loss
 from reasonrl.config import load_config
 from reasonrl.models import load_model
@@ -293,6 +293,14 @@ def test_helpers_reduce_as_documented(tmp_path):
     assert torch.allclose(torch.tensor(r0["advantages"] + r1["advantages"]), expected)
     local_only = ADVANTAGE_ESTIMATORS["reinforce_pp"](torch.tensor(r1["rewards"]), torch.tensor(r1["groups"]), "group")
     assert not torch.allclose(torch.tensor(r1["advantages"]), local_only)  # batch statistics really are global
+    token_rewards = r0["token_rewards"] + r1["token_rewards"]
+    masks = [[1] * len(t) for t in token_rewards]
+    process = process_advantages(token_rewards, masks, groups, list(range(len(groups))), rewards, "batch")
+    assert torch.allclose(torch.tensor(r0["process"] + r1["process"]), process)
+    local = process_advantages(
+        r1["token_rewards"], masks[2:], torch.tensor(r1["groups"]), [0, 1, 2, 3], torch.tensor(r1["rewards"]), "batch"
+    )
+    assert not torch.allclose(torch.tensor(r1["process"])[:, : local.shape[1]], local)
     assert r0["summed"] == {"x": 3.0} and r0["mean"] == {"y": 1.5, "only0": 1.0, "only1": 1.0}
     assert r0["grad"] == r1["grad"] == [[3.0, 3.0]]  # gradients are summed, not averaged
     assert r0["agree"] and r1["agree"]
@@ -383,3 +391,36 @@ def test_pretraining_on_two_ranks_equals_one_process(tmp_path):
         for run in ("one", "two")
     ]
     assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+STEP = COMMON + ["rollout.num_generations=4", "rollout.max_completion_length=24", "train.micro_batch_size=3"]
+# Settings where a per-rank statistic would differ from the step's: batch-scaled advantages everywhere, and
+# AutoThink's stage-1 balance, whose think share is the whole batch's.
+ONE_STEP = {
+    "grpo": ["algo=grpo", "algo.scale_rewards=batch"],
+    "srft": ["algo=srft", "algo.scale_rewards=batch"],
+    "opd": ["algo=opd", "algo.outcome_coef=1.0", "algo.scale_rewards=batch"],
+    "autothink": ["algo=autothink", "model.path=autothink_base", "algo.balance_rate=0.2", "algo.scale_rewards=batch"],
+}
+
+
+def one_step(out: Path, overrides: list[str], ranks: int) -> dict[str, torch.Tensor]:
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if ranks == 2 else []
+    cmd = [sys.executable, *launch, str(WORKER), "step", str(out), *overrides]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return weights(out / "step.safetensors")
+
+
+@pytest.mark.parametrize("algo", sorted(ONE_STEP))
+def test_a_two_rank_step_equals_the_one_process_step(tmp_path, algo):
+    """The same global batch (scripted samples and rewards that depend on the prompt only), split over 2 gloo ranks
+    or not: the step's loss and its all-reduced gradient are the one-process ones."""
+    overrides = STEP + ONE_STEP[algo]
+    one, two = one_step(tmp_path / "one", overrides, 1), one_step(tmp_path / "two", overrides, 2)
+    assert one.keys() == two.keys() and len(one) > 1
+    assert float(two["loss"]) == pytest.approx(float(one["loss"]), rel=1e-5, abs=1e-7)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=1e-6, rtol=1e-4, msg=k)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reasonrl.algos import make_algorithm
+from reasonrl.algos.base import make_algorithm
 from reasonrl.config import Config
 
 PACKAGE = Path(__file__).resolve().parents[1] / "reasonrl"
@@ -128,3 +128,12 @@ def test_the_trainer_talks_to_the_parallelism_strategy():
 def test_a_config_loaded_before_the_algorithms_registered_is_one_clear_error():
     with pytest.raises(ValueError, match=re.escape("loaded before reasonrl.algos registered it")):
         make_algorithm(Config())  # a plain AlgoConfig where GRPO's options belong
+
+
+def test_algorithms_see_the_run_through_algos_base_only():
+    """Context, the registry and the config hook live in algos/base.py: no algorithm imports the trainer."""
+    graph = import_graph()
+    algos = [m for m in graph if m.startswith("reasonrl.algos")]
+    assert "reasonrl.algos.base" in algos and "reasonrl.context" not in graph
+    for module in algos:
+        assert "reasonrl.trainer" not in graph[module], module

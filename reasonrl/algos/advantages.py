@@ -9,6 +9,7 @@ with a single valid reward has no spread and gets std 0.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -132,3 +133,64 @@ def zero_variance_groups(rewards: torch.Tensor, groups: torch.Tensor) -> torch.T
     hi = hi.scatter_reduce(0, inverse[valid], rewards[valid], "amax")
     lo = lo.scatter_reduce(0, inverse[valid], rewards[valid], "amin")
     return ~(hi > lo)[inverse]  # an all-NaN group keeps hi = -inf < lo = inf: also no signal
+
+
+def turn_index(loss_mask: list[int]) -> torch.Tensor:
+    """For every completion token, the policy turn it belongs to: turns are the runs of policy tokens (loss mask 1),
+    and the environment tokens after a turn count with it, so a reward anywhere in the row is credited exactly once."""
+    mask = torch.tensor(loss_mask, dtype=torch.long)
+    starts = mask.clone()
+    starts[1:] = mask[1:] * (1 - mask[:-1])
+    return (starts.cumsum(0) - 1).clamp(min=0)
+
+
+def process_advantages(
+    token_rewards: list[list[float]],
+    loss_mask: list[list[int]],
+    groups: torch.Tensor,
+    episodes: list[int],
+    rewards: torch.Tensor,
+    scale_rewards: str = "group",
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """Process supervision over turns (DeepSeekMath, arXiv:2402.03300, sec. 4.1.3), one advantage per token [N, C].
+
+    A turn's reward is the sum of `token_rewards` over its tokens (the episode driver puts it on the turn's last
+    policy token). All turn rewards of a group are normalised together, r~ = (r - mean) / (std + eps) (`scale_rewards`
+    as for GRPO: "batch" divides by the std of every turn reward of the batch, "none" only centres), and a token of
+    turn t gets the sum of r~ over the turns t' >= t of its episode. An episode is a row (append mode) or the rows
+    with the same (group, `episodes` id) in row order (window mode: one turn per row). Rows whose `rewards` entry or
+    any turn reward is NaN (failed verification) are left out of the statistics and get 0; environment tokens get 0.
+    """
+    width = max([len(t) for t in token_rewards] + [1])
+    rows, values, index, spans = [], [], [], {}  # per turn (row order, then turn order): its row and reward
+    for i, (r, m) in enumerate(zip(token_rewards, loss_mask)):
+        if len(r) != len(m):
+            raise ValueError(f"row {i}: {len(r)} token rewards for a loss mask of {len(m)} tokens")
+        index.append(turn_index(m) if m else torch.zeros(0, dtype=torch.long))
+        if not m or 1 not in m:
+            continue
+        per_turn = torch.zeros(int(index[i].max()) + 1, dtype=torch.float64).index_add(
+            0, index[i], torch.tensor(r).double()
+        )
+        failed = bool(rewards[i].isnan()) or bool(per_turn.isnan().any())
+        spans[i] = (len(rows), len(per_turn))
+        values += [math.nan] * len(per_turn) if failed else per_turn.tolist()  # a failed row joins no statistic
+        rows += [i] * len(per_turn)
+    out = torch.zeros(len(token_rewards), width, dtype=torch.float32)
+    if not rows:
+        return out
+    turn_rows, turn_values = torch.tensor(rows), torch.tensor(values, dtype=torch.float64)
+    _, _, mean, std = _group_stats(turn_values, groups[turn_rows])
+    normalised = _finish(_scale(turn_values - mean, turn_values, std, scale_rewards, eps), turn_values).tolist()
+    running: dict[tuple[int, int], float] = {}  # per episode: the sum of r~ over its turns from this one on
+    credit = [0.0] * len(rows)
+    for j in range(len(rows) - 1, -1, -1):
+        key = (int(groups[rows[j]]), episodes[rows[j]])
+        running[key] = running.get(key, 0.0) + normalised[j]
+        credit[j] = running[key]
+    for i, (start, count) in spans.items():
+        if not math.isnan(values[start]):
+            turn_credit = torch.tensor(credit[start : start + count], dtype=torch.float32)
+            out[i, : len(index[i])] = turn_credit[index[i]] * torch.tensor(loss_mask[i], dtype=torch.float32)
+    return out

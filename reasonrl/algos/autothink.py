@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from reasonrl.algos import register_algorithm
-from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.base import TrainBatch, register_algorithm
 from reasonrl.algos.common import build_sequences
 from reasonrl.algos.grpo import GRPO, GRPOConfig
 from reasonrl.algos.sft import SFT
-from reasonrl.config import AlgoConfig, RewardSpec, register_algo_config
+from reasonrl.config import AlgoConfig, RewardSpec
 from reasonrl.data import DataError, Example
+from reasonrl.distributed import gather_rows
 from reasonrl.models import encode_completion, encode_prompt
 from reasonrl.prompt_modes import prompt_mode, with_prompt_mode
 from reasonrl.rewards.math import accuracy, find_last_boxed
@@ -178,7 +178,6 @@ def mode_metrics(think: list[bool], correct: list[bool], lengths: list[int], lev
 # ---- the algorithm ----------------------------------------------------------------------------------------------
 
 
-@register_algo_config("autothink")
 @dataclass
 class AutoThinkConfig(GRPOConfig):
     """Defaults are the official scripts' (specs/llm-methods.md section 3); docs/autothink.md lists deviations."""
@@ -207,7 +206,7 @@ class AutoThinkConfig(GRPOConfig):
             raise ValueError(f"algo.nothink_correct_reward must be a finite number, got {self.nothink_correct_reward}")
 
 
-@register_algorithm("autothink")
+@register_algorithm(autothink=AutoThinkConfig)
 class AutoThink(GRPO):
     """GRPO whose sampled rewards are R0 reshaped for the current stage before the group advantages."""
 
@@ -242,29 +241,31 @@ class AutoThink(GRPO):
         stage = self.stage_at(ctx.step)
         self.params.max_new_tokens = self.max_lengths[stage - 1]
         rollouts, metrics = super()._sample(ctx)
-        if len(rollouts) == 0:
-            return rollouts, metrics
-        r0 = rollouts.reward_components["autothink"]
+        r0 = rollouts.reward_components.get("autothink", [])  # none when dynamic sampling kept no group here
         think = [is_thinking(t) for t in rollouts.texts]
         correct = [r > 0 for r in r0]  # R0 is positive exactly for correct answers
         lengths = [len(c) for c in rollouts.completion_ids]
-        rewards, think_t, correct_t = torch.tensor(rollouts.rewards), torch.tensor(think), torch.tensor(correct)
+        rewards = torch.tensor(rollouts.rewards, dtype=torch.float32)
+        think_t, correct_t = torch.tensor(think, dtype=torch.bool), torch.tensor(correct, dtype=torch.bool)
         rewards = rescore_direct_correct(rewards, think_t, correct_t, self.cfg.nothink_correct_reward, self.r0_weight)
+        # The shaping's statistics (the batch's think share, a group's lengths) are over every rank's rows, so every
+        # rank takes part even with no rows of its own.
+        groups, (rewards_all, think_all, correct_all, lengths_all), mine = gather_rows(
+            torch.tensor(rollouts.group, dtype=torch.long), rewards, think_t, correct_t, torch.tensor(lengths)
+        )
         # Official order: length shaping per group, then the batch balance.
         if stage == 3:
-            rewards = length_shaping(
-                rewards,
-                correct_t,
-                torch.tensor(lengths),
-                torch.tensor(rollouts.group),
-                self.cfg.length_alpha,
-                self.cfg.length_beta,
+            rewards_all = length_shaping(
+                rewards_all, correct_all, lengths_all, groups, self.cfg.length_alpha, self.cfg.length_beta
             )
         lam_t = lam_n = 0.0
         if stage == 1:
-            rewards, lam_t, lam_n = batch_balance(
-                rewards, think_t, correct_t, self.cfg.balance_rate, self.cfg.balance_slope
+            rewards_all, lam_t, lam_n = batch_balance(
+                rewards_all, think_all, correct_all, self.cfg.balance_rate, self.cfg.balance_slope
             )
+        rewards = rewards_all[mine]
+        if len(rollouts) == 0:
+            return rollouts, metrics
         rollouts.rewards = rewards.tolist()
         levels = [m.get("level") for m in rollouts.meta]
         metrics.update({f"autothink/{k}": v for k, v in mode_metrics(think, correct, lengths, levels).items()})
@@ -284,7 +285,6 @@ class AutoThink(GRPO):
 # ---- the base model: SFT on both modes under the ellipsis prompt ------------------------------------------------
 
 
-@register_algo_config("autothink_sft")
 @dataclass
 class AutoThinkSFTConfig(AlgoConfig):
     name: str = "autothink_sft"
@@ -309,7 +309,7 @@ def continuation(example: Example, think: bool) -> str:
     return text.removeprefix("<think>\n") if think else "</think>\n" + text
 
 
-@register_algorithm("autothink_sft")
+@register_algorithm(autothink_sft=AutoThinkSFTConfig)
 class AutoThinkSFT(SFT):
     """SFT whose prompts end with an assistant prefix: a share under `<think>\\n` (always step by step), the rest
     under the ellipsis, where `nothink_fraction` answer directly. Prompt ids come from the same templates as at

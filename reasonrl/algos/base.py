@@ -1,20 +1,86 @@
-"""The algorithm interface: an algorithm gathers the data it needs for a step and defines its loss on it.
+"""The algorithm interface: what an algorithm sees of the run (`Context`), how it registers (`register_algorithm`, with
+its config sections), the batch it hands the trainer (`TrainBatch`) and the methods it provides (`Algorithm`).
 
-The trainer knows nothing else about any algorithm. Losses are normalised by batch-global totals that
+An algorithm gathers the data it needs for a step and defines its loss on it; the trainer knows nothing else about
+any algorithm, and algorithms import nothing of the trainer. Losses are normalised by batch-global totals that
 `gather` computes (e.g. the number of completion tokens in the whole step), so splitting a batch into
 micro-batches and summing their losses gives exactly the full-batch loss: gradient accumulation is exact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from reasonrl.context import Context
+from reasonrl.config import ALGO_CONFIGS, AlgoConfig, Config, register_algo_config
+from reasonrl.data import Example, PromptStream
+from reasonrl.models import check_room, encode_prompt, model_context
+from reasonrl.rewards import RewardManager
+from reasonrl.rollout.base import RolloutEngine
+from reasonrl.timing import StepTimer
+
+
+@dataclass
+class Context:
+    """What an algorithm sees of the run: the model, tokenizer, data stream, engine, rewards and its own state."""
+
+    config: Config
+    model: torch.nn.Module
+    tokenizer: Any
+    stream: PromptStream
+    engine: RolloutEngine | None = None
+    rewards: RewardManager | None = None
+    ref_model: torch.nn.Module | None = None
+    run_dir: Path | None = None
+    step: int = 0
+    state: dict[str, Any] = field(default_factory=dict)  # algorithm state that must survive a resume
+    timer: StepTimer = field(default_factory=StepTimer)  # algorithms time their own phases (generate, reward)
+
+    def encode_prompts(self, examples: list[Example]) -> list[list[int]]:
+        """Prompt token ids; a prompt that leaves no room for the completion in the model's context is an error."""
+        ids = [encode_prompt(self.tokenizer, ex.prompt, self.config.data.system_prompt) for ex in examples]
+        check_room(
+            ids,
+            examples,
+            self.config.rollout.max_completion_length,
+            model_context(self.model),
+            "rollout.max_completion_length",
+        )
+        return ids
+
+
+ALGORITHMS: dict[str, Callable[[Config], Algorithm]] = {}
+
+
+def register_algorithm(**configs: type[AlgoConfig]):
+    """Class decorator: `algo.name=NAME` selects this algorithm, with `configs[NAME]` as its config section (e.g.
+    `@register_algorithm(grpo=GRPOConfig, dapo=DAPOConfig)`), for every NAME given."""
+
+    def wrap(cls):
+        for name, options in configs.items():
+            register_algo_config(name)(options)
+            ALGORITHMS[name] = cls
+        return cls
+
+    return wrap
+
+
+def make_algorithm(config: Config) -> Algorithm:
+    """The algorithm `config.algo.name` names (the built-in ones register when reasonrl.algos is imported)."""
+    name = config.algo.name
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; known: {sorted(ALGORITHMS)}")
+    options = ALGO_CONFIGS.get(name)
+    if options is not None and not isinstance(config.algo, options):  # e.g. the default, loaded before registration
+        raise ValueError(
+            f"config.algo is a {type(config.algo).__name__}, not {name}'s {options.__name__}: the config "
+            f"was loaded before reasonrl.algos registered it; import reasonrl.algos before load_config"
+        )
+    return ALGORITHMS[name](config)
 
 
 @dataclass

@@ -52,6 +52,8 @@ def rollout_metrics(rollouts: Rollouts, result, max_new_tokens: int) -> dict[str
     valid = rewards[torch.isfinite(rewards)]
     groups = torch.tensor(rollouts.group)
     lengths = rollouts.completion_lengths()
+    if rollouts.loss_mask:  # multi-turn rows: lengths and token counts are the policy's tokens, not the environment's
+        lengths = torch.tensor([float(sum(m)) for m in rollouts.loss_mask])
     zero_std = []
     for g in groups.unique():
         r = rewards[groups == g]

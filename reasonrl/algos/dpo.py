@@ -20,11 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from reasonrl.algos import register_algorithm
-from reasonrl.algos.base import TrainBatch, trim_padding
+from reasonrl.algos.base import TrainBatch, register_algorithm, trim_padding
 from reasonrl.algos.common import build_sequences
 from reasonrl.algos.dpo_pairs import Pair, load_pairs_file
-from reasonrl.config import AlgoConfig, register_algo_config
+from reasonrl.config import AlgoConfig
 from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.models import encode_completion, model_context
 
@@ -54,7 +53,6 @@ class PreferenceConfig(AlgoConfig):
             raise ValueError(f"algo.label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
 
 
-@register_algo_config("dpo")
 @dataclass
 class DPOConfig(PreferenceConfig):
     name: str = "dpo"
@@ -171,7 +169,7 @@ class PairwiseDPO:
         return losses.sum() / n, {k: float(v) for k, v in metrics.items()}
 
 
-@register_algorithm("dpo")
+@register_algorithm(dpo=DPOConfig)
 class DPO(PairwiseDPO):
     """Offline DPO: `train.prompts_per_step` pairs per step, epoch after epoch in an order shuffled by (seed, epoch).
     The reference is model.ref_path (default: the starting model), scored on every pair once, at the first step;

@@ -20,8 +20,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 
-from reasonrl.algos import register_algorithm
-from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.base import TrainBatch, register_algorithm
 from reasonrl.algos.collect import collect_rollouts, rollout_metrics
 from reasonrl.algos.dpo import PairwiseDPO, PreferenceConfig
 from reasonrl.algos.dpo_pairs import (
@@ -41,7 +40,6 @@ from reasonrl.algos.reward_model import (
     select_rm_pair,
     train_reward_model,
 )
-from reasonrl.config import register_algo_config
 from reasonrl.data import Example
 from reasonrl.models import decode_completion
 from reasonrl.rollout.base import SamplingParams
@@ -51,7 +49,6 @@ logger = logging.getLogger("reasonrl")
 SCORE_NAMES = {1: "correct", 0: "wrong", -1: "unboxed"}  # DPO-VP's verifiable scores, for metric names
 
 
-@register_algo_config("dpo_vp")
 @dataclass
 class DPOVPConfig(PreferenceConfig):
     name: str = "dpo_vp"
@@ -95,7 +92,7 @@ class DPOVPConfig(PreferenceConfig):
             raise ValueError(f"algo.wrong_pairs must be one of {WRONG_PAIRS}, got {self.wrong_pairs!r}")
 
 
-@register_algorithm("dpo_vp")
+@register_algorithm(dpo_vp=DPOVPConfig)
 class DPOVP(PairwiseDPO):
     """DPO-VP. ctx.state["dpo_vp"] = {round, step_in_round, pairs_file[, rm_file]}: resuming mid-round re-reads the
     round's pairs (token ids and reference log-probs) from RUN_DIR/pairs/round_NNN.jsonl instead of sampling again,

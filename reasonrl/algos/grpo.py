@@ -5,6 +5,8 @@ into advantages within each group (algos/losses.py holds every equation), then m
 (+ beta * KL to a reference model) for `num_iterations` optimizer steps on the same samples.
 DAPO's dynamic sampling drops groups whose rewards are all equal (zero advantage, zero gradient) and samples
 more prompts until the batch is full again or `max_resample_rounds` is spent.
+Multi-turn episodes train on their policy tokens only; `algo.advantage=process` credits each turn from the per-turn
+rewards instead of the episode reward (algos/batch.py, the path from rollouts to tensors every algorithm shares).
 """
 
 from __future__ import annotations
@@ -13,32 +15,27 @@ from dataclasses import dataclass
 
 import torch
 
-from reasonrl.algos import register_algorithm
-from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.base import TrainBatch, register_algorithm
+from reasonrl.algos.batch import advantage_names, rollout_advantages, rollout_batch
 from reasonrl.algos.collect import collect_rollouts, rollout_metrics
-from reasonrl.algos.common import build_sequences, pad_values
 from reasonrl.algos.losses import (
-    ADVANTAGE_ESTIMATORS,
     KL_ESTIMATORS,
-    overlong_mask,
     policy_loss,
     sampler_mismatch,
     truncated_is_weights,
     zero_variance_groups,
 )
-from reasonrl.config import AlgoConfig, register_algo_config
-from reasonrl.distributed import across_ranks
+from reasonrl.config import AlgoConfig
 from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.rewards import soft_overlong_punishment
 from reasonrl.rollout.base import Rollouts, SamplingParams
 
 
-@register_algo_config("grpo")
 @dataclass
 class GRPOConfig(AlgoConfig):
     name: str = "grpo"
     loss_type: str = "dapo"  # grpo | dr_grpo | dapo | bnpo | gspo
-    advantage: str = "grpo"  # grpo | rloo | reinforce_pp
+    advantage: str = "grpo"  # grpo | rloo | reinforce_pp (episode rewards) | process (per-turn rewards, multi-turn)
     scale_rewards: str = "group"  # group | batch | none
     epsilon: float = 0.2
     epsilon_high: float | None = None  # clip-higher (DAPO: 0.28); None means epsilon
@@ -59,7 +56,6 @@ class GRPOConfig(AlgoConfig):
             raise ValueError(f"algo.kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
 
 
-@register_algo_config("dr_grpo")
 @dataclass
 class DrGRPOConfig(GRPOConfig):
     name: str = "dr_grpo"
@@ -67,7 +63,6 @@ class DrGRPOConfig(GRPOConfig):
     scale_rewards: str = "none"
 
 
-@register_algo_config("dapo")
 @dataclass
 class DAPOConfig(GRPOConfig):
     name: str = "dapo"
@@ -77,7 +72,6 @@ class DAPOConfig(GRPOConfig):
     overlong_buffer: int = 16
 
 
-@register_algo_config("gspo")
 @dataclass
 class GSPOConfig(GRPOConfig):
     name: str = "gspo"
@@ -86,7 +80,6 @@ class GSPOConfig(GRPOConfig):
     epsilon_high: float | None = 4e-4
 
 
-@register_algo_config("rloo")
 @dataclass
 class RLOOConfig(GRPOConfig):
     name: str = "rloo"
@@ -94,14 +87,20 @@ class RLOOConfig(GRPOConfig):
     scale_rewards: str = "none"
 
 
-@register_algo_config("reinforce_pp")
 @dataclass
 class ReinforcePPConfig(GRPOConfig):
     name: str = "reinforce_pp"
     advantage: str = "reinforce_pp"
 
 
-@register_algorithm("grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp")
+@register_algorithm(
+    grpo=GRPOConfig,
+    dr_grpo=DrGRPOConfig,
+    dapo=DAPOConfig,
+    gspo=GSPOConfig,
+    rloo=RLOOConfig,
+    reinforce_pp=ReinforcePPConfig,
+)
 class GRPO:
     needs_rollouts = True
 
@@ -109,8 +108,8 @@ class GRPO:
         self.cfg: GRPOConfig = config.algo
         self.name = self.cfg.name
         self.needs_reference = self.cfg.beta > 0
-        if self.cfg.advantage not in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"unknown algo.advantage {self.cfg.advantage!r}; known: {sorted(ADVANTAGE_ESTIMATORS)}")
+        if self.cfg.advantage not in advantage_names():
+            raise ValueError(f"unknown algo.advantage {self.cfg.advantage!r}; known: {advantage_names()}")
         if config.rollout.num_generations < 2:
             raise ValueError("rollout.num_generations must be >= 2: group advantages need two samples per prompt")
         self.prompts_per_step = config.train.prompts_per_step
@@ -155,27 +154,26 @@ class GRPO:
 
     def gather(self, ctx) -> TrainBatch:
         rollouts, metrics = self._sample(ctx)
+        # Over every rank's rows, even none (the statistics are collective): batch statistics are the whole step's.
+        advantages = rollout_advantages(rollouts, self.cfg.advantage, self.cfg.scale_rewards)
         if len(rollouts) == 0:
             return TrainBatch({}, metrics=metrics)
-        rewards, groups = torch.tensor(rollouts.rewards), torch.tensor(rollouts.group)
-        # Over every rank's rows: batch statistics (scale_rewards=batch, REINFORCE++) are the whole step's.
-        advantages = across_ranks(ADVANTAGE_ESTIMATORS[self.cfg.advantage], rewards, groups, self.cfg.scale_rewards)
-        tensors = build_sequences(rollouts.prompt_ids, rollouts.completion_ids, ctx.tokenizer.pad_token_id)
-        mask = tensors["completion_mask"]
-        mask = mask * torch.isfinite(rewards).float().unsqueeze(1)  # failed verifications teach nothing
-        if self.cfg.mask_truncated_completions:
-            mask = overlong_mask(torch.tensor(rollouts.finished), mask)
-        tensors["completion_mask"] = mask
-        tensors["advantages"] = advantages
-        tensors["sampling_logprobs"] = pad_values(rollouts.logprobs, mask.shape[1])
-        totals = {
-            "num_tokens": max(1.0, float(mask.sum())),
-            "num_seqs": float(len(rollouts)),
-            "max_completion_length": float(self.params.max_new_tokens),
-        }
+        batch = rollout_batch(
+            rollouts,
+            ctx.tokenizer.pad_token_id,
+            advantages,
+            self.completion_budget(),
+            mask_truncated=self.cfg.mask_truncated_completions,
+            metrics=metrics,
+        )
         if self.needs_reference:
-            tensors["ref_logprobs"] = self._score(ctx.ref_model, tensors, ctx)
-        return TrainBatch(tensors, totals, metrics, extra={"rollouts": rollouts}, sort_by_length=True)
+            batch.tensors["ref_logprobs"] = self._score(ctx.ref_model, batch.tensors, ctx)
+        return batch
+
+    def completion_budget(self) -> int:
+        """Dr.GRPO's constant: the generation limit (AutoThink's changes per stage); for multi-turn episodes it is
+        their policy-token budget, which the episode collector knows."""
+        return self.params.max_new_tokens
 
     def _score(self, model, tensors: dict[str, torch.Tensor], ctx) -> torch.Tensor:
         """Log-probs of the batch's completions under `model`, without gradients, micro-batch by micro-batch."""

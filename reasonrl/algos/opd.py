@@ -26,13 +26,12 @@ from dataclasses import dataclass
 
 import torch
 
-from reasonrl.algos import register_algorithm
-from reasonrl.algos.advantages import SCALE_REWARDS, grpo_advantages
-from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.advantages import SCALE_REWARDS
+from reasonrl.algos.base import TrainBatch, register_algorithm
+from reasonrl.algos.batch import group_advantages, rollout_batch
 from reasonrl.algos.collect import collect_rollouts, rollout_metrics
-from reasonrl.algos.common import build_sequences
 from reasonrl.algos.losses import AGGREGATIONS, LOSS_TYPES, policy_loss
-from reasonrl.config import AlgoConfig, register_algo_config
+from reasonrl.config import AlgoConfig
 from reasonrl.modeling.logprobs import completion_logits
 from reasonrl.models import load_model, load_tokenizer
 from reasonrl.rollout.base import SamplingParams
@@ -41,7 +40,6 @@ HORIZONS = ("full", "progressive", "truncated")
 SIGNALS = ("pg", "direct")
 
 
-@register_algo_config("opd")
 @dataclass
 class OPDConfig(AlgoConfig):
     """docs/opd.md says where each default comes from; H0, dH and dk are not given in the paper."""
@@ -74,14 +72,12 @@ class OPDConfig(AlgoConfig):
             )
 
 
-@register_algo_config("popd")
 @dataclass
 class POPDConfig(OPDConfig):
     name: str = "popd"
     horizon: str = "progressive"
 
 
-@register_algo_config("topd")
 @dataclass
 class TOPDConfig(OPDConfig):
     name: str = "topd"
@@ -201,7 +197,7 @@ def load_teacher(path: str, model_cfg) -> torch.nn.Module:
     return teacher.eval().requires_grad_(False)
 
 
-@register_algorithm("opd", "popd", "topd")
+@register_algorithm(opd=OPDConfig, popd=POPDConfig, topd=TOPDConfig)
 class OPD:
     needs_reference = False  # the teacher is loaded here from algo.teacher, not as the trainer's reference model
     needs_rollouts = True
@@ -225,17 +221,13 @@ class OPD:
         rollouts, result = collect_rollouts(ctx, ctx.stream.next(self.prompts_per_step), self.num_generations, params)
         metrics = rollout_metrics(rollouts, result, h)
         metrics["opd/horizon"] = float(h)
-        tensors = build_sequences(rollouts.prompt_ids, rollouts.completion_ids, ctx.tokenizer.pad_token_id)
+        advantages = None
         if self.cfg.outcome_coef > 0:  # NaN rewards (failed checks) get advantage 0, so they add distillation only
-            tensors["advantages"] = grpo_advantages(
-                torch.tensor(rollouts.rewards), torch.tensor(rollouts.group), self.cfg.scale_rewards
+            advantages = group_advantages(
+                torch.tensor(rollouts.rewards), torch.tensor(rollouts.group), "grpo", self.cfg.scale_rewards
             )
-        totals = {
-            "num_tokens": max(1.0, float(tensors["completion_mask"].sum())),
-            "num_seqs": float(len(rollouts)),
-            "max_completion_length": float(h),  # Dr.GRPO's constant is this step's generation limit
-        }
-        return TrainBatch(tensors, totals, metrics, extra={"rollouts": rollouts}, sort_by_length=True)
+        # Dr.GRPO's constant is this step's generation limit; failed verifications still teach distillation.
+        return rollout_batch(rollouts, ctx.tokenizer.pad_token_id, advantages, h, drop_failed=False, metrics=metrics)
 
     def num_updates(self, batch: TrainBatch) -> int:
         return 1

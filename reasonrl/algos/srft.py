@@ -27,13 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
-from reasonrl.algos import register_algorithm
-from reasonrl.algos.advantages import SCALE_REWARDS, grpo_advantages
-from reasonrl.algos.base import TrainBatch
+from reasonrl.algos.advantages import SCALE_REWARDS
+from reasonrl.algos.base import TrainBatch, register_algorithm
+from reasonrl.algos.batch import group_advantages, rollout_batch
 from reasonrl.algos.collect import collect_rollouts, example_fields, rollout_metrics
-from reasonrl.algos.common import build_sequences
 from reasonrl.algos.losses import LOSS_TYPES, policy_loss
-from reasonrl.config import AlgoConfig, register_algo_config
+from reasonrl.config import AlgoConfig
 from reasonrl.data import DataError, Example
 from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.models import encode_completion
@@ -42,7 +41,6 @@ from reasonrl.rollout.base import SamplingParams
 ENTROPY_SIGNS = (-1.0, 0.0, 1.0)
 
 
-@register_algo_config("srft")
 @dataclass
 class SRFTConfig(AlgoConfig):
     """Defaults are the paper's (specs/llm-methods.md section 1); docs/srft.md says where each comes from."""
@@ -90,9 +88,9 @@ def augmented_group_advantages(
     rewards: torch.Tensor, groups: torch.Tensor, demo_rewards: torch.Tensor, scale_rewards: str = "group"
 ) -> torch.Tensor:
     """Eq. 6-7: GRPO advantages over each group plus its demonstration; demonstration g belongs to group g.
-    Returns [N + P]: the N rollouts' advantages, then the P demonstrations'."""
+    Returns [N + P]: the N rollouts' advantages, then the P demonstrations' (statistics over every rank's rows)."""
     demo_groups = torch.arange(len(demo_rewards), dtype=groups.dtype)
-    return grpo_advantages(torch.cat([rewards, demo_rewards]), torch.cat([groups, demo_groups]), scale_rewards)
+    return group_advantages(torch.cat([rewards, demo_rewards]), torch.cat([groups, demo_groups]), "grpo", scale_rewards)
 
 
 def sft_term(logp: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor, num_tokens: float) -> torch.Tensor:
@@ -182,7 +180,7 @@ def demonstration(example: Example) -> str:
     return example.solution
 
 
-@register_algorithm("srft")
+@register_algorithm(srft=SRFTConfig)
 class SRFT:
     needs_reference = False  # SRFT uses no KL term
     needs_rollouts = True
@@ -209,35 +207,29 @@ class SRFT:
         rewards = torch.tensor(rollouts.rewards, dtype=demo_rewards.dtype)
         groups = torch.tensor(rollouts.group)
         advantages = augmented_group_advantages(rewards, groups, demo_rewards, self.cfg.scale_rewards)
-        tensors = build_sequences(
-            rollouts.prompt_ids + ctx.encode_prompts(examples),
-            rollouts.completion_ids + demo_ids,
+        batch = rollout_batch(
+            rollouts,
             ctx.tokenizer.pad_token_id,
+            advantages,
+            self.params.max_new_tokens,
+            demonstrations=(ctx.encode_prompts(examples), demo_ids),
+            metrics=metrics,
         )
-        tokens, n = tensors["completion_mask"], len(rollouts)
-        is_demo = (torch.arange(len(tokens)) >= n).float().unsqueeze(1)
-        finite = torch.isfinite(torch.cat([rewards, demo_rewards])).float().unsqueeze(1)
-        tensors["completion_mask"] = tokens * (1 - is_demo) * finite  # failed verifications teach nothing
-        tensors["demo_mask"] = tokens * is_demo  # the SFT term needs no reward
-        tensors["advantages"] = advantages
-        on, demo = tensors["completion_mask"], tensors["demo_mask"]
-        totals = {
-            "num_tokens": max(1.0, float(on.sum())),
-            "num_seqs": float(n),
-            "max_completion_length": float(self.params.max_new_tokens),
+        on, demo, n = batch.tensors["completion_mask"], batch.tensors["demo_mask"], len(rollouts)
+        batch.totals |= {
             "demo_tokens": max(1.0, float(demo.sum())),
             "positive_tokens": max(1.0, float((on * (advantages > 0).float().unsqueeze(1)).sum())),
             "all_tokens": max(1.0, float((on + demo).sum())),
         }
         valid = demo_rewards[torch.isfinite(demo_rewards)]
-        metrics.update(
+        batch.metrics.update(
             {
                 "srft/demo_reward": float(valid.mean()) if len(valid) else float("nan"),
                 "srft/demo_advantage": float(advantages[n:].mean()),
                 "srft/demo_length": float(demo.sum()) / len(demos),
             }
         )
-        return TrainBatch(tensors, totals, metrics, extra={"rollouts": rollouts})
+        return batch
 
     def _score_demos(self, ctx, examples: list[Example], demos: list[str], demo_ids: list[list[int]]) -> list[float]:
         """r(y*) from the run's rewards (math-verify accuracy by default), as the paper scores demonstrations."""
