@@ -3,6 +3,7 @@ computes, through the PyTorch path and the fused C step, whatever the rows' leng
 
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from reasonrl.modeling import native
 from reasonrl.models import encode_prompt, load_model
@@ -149,3 +150,6 @@ def test_bad_calls_get_one_clear_error(student):
         session.generate([0, 0], SamplingParams())
     with pytest.raises(ValueError, match="2 rows but 1"):
         session.append([0, 1], [[4]])
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=321, n_embd=32, n_layer=1, n_head=2, eos_token_id=2, pad_token_id=0))
+    with pytest.raises(ValueError, match=r"gpt2.*StatelessSession"):
+        FastEngine(gpt2, tok).open([encode_prompt(tok, "7+8?")], 1)

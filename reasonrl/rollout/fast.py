@@ -143,13 +143,12 @@ class FastEngine(HFEngine):
         return KVBatch(k_cache[:, index], v_cache[:, index], width - counts, width, counts), logits
 
     def decode_until_stop(
-        self, decoder: Decoder, batch: KVBatch, logits: torch.Tensor, params: SamplingParams, keep=None
+        self, decoder: Decoder, batch: KVBatch, logits: torch.Tensor, params: SamplingParams, compact: bool = True
     ) -> Turn:
         """Sample from `logits` and decode until every row has hit EOS, a stop id or max_new_tokens, writing the
         fed tokens at columns batch.col onwards (the cache needs that many free columns). Rows that finish are
-        dropped from the batch once few run (`compact_below`); `keep(rows, k, v, lengths)`, when given, receives the
-        caches (the columns written so far) and lengths of rows (indices into the batch) before they leave it, and
-        of the rest at the end."""
+        dropped from the batch once few run (`compact_below`), unless `compact` is False: then batch.k / batch.v
+        keep every row's cache in place (a session keeps them for its next turn)."""
         tok, device = self.tokenizer, logits.device
         batch_size, new, width = len(logits), params.max_new_tokens, batch.col
         k_cache, v_cache, starts = batch.k, batch.v, batch.starts
@@ -172,14 +171,11 @@ class FastEngine(HFEngine):
         # the C step skips each row's left padding: it needs only where its real columns start
         padding = starts if fused_step else padding_bias(decoder, starts, total)
 
-        def flush(which: torch.Tensor, col: int) -> None:
+        def flush(which: torch.Tensor) -> None:
             original = rows[which]
             tokens_out[original], logprobs_out[original] = tokens[which], logprobs[which]
             lengths_out[original], finished_out[original] = lengths[which], done[which]
-            if keep is not None:
-                keep(original, k_cache[:, which, :, :col], v_cache[:, which, :, :col], lengths[which])
 
-        col = width
         for t in range(new):
             next_tokens, next_logprobs = sample(logits, params)
             tokens[:, t] = next_tokens
@@ -192,8 +188,8 @@ class FastEngine(HFEngine):
             num_done, col = int(done.sum()), width + t
             if t == new - 1 or num_done == len(rows):
                 break
-            if len(rows) - num_done < self.compact_below * len(rows):
-                flush(done, col)
+            if compact and len(rows) - num_done < self.compact_below * len(rows):
+                flush(done)
                 n = len(rows) - num_done
                 holes, movers = done[:n].nonzero().squeeze(-1), (~done[n:]).nonzero().squeeze(-1) + n
                 rows, next_tokens, tokens, logprobs, lengths, done, cos_rows, sin_rows = (
@@ -220,5 +216,5 @@ class FastEngine(HFEngine):
                     padding[:, :, : col + 1],
                 )
             self.decode_calls += 1
-        flush(torch.ones_like(done), col)
+        flush(torch.ones_like(done))
         return Turn(tokens_out, None if params.greedy else logprobs_out, lengths_out, finished_out)

@@ -105,16 +105,11 @@ class FastSession:
         self._room(rows, params.max_new_tokens)
         index = torch.tensor(rows, device=logits.device)
         batch = realign(self.k, self.v, index, self.real[index], params.max_new_tokens)
-        first = batch.col  # the first generated token's column
-        starts = batch.starts.clone()  # the decode loop compacts its batch in place
-
-        def keep(which: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor) -> None:
-            # the cache holds each row's history and all its turn's tokens but the last (fed at first, first + 1..)
-            columns = torch.arange(k.shape[3], device=k.device)
-            end = first + (lengths - 1).clamp(min=0)
-            self._write(index[which], k, v, (columns >= starts[which, None]) & (columns < end[:, None]))
-
-        turn = self.engine.decode_until_stop(self.decoder, batch, logits, params, keep=keep)
+        turn = self.engine.decode_until_stop(self.decoder, batch, logits, params, compact=False)
+        # the cache holds each row's history and all its turn's tokens but the last (fed at batch.col onwards)
+        columns = torch.arange(batch.k.shape[3], device=logits.device)
+        end = batch.col + (turn.lengths - 1).clamp(min=0)
+        self._store(index, batch.k, batch.v, (columns >= batch.starts[:, None]) & (columns < end[:, None]))
         out = []
         tokens, lengths, finished = turn.tokens.cpu(), turn.lengths.cpu(), turn.finished.cpu()
         logprobs = None if params.greedy else turn.logprobs.cpu()
@@ -189,19 +184,23 @@ class FastSession:
             mask = ((causal & real[:, None, :]) | own)[:, None]
             logits = decoder.forward(ids, cos, sin, batch.k, batch.v, col, mask)
         engine.decode_calls += 1
-        self._write(index, batch.k, batch.v, real)
+        self._store(index, batch.k, batch.v, real)
         self.logits[index] = logits
         self.ready[index.cpu()] = True
         for r in rows:
             self.pending[r] = []
 
-    def _write(self, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor, real: torch.Tensor) -> None:
-        """Store rows `index`'s caches (their first k.shape[3] columns; `real` marks those holding tokens)."""
+    def _store(self, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor, real: torch.Tensor) -> None:
+        """Keep rows `index`'s caches [L, len(index), KV, T', D] (`real` [len(index), T'] marks the columns holding
+        tokens): a batch of every row in order becomes the store itself; others are copied into it."""
+        if len(index) == len(self.sequences) and bool((index == torch.arange(len(index), device=index.device)).all()):
+            self.k, self.v, self.real = k, v, real
+            return
         width = k.shape[3]
         if width > self.k.shape[3]:  # grow the store, with slack so a few turns fit before the next copy
-            grown = max(width, self.k.shape[3] * 3 // 2)
+            grown = max(width, self.k.shape[3] * 2)
             self.k, self.v = (
-                torch.cat([c, c.new_zeros((*c.shape[:3], grown - c.shape[3], c.shape[4]))], 3) for c in (self.k, self.v)
+                torch.cat([c, c.new_empty((*c.shape[:3], grown - c.shape[3], c.shape[4]))], 3) for c in (self.k, self.v)
             )
             self.real = torch.cat([self.real, self.real.new_zeros((len(self.real), grown - self.real.shape[1]))], 1)
         self.k[:, index, :, :width], self.v[:, index, :, :width] = k, v
