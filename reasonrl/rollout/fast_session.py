@@ -55,7 +55,8 @@ def realign(k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, real: torch.Te
 
 
 class FastSession:
-    """Rows (episodes) with a KV cache each, kept across turns; see the module docstring."""
+    """Rows (episodes) with a KV cache each, kept across turns; see the module docstring. It computes with the
+    weights the model had when it was opened (one rollout's sessions never see an update)."""
 
     @torch.inference_mode()
     def __init__(self, engine: FastEngine, prompt_ids: list[list[int]], n: int):
@@ -101,6 +102,7 @@ class FastSession:
 
     @torch.inference_mode()
     def generate(self, rows: Sequence[int], params: SamplingParams) -> list[TurnSample]:
+        rows = self._check(rows)
         logits = self.next_logits(rows)
         self._room(rows, params.max_new_tokens)
         index = torch.tensor(rows, device=logits.device)
