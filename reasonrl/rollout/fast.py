@@ -78,7 +78,7 @@ class KVBatch:
 
 
 @dataclass
-class Turn:
+class Decoded:
     """What `decode_until_stop` sampled, per row of its batch (on the model's device)."""
 
     tokens: torch.Tensor  # [B, new], pad after each row's length
@@ -144,7 +144,7 @@ class FastEngine(HFEngine):
 
     def decode_until_stop(
         self, decoder: Decoder, batch: KVBatch, logits: torch.Tensor, params: SamplingParams, compact: bool = True
-    ) -> Turn:
+    ) -> Decoded:
         """Sample from `logits` and decode until every row has hit EOS, a stop id or max_new_tokens, writing the
         fed tokens at columns batch.col onwards (the cache needs that many free columns). Rows that finish are
         dropped from the batch once few run (`compact_below`), unless `compact` is False: then batch.k / batch.v
@@ -217,4 +217,4 @@ class FastEngine(HFEngine):
                 )
             self.decode_calls += 1
         flush(torch.ones_like(done))
-        return Turn(tokens_out, None if params.greedy else logprobs_out, lengths_out, finished_out)
+        return Decoded(tokens_out, None if params.greedy else logprobs_out, lengths_out, finished_out)
