@@ -9,11 +9,16 @@ CPU with fused weights, each single-token step after the prefill runs its elemen
 (modeling/native.py, compiled at first use; 1.5-2.0x faster generation on the shipped student, same tokens drawn),
 and PyTorch ops otherwise.
 
+`FastEngine.open` starts a multi-turn session (rollout/fast_session.py) that keeps each row's KV cache across turns:
+single-turn generation and sessions share the pieces below (prefill, decode until stop, the working batch layout).
+
 Models the decoder does not support (`unsupported_reason`: other architectures, quantised layers, DoRA) fall back
 to HF `generate` (`HFEngine`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -52,6 +57,36 @@ def _shrink(x: torch.Tensor, holes: torch.Tensor, movers: torch.Tensor, n: int, 
     return x[(*index, slice(0, n))]
 
 
+def padding_bias(decoder: Decoder, starts: torch.Tensor, total: int) -> torch.Tensor:
+    """[B * KV, 1, total]: 0 on the keys a one-token step may see (columns from starts[r]) and -inf before them."""
+    bias = torch.zeros((len(starts), total), dtype=decoder.dtype, device=starts.device)
+    bias.masked_fill_(torch.arange(total, device=starts.device) < starts[:, None], float("-inf"))
+    return bias.repeat_interleave(decoder.kv_heads, 0).unsqueeze(1)
+
+
+@dataclass
+class KVBatch:
+    """Rows' KV caches [L, B, KV, T, D] laid out for decoding: row r's cached tokens are the contiguous columns
+    starts[r]..col-1 (what the C step and the left-padding bias assume), and the next token it is fed takes RoPE
+    position positions[r] (its count of cached tokens, independent of columns)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    starts: torch.Tensor  # [B] int64
+    col: int
+    positions: torch.Tensor  # [B] int64
+
+
+@dataclass
+class Decoded:
+    """What `decode_until_stop` sampled, per row of its batch (on the model's device)."""
+
+    tokens: torch.Tensor  # [B, new], pad after each row's length
+    logprobs: torch.Tensor | None  # [B, new]; None for greedy
+    lengths: torch.Tensor  # [B]
+    finished: torch.Tensor  # [B] bool: ended at EOS or a stop id
+
+
 class FastEngine(HFEngine):
     """Rollout engine with the lean decoder; falls back to HF `generate` for models it does not support."""
 
@@ -63,10 +98,21 @@ class FastEngine(HFEngine):
         self.native = True  # the fused C step where it applies (modeling/native.py); False keeps PyTorch ops
         self.decode_calls = 0  # forward passes of the decoder, for tests and benchmarks
 
+    def open(self, prompt_ids: list[list[int]], n: int):
+        """A KV-cached multi-turn session over `n` rows per prompt (row i*n+j: the j-th of prompt i)."""
+        from reasonrl.rollout.fast_session import FastSession
+
+        return FastSession(self, prompt_ids, n)
+
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, out: Rollouts) -> None:
         if unsupported_reason(self.model, max(map(len, prompts)) + params.max_new_tokens):
             return super()._generate_chunk(prompts, params, out)
-        tokens, logprobs, lengths, finished = self._decode(prompts, params)
+        with torch.inference_mode():  # cheaper dispatch than no_grad: no version counters or view tracking
+            decoder = Decoder(self.model, decode=True)
+            batch, logits = self.prefill(decoder, prompts, params.max_new_tokens)
+            turn = self.decode_until_stop(decoder, batch, logits, params)
+        tokens, lengths, finished = turn.tokens.cpu(), turn.lengths.cpu(), turn.finished.cpu()
+        logprobs = None if params.greedy else turn.logprobs.cpu()
         for i, p in enumerate(prompts):
             n = int(lengths[i])
             out.prompt_ids.append(list(p))
@@ -74,44 +120,56 @@ class FastEngine(HFEngine):
             out.logprobs.append(logprobs[i, :n].tolist() if logprobs is not None else [])
             out.finished.append(bool(finished[i]))
 
-    @torch.inference_mode()  # cheaper dispatch than no_grad: no version counters or view tracking
-    def _decode(self, prompts: list[list[int]], params: SamplingParams):
+    def prefill(self, decoder: Decoder, prompts: list[list[int]], room: int) -> tuple[KVBatch, torch.Tensor]:
+        """Left-padded prompts in a cache with `room` free columns after them, and each row's next-token logits.
+        Each distinct prompt runs once (a group's G samples share it); its cache is copied to the group's rows."""
         tok, device = self.tokenizer, next(self.model.parameters()).device
-        decoder = Decoder(self.model, decode=True)
-        batch, width, new = len(prompts), max(len(p) for p in prompts), params.max_new_tokens
-        total = width + new
+        batch, width = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((batch, width), tok.pad_token_id, dtype=torch.long)
-        real = torch.ones((batch, total), dtype=torch.bool)  # False on left padding
+        real = torch.ones((batch, width), dtype=torch.bool)  # False on left padding
         for i, p in enumerate(prompts):
             ids[i, width - len(p) :] = torch.tensor(p)
             real[i, : width - len(p)] = False
         ids, real = ids.to(device), real.to(device)
         positions = (real.long().cumsum(-1) - 1).clamp(min=0)
-        cos_table, sin_table = decoder.rope_table(total, device)
-        # Prefill each distinct prompt once (a group's G samples share it), then copy its cache to the group's rows.
-        first, index = distinct_rows(ids, real[:, :width])
-        shape = (len(decoder.layers), len(first), decoder.kv_heads, total, decoder.head_dim)
+        cos_table, sin_table = decoder.rope_table(width, device)
+        first, index = distinct_rows(ids, real)
+        shape = (len(decoder.layers), len(first), decoder.kv_heads, width + room, decoder.head_dim)
         k_cache, v_cache = (torch.empty(shape, device=device, dtype=decoder.dtype) for _ in range(2))
-        mask, pos = prompt_attention_mask(real[first, :width]), positions[first, :width]
+        mask, pos = prompt_attention_mask(real[first]), positions[first]
         logits = decoder.forward(ids[first], cos_table[pos], sin_table[pos], k_cache, v_cache, 0, mask)[index]
-        k_cache, v_cache = k_cache[:, index], v_cache[:, index]
         self.decode_calls += 1
+        counts = real.sum(-1)
+        return KVBatch(k_cache[:, index], v_cache[:, index], width - counts, width, counts), logits
+
+    def decode_until_stop(
+        self, decoder: Decoder, batch: KVBatch, logits: torch.Tensor, params: SamplingParams, compact: bool = True
+    ) -> Decoded:
+        """Sample from `logits` and decode until every row has hit EOS, a stop id or max_new_tokens, writing the
+        fed tokens at columns batch.col onwards (the cache needs that many free columns). Rows that finish are
+        dropped from the batch once few run (`compact_below`), unless `compact` is False: then batch.k / batch.v
+        keep every row's cache in place (a session keeps them for its next turn)."""
+        tok, device = self.tokenizer, logits.device
+        batch_size, new, width = len(logits), params.max_new_tokens, batch.col
+        k_cache, v_cache, starts = batch.k, batch.v, batch.starts
+        total = k_cache.shape[3]
+        stops = torch.tensor([tok.eos_token_id, *params.stop_ids], device=device)
+        cos_table, sin_table = decoder.rope_table(int(batch.positions.max()) + new, device)
+        steps = batch.positions[:, None] + torch.arange(new, device=device)
+        cos_rows, sin_rows = cos_table[steps], sin_table[steps]  # [B, new, D]: per step, a view
 
         # State per running row. Finished rows stay in the batch (sampling on, ignored) until compaction moves them
         # to the outputs and fills their slots with running rows from past the cut (only the columns filled so far).
-        tokens_out = torch.full((batch, new), tok.pad_token_id, dtype=torch.long, device=device)
-        logprobs_out, lengths_out = torch.zeros((batch, new), device=device), torch.full((batch,), new, device=device)
-        finished_out = torch.zeros(batch, dtype=torch.bool, device=device)
-        rows = torch.arange(batch, device=device)  # original row of each running row
+        tokens_out = torch.full((batch_size, new), tok.pad_token_id, dtype=torch.long, device=device)
+        logprobs_out = torch.zeros((batch_size, new), device=device)
+        lengths_out = torch.full((batch_size,), new, device=device)
+        finished_out = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        rows = torch.arange(batch_size, device=device)  # original row of each running row
         tokens, logprobs = torch.full_like(tokens_out, tok.pad_token_id), torch.zeros_like(logprobs_out)
         lengths, done = lengths_out.clone(), finished_out.clone()
-        cos_rows, sin_rows = cos_table[positions], sin_table[positions]  # [B, T, D]: per step, a view
         fused_step = self.native and native_step(decoder, k_cache)
-        if fused_step:  # the C step skips each row's left padding: it needs only where its real columns start
-            padding = (~real[:, :width]).sum(-1)
-        else:
-            padding = torch.zeros(real.shape, dtype=decoder.dtype, device=device).masked_fill_(~real, float("-inf"))
-            padding = padding.repeat_interleave(decoder.kv_heads, 0).unsqueeze(1)  # [B * KV, 1, T]: 0 or -inf per key
+        # the C step skips each row's left padding: it needs only where its real columns start
+        padding = starts if fused_step else padding_bias(decoder, starts, total)
 
         def flush(which: torch.Tensor) -> None:
             original = rows[which]
@@ -123,13 +181,14 @@ class FastEngine(HFEngine):
             tokens[:, t] = next_tokens
             if next_logprobs is not None:
                 logprobs[:, t] = next_logprobs
-            ended = (next_tokens == tok.eos_token_id) & ~done  # a finished, uncompacted row may sample on
+            # a finished, uncompacted row may sample on
+            ended = (torch.isin(next_tokens, stops) if params.stop_ids else next_tokens == tok.eos_token_id) & ~done
             lengths = torch.where(ended, t + 1, lengths)
             done |= ended
             num_done, col = int(done.sum()), width + t
             if t == new - 1 or num_done == len(rows):
                 break
-            if len(rows) - num_done < self.compact_below * len(rows):
+            if compact and len(rows) - num_done < self.compact_below * len(rows):
                 flush(done)
                 n = len(rows) - num_done
                 holes, movers = done[:n].nonzero().squeeze(-1), (~done[n:]).nonzero().squeeze(-1) + n
@@ -145,12 +204,12 @@ class FastEngine(HFEngine):
                 else:
                     padding = _shrink(padding.view(-1, decoder.kv_heads * total), holes, movers, n).view(-1, 1, total)
             if fused_step:
-                logits = fused_step(next_tokens, cos_rows[:, col], sin_rows[:, col], k_cache, v_cache, col, padding)
+                logits = fused_step(next_tokens, cos_rows[:, t], sin_rows[:, t], k_cache, v_cache, col, padding)
             else:
                 logits = decoder.forward(
                     next_tokens.unsqueeze(-1),
-                    cos_rows[:, col : col + 1],
-                    sin_rows[:, col : col + 1],
+                    cos_rows[:, t : t + 1],
+                    sin_rows[:, t : t + 1],
                     k_cache,
                     v_cache,
                     col,
@@ -158,5 +217,4 @@ class FastEngine(HFEngine):
                 )
             self.decode_calls += 1
         flush(torch.ones_like(done))
-        logprobs = None if params.greedy else logprobs_out.cpu()
-        return tokens_out.cpu(), logprobs, lengths_out.cpu(), finished_out.cpu()
+        return Decoded(tokens_out, None if params.greedy else logprobs_out, lengths_out, finished_out)
