@@ -220,6 +220,12 @@ def _world(name: str, cfg: DataConfig) -> Any:
         raise DataError(f"world:{name}: {e}") from e
 
 
+def env_factory(spec: str, cfg: DataConfig) -> Callable[[Example], Any] | None:
+    """`make_env` of the world behind a `world:NAME` source when that world is multi-turn, else None."""
+    kind, _, name = spec.partition(":")
+    return getattr(_world(name, cfg), "make_env", None) if kind == "world" else None
+
+
 class PromptStream:
     """An endless, deterministic, resumable stream of training examples.
 
