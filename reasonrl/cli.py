@@ -134,8 +134,8 @@ def eval_defaults():
 
 
 def _run_eval(args) -> int:
-    from reasonrl.data import load_source
-    from reasonrl.evaluation import evaluate
+    from reasonrl.data import env_factory, load_source
+    from reasonrl.evaluation import evaluate, evaluate_episodes
     from reasonrl.models import load_model, model_context
     from reasonrl.rollout.fast import FastEngine
 
@@ -143,6 +143,19 @@ def _run_eval(args) -> int:
     data, rollout = cfg.data, cfg.rollout
     examples = load_source(data.eval or data.train, data, "eval", data.eval_n)  # bad data fails before the model loads
     model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device)
+    make_env = env_factory(data.eval or data.train, data)
+    if make_env is not None:  # a multi-turn world: greedy episodes
+        metrics = evaluate_episodes(
+            FastEngine(model, tokenizer),
+            tokenizer,
+            examples,
+            make_env,
+            rollout.turns,
+            data.system_prompt,
+            model_context(model),
+        )
+        print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+        return 0
     metrics = evaluate(
         FastEngine(model, tokenizer),
         tokenizer,

@@ -15,7 +15,7 @@ import torch
 
 from reasonrl.algos import register_algorithm
 from reasonrl.algos.base import TrainBatch
-from reasonrl.algos.collect import collect_rollouts, rollout_metrics
+from reasonrl.algos.collect import collect_episodes, collect_rollouts, rollout_metrics
 from reasonrl.algos.common import build_sequences, pad_values
 from reasonrl.algos.losses import (
     ADVANTAGE_ESTIMATORS,
@@ -27,10 +27,12 @@ from reasonrl.algos.losses import (
     zero_variance_groups,
 )
 from reasonrl.config import AlgoConfig, register_algo_config
+from reasonrl.data import env_factory
 from reasonrl.distributed import across_ranks
 from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.rewards import soft_overlong_punishment
 from reasonrl.rollout.base import Rollouts, SamplingParams
+from reasonrl.rollout.episodes import episode_metrics
 
 
 @register_algo_config("grpo")
@@ -118,6 +120,14 @@ class GRPO:
         self.params = SamplingParams(r.max_completion_length, r.temperature, r.top_p, r.top_k)
         self.num_generations = r.num_generations
         self.temperature = r.temperature
+        # A multi-turn world (one offering make_env) is played as episodes with budgets rollout.turns; Dr.GRPO's
+        # constant is then a row's most policy tokens.
+        self.make_env = env_factory(config.data.train, config.data)
+        self.max_policy_tokens = r.max_completion_length
+        if self.make_env is not None:
+            turns = r.turns
+            per_row = turns.max_turn_tokens * (turns.max_turns if turns.context == "append" else 1)
+            self.max_policy_tokens = min(per_row, turns.max_episode_tokens)
         self.extra_rewards = []
         if self.cfg.overlong_buffer > 0:
             self.extra_rewards.append(
@@ -130,12 +140,19 @@ class GRPO:
                 )
             )
 
+    def _collect(self, ctx) -> tuple[Rollouts, dict[str, float]]:
+        """One round of prompts: completions scored by the run's rewards, or episodes scored by their envs."""
+        examples = ctx.stream.next(self.prompts_per_step)
+        if self.make_env is not None:
+            rollouts, episodes = collect_episodes(ctx, examples, self.num_generations, self.params, self.make_env)
+            metrics = rollout_metrics(rollouts, None, self.max_policy_tokens) | episode_metrics(episodes)
+            return rollouts, metrics
+        rollouts, result = collect_rollouts(ctx, examples, self.num_generations, self.params, self.extra_rewards)
+        return rollouts, rollout_metrics(rollouts, result, self.params.max_new_tokens)
+
     def _sample(self, ctx) -> tuple[Rollouts, dict[str, float]]:
         """One round of prompts, or with dynamic sampling: rounds until `prompts_per_step` informative groups."""
-        rollouts, result = collect_rollouts(
-            ctx, ctx.stream.next(self.prompts_per_step), self.num_generations, self.params, self.extra_rewards
-        )
-        metrics = rollout_metrics(rollouts, result, self.params.max_new_tokens)
+        rollouts, metrics = self._collect(ctx)
         if not self.cfg.dynamic_sampling:
             return rollouts, metrics
         kept, rounds, wanted = [], 0, len(set(rollouts.group))  # this rank's share of prompts_per_step
@@ -146,9 +163,7 @@ class GRPO:
             if len(kept) >= wanted or rounds >= self.cfg.max_resample_rounds:
                 break
             rounds += 1
-            rollouts, result = collect_rollouts(
-                ctx, ctx.stream.next(self.prompts_per_step), self.num_generations, self.params, self.extra_rewards
-            )
+            rollouts, _ = self._collect(ctx)
         metrics["dynamic_sampling/rounds"] = float(rounds)
         metrics["dynamic_sampling/kept_groups"] = float(min(len(kept), wanted))
         return Rollouts.concat(kept[:wanted]), metrics
@@ -160,7 +175,9 @@ class GRPO:
         rewards, groups = torch.tensor(rollouts.rewards), torch.tensor(rollouts.group)
         # Over every rank's rows: batch statistics (scale_rewards=batch, REINFORCE++) are the whole step's.
         advantages = across_ranks(ADVANTAGE_ESTIMATORS[self.cfg.advantage], rewards, groups, self.cfg.scale_rewards)
-        tensors = build_sequences(rollouts.prompt_ids, rollouts.completion_ids, ctx.tokenizer.pad_token_id)
+        tensors = build_sequences(
+            rollouts.prompt_ids, rollouts.completion_ids, ctx.tokenizer.pad_token_id, rollouts.loss_mask or None
+        )
         mask = tensors["completion_mask"]
         mask = mask * torch.isfinite(rewards).float().unsqueeze(1)  # failed verifications teach nothing
         if self.cfg.mask_truncated_completions:
@@ -171,7 +188,7 @@ class GRPO:
         totals = {
             "num_tokens": max(1.0, float(mask.sum())),
             "num_seqs": float(len(rollouts)),
-            "max_completion_length": float(self.params.max_new_tokens),
+            "max_completion_length": float(self.max_policy_tokens),
         }
         if self.needs_reference:
             tensors["ref_logprobs"] = self._score(ctx.ref_model, tensors, ctx)

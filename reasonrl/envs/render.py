@@ -175,3 +175,12 @@ class WindowRenderer(_Body):
         lines = [f"Action: {a}\nObservation: {o}" for a, o in shown] or [f"Observation: {turns[-1][1]}"]
         text = f"{first_obs}\n\nLast {len(shown)} of {len(turns)} steps:\n" + "\n".join(lines)
         return self.prompt(text)
+
+
+def make_renderer(tokenizer, limits, system_prompt: str | None = None):
+    """The renderer `limits` (config.TurnLimits) asks for: window mode's, else the chat or inline one."""
+    if limits.context == "window":
+        return WindowRenderer(tokenizer, limits.history, system_prompt=system_prompt)
+    if limits.renderer == "inline":
+        return InlineRenderer(tokenizer, system_prompt=system_prompt)
+    return ChatRenderer(tokenizer, system_prompt=system_prompt)

@@ -9,7 +9,8 @@ Budgets (config.TurnLimits) are checked before every generation, against the mod
 with exactly one stop reason:
   done        the environment said so
   max_turns   max_turns policy turns taken (the last observation is dropped: nothing would read it)
-  max_tokens  max_episode_tokens left no room for another turn, or for the next observation (dropped, not cut)
+  max_tokens  max_episode_tokens left no room for another turn, or for the next observation (dropped, not cut),
+              or cut a turn short (a turn cut by the budget is kept as sampled but never sent to the env)
   context     the model's context left no room (checked like max_tokens)
   no_action   the env marked the turn `info["no_action"]` (no parsable action); TurnLimits.no_action_penalty applies
   env_error   make_env, reset, step or score raised: only that episode ends (logged); its reward is NaN, so GRPO
@@ -120,8 +121,11 @@ class _Driver:
                 out[r] = s
         return out
 
-    def take_turn(self, row: int, sample: TurnSample, prompt_ids: list[int] | None) -> tuple[Turn, StepResult | None]:
-        """Record the policy's turn and step the env; ends the episode on done/no_action/env_error/max_turns."""
+    def take_turn(
+        self, row: int, sample: TurnSample, prompt_ids: list[int] | None, cut_by: str | None
+    ) -> tuple[Turn, StepResult | None]:
+        """Record the policy's turn and step the env; ends the episode on done/no_action/env_error/max_turns. A turn
+        that the episode budget or the context (`cut_by`) cut short ends the episode there, unseen by the env."""
         ep = self.episodes[row]
         start = len(ep.tokens)
         ep.tokens += sample.ids
@@ -131,6 +135,9 @@ class _Driver:
         turn = Turn((start, len(ep.tokens)), (len(ep.tokens), len(ep.tokens)), action, "", prompt_ids=prompt_ids)
         turn.info["stopped"] = sample.stopped
         ep.turns.append(turn)
+        if cut_by is not None and not sample.stopped:
+            self._end(row, cut_by)
+            return turn, None
         try:
             result = self.envs[row].step(action)
         except Exception as e:  # ends only this episode
@@ -189,18 +196,19 @@ def run_episodes(
     session = open_session(engine, prompts, n)
     try:
         while d.active:
-            caps = {}
+            caps, cut_by = {}, {}
             for r in d.active:
                 room, binding = d.room(r)
                 if room < 1:
                     d._end(r, binding)
                 else:
                     caps[r] = min(limits.max_turn_tokens, room)
+                    cut_by[r] = binding if room < limits.max_turn_tokens else None
             rows = [r for r in d.active if r in caps]
             samples = d.sample(rows, caps, session.generate)
             appends: dict[int, list[int]] = {}
             for r in rows:
-                turn, result = d.take_turn(r, samples[r], None)
+                turn, result = d.take_turn(r, samples[r], None, cut_by[r])
                 if d.episodes[r].stop_reason:
                     continue
                 ep = d.episodes[r]
@@ -234,7 +242,7 @@ def _run_window(d: _Driver) -> list[Episode]:
     """Window mode: per step, one engine.generate over every active episode's freshly rendered step prompt."""
     history: list[list[tuple[str, str]]] = [[] for _ in d.episodes]
     while d.active:
-        caps, prompts = {}, {}
+        caps, prompts, cut_by = {}, {}, {}
         for r in d.active:
             ep = d.episodes[r]
             prompts[r] = d.renderer.window(d.first[r], history[r])
@@ -246,6 +254,8 @@ def _run_window(d: _Driver) -> list[Episode]:
                 d._end(r, "max_tokens" if budget <= ctx else "context")
             else:
                 caps[r] = min(d.limits.max_turn_tokens, budget, ctx)
+                if caps[r] < d.limits.max_turn_tokens:
+                    cut_by[r] = "max_tokens" if budget <= ctx else "context"
         rows = [r for r in d.active if r in caps]
 
         def generate(chunk: list[int], params: SamplingParams, prompts=prompts) -> list[TurnSample]:
@@ -253,7 +263,7 @@ def _run_window(d: _Driver) -> list[Episode]:
             return [TurnSample(c, lp, f) for c, lp, f in zip(out.completion_ids, out.logprobs, out.finished)]
 
         for r, sample in d.sample(rows, caps, generate).items():
-            turn, result = d.take_turn(r, sample, prompts[r])
+            turn, result = d.take_turn(r, sample, prompts[r], cut_by.get(r))
             if result is not None:
                 turn.observation, turn.info["obs_cut"] = d.renderer.cut(result.observation, d.limits.max_obs_tokens)
                 history[r].append((turn.action, turn.observation))

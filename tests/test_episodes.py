@@ -1,0 +1,256 @@
+"""Multi-turn episodes: token-exact sequences with loss masks, budgets and stop reasons, env failures that end only
+their episode, window mode, Rollouts rows (save/load), zero gradient on env tokens, and GRPO collecting episodes."""
+
+import math
+import re
+
+import pytest
+import torch
+
+from reasonrl.algos.common import build_sequences
+from reasonrl.algos.losses import policy_loss
+from reasonrl.config import TurnLimits
+from reasonrl.envs.base import StepResult
+from reasonrl.envs.render import ChatRenderer, InlineRenderer, WindowRenderer
+from reasonrl.modeling.logprobs import completion_logprobs
+from reasonrl.models import arith_tokenizer, load_model
+from reasonrl.rollout.base import Rollouts, SamplingParams
+from reasonrl.rollout.episodes import STOP_REASONS, episode_metrics, run_episodes, to_rollouts
+from reasonrl.worlds.guess import GuessEnv, GuessWorld
+
+PAIR = re.compile(r"guess (\d+)(?:<\|im_end\|>)?\W*(?:<\|im_start\|>user\W*|<information>|Observation: )(higher|lower)")
+
+
+class ScriptEngine:
+    """A deterministic engine: the completion is `reply(decoded prompt)` + EOS, cut at max_new_tokens and at the
+    first stop id (kept), with log-prob -0.5 per token. Records every prompt it was given."""
+
+    def __init__(self, tok, reply):
+        self.tok, self.reply, self.prompts = tok, reply, []
+
+    def sync_weights(self, model):
+        pass
+
+    def generate(self, prompt_ids, n, params):
+        out = Rollouts([], [], [], [], [])
+        stops = {self.tok.eos_token_id, *params.stop_ids}
+        for g, p in enumerate(prompt_ids):
+            self.prompts.append(list(p))
+            for _ in range(n):
+                ids = self.tok(self.reply(self.tok.decode(p)), add_special_tokens=False)["input_ids"]
+                ids.append(self.tok.eos_token_id)
+                end = next(k for k, t in enumerate(ids) if t in stops)
+                ids = ids[: min(end + 1, params.max_new_tokens)]
+                out.prompt_ids.append(list(p))
+                out.completion_ids.append(ids)
+                out.logprobs.append([] if params.greedy else [-0.5] * len(ids))
+                out.finished.append(ids[-1] in stops)
+                out.group.append(g)
+        return out
+
+
+def binary(text: str) -> str:
+    """Binary search from the feedback in the text so far."""
+    low, high = 1, int(re.search(r"from 1 to (\d+)", text)[1])
+    for guess, feedback in PAIR.findall(text):
+        low, high = (int(guess) + 1, high) if feedback == "higher" else (low, int(guess) - 1)
+    return f"guess {(low + high) // 2}"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return arith_tokenizer()
+
+
+def play(tok, reply, limits, examples=None, make_env=None, renderer=None, n=2, context=None, greedy=False):
+    world = GuessWorld()
+    examples = examples or world.eval_set([1, 2, 3])
+    if renderer is None:
+        renderer = WindowRenderer(tok, limits.history) if limits.context == "window" else ChatRenderer(tok)
+    engine = ScriptEngine(tok, reply)
+    params = SamplingParams(greedy=greedy)
+    episodes = run_episodes(engine, examples, make_env or world.make_env, renderer, tok, params, limits, n, context)
+    return episodes, engine, examples
+
+
+def check_invariants(ep, limits, context=None):
+    assert ep.stop_reason in STOP_REASONS
+    assert len(ep.tokens) == len(ep.loss_mask) == len(ep.logprobs)
+    assert len(ep.turns) <= limits.max_turns
+    assert all(t.span[1] - t.span[0] <= limits.max_turn_tokens for t in ep.turns)
+    if limits.context == "append":
+        assert len(ep.tokens) <= limits.max_episode_tokens
+        assert context is None or len(ep.prompt_ids) + len(ep.tokens) <= context
+        assert ep.policy_tokens == sum(t.span[1] - t.span[0] for t in ep.turns)
+        for t in ep.turns:
+            assert set(ep.loss_mask[t.span[0] : t.span[1]]) <= {1} and set(ep.loss_mask[slice(*t.obs_span)]) <= {0}
+            assert t.obs_span[1] - t.obs_span[0] <= limits.max_obs_tokens + 16  # body cut + template overhead
+    else:
+        assert len(ep.tokens) <= limits.max_episode_tokens and all(ep.loss_mask)
+        assert context is None or all(len(t.prompt_ids) + t.span[1] - t.span[0] <= context for t in ep.turns)
+
+
+@pytest.mark.parametrize("renderer", ["chat", "inline"])
+def test_binary_search_episodes_are_token_exact(tok, renderer):
+    limits = TurnLimits(max_turns=6, max_episode_tokens=400)
+    r = ChatRenderer(tok) if renderer == "chat" else InlineRenderer(tok)
+    episodes, engine, examples = play(tok, binary, limits, renderer=r)
+    world = GuessWorld()
+    for i, ep in enumerate(episodes):
+        check_invariants(ep, limits)
+        example = examples[i // 2]
+        assert ep.group == i // 2 and ep.stop_reason == "done" and ep.score["success"] == 1.0
+        assert [t.action for t in ep.turns] == world.demonstration(example)
+        assert ep.logprobs == [-0.5 if m else 0.0 for m in ep.loss_mask]
+        assert ep.loss_mask[-1] == 1  # the final observation ("correct") is never appended
+        assert [t.observation for t in ep.turns[:-1]] == [
+            "higher" if int(t.action.split()[1]) < example.meta["secret"] else "lower" for t in ep.turns[:-1]
+        ]
+    # The stateless session re-submitted each episode's exact token list: prompt + every token so far.
+    ep = max(episodes, key=lambda e: len(e.turns))
+    for t in ep.turns:
+        assert ep.prompt_ids + ep.tokens[: t.span[0]] in engine.prompts
+    if renderer == "chat":
+        text = tok.decode(ep.prompt_ids + ep.tokens)
+        assert text.count("<|im_start|>user\n") == len(ep.turns) and text.endswith("<|im_end|>")
+
+
+def test_window_mode_rows_hold_the_last_turns(tok):
+    limits = TurnLimits(max_turns=6, context="window", history=8)
+    episodes, _, _ = play(tok, binary, limits)
+    assert all(ep.stop_reason == "done" for ep in episodes)
+    rows = to_rollouts(episodes, "window", tok)
+    assert len(rows) == sum(len(ep.turns) for ep in episodes)
+    assert rows.episode == [i for i, ep in enumerate(episodes) for _ in ep.turns]
+    assert all(all(m) for m in rows.loss_mask) and rows.rewards == [1.0] * len(rows)
+    ep = max(episodes, key=lambda e: len(e.turns))
+    assert ep.turns[0].prompt_ids == ep.prompt_ids
+    last = tok.decode(ep.turns[-1].prompt_ids)
+    assert f"Last {len(ep.turns) - 1} of {len(ep.turns) - 1} steps" in last
+    assert all(f"Action: {t.action}\nObservation: {t.observation}" in last for t in ep.turns[:-1])
+    short = play(tok, binary, TurnLimits(max_turns=6, context="window", history=1))[0]
+    assert max(len(e.turns) for e in short) > 2  # a history of 1 still plays (and may stop early)
+
+
+LIMIT_CASES = [
+    # (reply, limits, context, expected stop reason of every episode with a secret > 1)
+    (lambda t: "guess 1", TurnLimits(max_turns=3), None, "max_turns"),
+    (lambda t: "I am thinking about numbers " * 5, TurnLimits(max_turn_tokens=5), None, "no_action"),
+    (binary, TurnLimits(max_turns=8, max_episode_tokens=20), None, "max_tokens"),
+    (binary, TurnLimits(max_turns=8, max_episode_tokens=400), 120, "context"),  # the prompt is 87 tokens
+    (binary, TurnLimits(max_turns=8, max_episode_tokens=400, context="window", max_turn_tokens=3), None, "no_action"),
+    (lambda t: "guess 1", TurnLimits(max_turns=9, max_episode_tokens=20, context="window"), None, "max_tokens"),
+    (lambda t: "guess 1", TurnLimits(max_turns=9, context="window", history=9), 150, "context"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(LIMIT_CASES)))
+def test_budgets_are_never_exceeded_and_each_episode_has_its_stop_reason(tok, case):
+    reply, limits, context, reason = LIMIT_CASES[case]
+    world = GuessWorld()
+    examples = [world.to_example(3, s) for s in (2, 9, 16)]
+    episodes, _, _ = play(tok, reply, limits, examples, context=context)
+    for ep in episodes:
+        check_invariants(ep, limits, context)
+        assert ep.stop_reason == reason, (ep.stop_reason, [t.action for t in ep.turns])
+        assert reason == "done" or len(ep.turns) > 1 or ep.stop_reason == "no_action"  # the limit bit mid-episode
+
+
+def test_a_turn_cut_at_its_token_limit_without_an_action_is_penalised(tok):
+    limits = TurnLimits(max_turn_tokens=5, no_action_penalty=0.5)
+    episodes, _, _ = play(tok, lambda t: "I am thinking about numbers " * 5, limits)
+    rows = to_rollouts(episodes, "append")
+    for ep, rewards in zip(episodes, rows.token_rewards):
+        (turn,) = ep.turns
+        assert turn.span == (0, 5) and not turn.info["stopped"] and turn.reward == -0.5
+        assert rewards == [0.0, 0.0, 0.0, 0.0, -0.5]  # on the last policy token of the turn
+    assert rows.finished == [True] * len(rows) and rows.rewards == [0.0] * len(rows)
+
+
+class Faulty(GuessEnv):
+    """Secret 2 raises in step, 3 in reset, 4 answers with a 100k-character observation."""
+
+    def reset(self, example):
+        if self.secret == 3:
+            raise RuntimeError("reset exploded")
+        return super().reset(example)
+
+    def step(self, action):
+        if self.secret == 2:
+            raise KeyError("step exploded")
+        result = super().step(action)
+        return StepResult("lower " * 20_000, 0.0, False, {}) if self.secret == 4 and not result.done else result
+
+
+def test_env_errors_and_huge_observations_end_only_their_episode(tok, caplog):
+    limits = TurnLimits(max_turns=4, max_obs_tokens=24)
+    world = GuessWorld()
+    examples = world.eval_set([1])
+    episodes, _, _ = play(tok, binary, limits, examples, make_env=lambda ex: Faulty(ex.meta["secret"], 4))
+    by_secret = {ex.meta["secret"]: episodes[2 * i : 2 * i + 2] for i, ex in enumerate(examples)}
+    for ep in by_secret[2]:
+        assert ep.stop_reason == "env_error" and ep.meta["error"] == "KeyError: 'step exploded'" and len(ep.turns) == 1
+    for ep in by_secret[3]:
+        assert ep.stop_reason == "env_error" and "reset exploded" in ep.meta["error"] and ep.tokens == []
+    for ep in by_secret[4]:
+        check_invariants(ep, limits)
+        assert ep.turns[0].info["obs_cut"] and len(ep.turns) >= 2
+        assert ep.turns[0].obs_span[1] - ep.turns[0].obs_span[0] <= 24 + ChatRenderer(tok).overhead
+    assert all(ep.stop_reason == "done" for ep in by_secret[1])
+    assert "step exploded" in caplog.text and "reset exploded" in caplog.text
+    rows = to_rollouts(episodes, "append")
+    assert [math.isnan(r) for r in rows.rewards] == [ep.stop_reason == "env_error" for ep in episodes]
+    metrics = episode_metrics(episodes)
+    assert metrics["episodes/stop_reason/env_error"] == 0.5
+
+
+def test_episode_rollouts_save_and_load_token_for_token(tok, tmp_path):
+    for mode in ("append", "window"):
+        limits = TurnLimits(max_turns=6, context=mode)
+        episodes, _, _ = play(tok, binary, limits)
+        rows = to_rollouts(episodes, mode, tok)
+        rows.save(tmp_path / f"{mode}.jsonl")
+        assert Rollouts.load(tmp_path / f"{mode}.jsonl") == rows
+        assert [sum(m) for m in rows.loss_mask] != [len(c) for c in rows.completion_ids] or mode == "window"
+
+
+def test_env_tokens_get_exactly_zero_gradient(tok):
+    model, tok = load_model("student", device="cpu")
+    limits = TurnLimits(max_turns=6)
+    episodes, _, _ = play(tok, binary, limits, GuessWorld().eval_set([2])[:3])
+    rows = to_rollouts(episodes, "append")
+    seq = build_sequences(rows.prompt_ids, rows.completion_ids, tok.pad_token_id, rows.loss_mask)
+    mask = seq["completion_mask"]
+    assert float(mask.sum()) == sum(ep.policy_tokens for ep in episodes)
+    logp, _ = completion_logprobs(model, seq)
+    logp.retain_grad()
+    totals = {"num_tokens": float(mask.sum()), "num_seqs": float(len(rows)), "max_completion_length": 48.0}
+    advantages = torch.linspace(-1.0, 1.0, len(rows))
+    loss, _ = policy_loss(logp, logp.detach(), advantages, mask, loss_type="dapo", totals=totals)
+    loss.backward()
+    real = torch.zeros_like(mask, dtype=torch.bool)
+    for i, c in enumerate(rows.completion_ids):
+        real[i, : len(c)] = True
+    env = real & (mask == 0)
+    assert env.sum() > 0 and (logp.grad[env] == 0).all()
+    assert (logp.grad[mask.bool()] != 0).all()
+
+
+def test_grpo_collects_episodes_on_a_multi_turn_world(quick_config):
+    from reasonrl.algos.grpo import GRPO
+    from reasonrl.trainer import Trainer
+
+    cfg = quick_config("data.train=world:guess", "rollout.engine=hf", "rollout.turns.max_turns=3")
+    trainer = Trainer(cfg)
+    algo = trainer.algo
+    assert isinstance(algo, GRPO) and algo.make_env is not None
+    batch = algo.gather(trainer.ctx)
+    rows = batch.extra["rollouts"]
+    policy = sum(sum(m) for m in rows.loss_mask)
+    assert batch.totals["num_tokens"] == batch.metrics["num_tokens"] == policy
+    assert batch.metrics["completions/mean_length"] == policy / len(rows)
+    assert batch.totals["max_completion_length"] == 3 * 48
+    assert "turns/mean" in batch.metrics and "episodes/stop_reason/done" in batch.metrics
+    assert sum(batch.metrics[f"episodes/stop_reason/{r}"] for r in STOP_REASONS) == pytest.approx(1.0)
+    metrics = trainer._eval()
+    assert "eval/accuracy" in metrics and "eval/turns" in metrics and "eval/stop_reason/no_action" in metrics
