@@ -1,21 +1,30 @@
 """Multi-turn episodes: token-exact sequences with loss masks, budgets and stop reasons, env failures that end only
-their episode, window mode, Rollouts rows (save/load), zero gradient on env tokens, and GRPO collecting episodes."""
+their episode, window mode, Rollouts rows (save/load), zero gradient on env tokens, GRPO collecting episodes; stop ids
+in the HF and vLLM-server engines, the stateless session, and record/replay of episodes."""
 
 import math
 import re
+from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
+from fake_vllm import FakeVLLMServer
 
 from reasonrl.algos.common import build_sequences
 from reasonrl.algos.losses import policy_loss
 from reasonrl.config import TurnLimits
+from reasonrl.data import Example
 from reasonrl.envs.base import StepResult
 from reasonrl.envs.render import ChatRenderer, InlineRenderer, WindowRenderer
 from reasonrl.modeling.logprobs import completion_logprobs
-from reasonrl.models import arith_tokenizer, load_model
+from reasonrl.models import arith_tokenizer, encode_prompt, load_model
 from reasonrl.rollout.base import Rollouts, SamplingParams
 from reasonrl.rollout.episodes import STOP_REASONS, episode_metrics, run_episodes, to_rollouts
+from reasonrl.rollout.hf import HFEngine
+from reasonrl.rollout.replay import RecordingEngine, ReplayEngine
+from reasonrl.rollout.session import StatelessSession, open_session
+from reasonrl.rollout.vllm_server import VLLMServerEngine
 from reasonrl.worlds.guess import GuessEnv, GuessWorld
 
 PAIR = re.compile(r"guess (\d+)(?:<\|im_end\|>)?\W*(?:<\|im_start\|>user\W*|<information>|Observation: )(higher|lower)")
@@ -254,3 +263,108 @@ def test_grpo_collects_episodes_on_a_multi_turn_world(quick_config):
     assert sum(batch.metrics[f"episodes/stop_reason/{r}"] for r in STOP_REASONS) == pytest.approx(1.0)
     metrics = trainer._eval()
     assert "eval/accuracy" in metrics and "eval/turns" in metrics and "eval/stop_reason/no_action" in metrics
+
+
+@pytest.fixture(scope="module")
+def student():
+    return load_model("student", device="cpu")
+
+
+def prompts_of(tok):
+    return [encode_prompt(tok, p) for p in ("Compute 3+4.", "Compute 12+30.", "Compute 25+61.")]
+
+
+def test_hf_engine_ends_a_completion_at_the_first_stop_id(student):
+    model, tok = student
+    engine, prompts = HFEngine(model, tok), prompts_of(tok)
+    torch.manual_seed(3)
+    free = engine.generate(prompts, 2, SamplingParams(max_new_tokens=24))
+    stop = Counter(t for c in free.completion_ids for t in c[1:-1]).most_common(1)[0][0]
+    torch.manual_seed(3)
+    out = engine.generate(prompts, 2, SamplingParams(max_new_tokens=24, stop_ids=(stop,)))
+    cut = 0
+    for full, ids, logprobs, finished, done in zip(
+        free.completion_ids, out.completion_ids, out.logprobs, out.finished, free.finished
+    ):
+        end = full.index(stop) + 1 if stop in full else len(full)
+        assert ids == full[:end] and len(logprobs) == len(ids)  # same samples up to the stop id, kept last
+        assert finished == (stop in full or done)
+        cut += stop in full
+    assert cut > 0
+
+
+def test_vllm_server_engine_sends_stop_ids_and_stops_there(student):
+    model, tok = student
+    prompts = prompts_of(tok)
+    greedy = SamplingParams(max_new_tokens=24, greedy=True)
+    free = HFEngine(model, tok).generate(prompts, 1, greedy)
+    stop = Counter(t for c in free.completion_ids for t in c[1:-1]).most_common(1)[0][0]
+    params = replace(greedy, stop_ids=(stop,))
+    server = FakeVLLMServer(HFEngine(model, tok), tok)
+    try:
+        out = VLLMServerEngine(server.url, tok).generate(prompts, 1, params)
+        assert server.requests[-1]["stop_token_ids"] == [tok.eos_token_id, stop]
+    finally:
+        server.close()
+    assert out.completion_ids == HFEngine(model, tok).generate(prompts, 1, params).completion_ids
+    assert any(c[-1] == stop for c in out.completion_ids)
+
+
+def test_stateless_session_generates_appends_and_forks(student):
+    model, tok = student
+    engine, prompts = HFEngine(model, tok), prompts_of(tok)[:2]
+    session = open_session(engine, prompts, 2)
+    assert isinstance(session, StatelessSession)
+    greedy = SamplingParams(max_new_tokens=6, greedy=True)
+    first = session.generate([0, 3], greedy)
+    assert session.tokens(0) == prompts[0] + first[0].ids and session.tokens(3) == prompts[1] + first[1].ids
+    assert session.tokens(1) == prompts[0]
+    session.append([3], [[5, 6]])
+    child = session.fork([3])
+    child.append([0], [[7]])
+    assert child.tokens(0) == session.tokens(3) + [7] and session.tokens(3)[-2:] == [5, 6]
+    again = session.generate([3], greedy)[0]
+    direct = engine.generate([prompts[1] + first[1].ids + [5, 6]], 1, greedy).completion_ids[0]
+    assert again.ids == direct and again.stopped == (direct[-1] == tok.eos_token_id)
+
+    class Opens:
+        def open(self, prompt_ids, n):
+            return ("kv", len(prompt_ids), n)
+
+    assert open_session(Opens(), prompts, 3) == ("kv", 2, 3)
+
+
+class Echo:
+    """Answers "ok" to anything; done after three turns."""
+
+    def __init__(self):
+        self.turns = 0
+
+    def reset(self, example):
+        return str(example.prompt)
+
+    def step(self, action):
+        self.turns += 1
+        return StepResult("ok", float(self.turns), self.turns == 3, {})
+
+    def score(self):
+        return {"reward": float(self.turns)}
+
+
+def test_recorded_episodes_replay_token_for_token(student, tmp_path):
+    model, tok = student
+    examples = [Example("Compute 3+4.", "7"), Example("Compute 12+30.", "42")]
+    limits = TurnLimits(max_turns=3, max_turn_tokens=12)
+    params = SamplingParams(max_new_tokens=12)
+
+    def run(engine):
+        return run_episodes(engine, examples, lambda ex: Echo(), ChatRenderer(tok), tok, params, limits, 2)
+
+    torch.manual_seed(0)
+    recorded = run(RecordingEngine(HFEngine(model, tok), tmp_path))
+    assert len(list(tmp_path.glob("call_*.jsonl"))) == 3  # one call per turn
+    torch.manual_seed(1)  # replay does not sample: a different seed changes nothing
+    replayed = run(ReplayEngine(tmp_path, live=HFEngine(model, tok)))
+    assert replayed == recorded
+    assert all(len(ep.turns) == 3 and ep.stop_reason == "done" and ep.env_tokens > 0 for ep in recorded)
+    assert to_rollouts(replayed, "append").token_rewards == to_rollouts(recorded, "append").token_rewards
