@@ -220,10 +220,11 @@ def _world(name: str, cfg: DataConfig) -> Any:
         raise DataError(f"world:{name}: {e}") from e
 
 
-def env_factory(spec: str, cfg: DataConfig) -> Callable[[Example], Any] | None:
-    """`make_env` of the world behind a `world:NAME` source when that world is multi-turn, else None."""
+def multi_turn_world(spec: str, cfg: DataConfig) -> Any | None:
+    """The world behind a `world:NAME` source when it is multi-turn (it offers `make_env`), else None."""
     kind, _, name = spec.partition(":")
-    return getattr(_world(name, cfg), "make_env", None) if kind == "world" else None
+    world = _world(name, cfg) if kind == "world" else None
+    return world if hasattr(world, "make_env") else None
 
 
 class PromptStream:

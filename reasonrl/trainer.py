@@ -23,7 +23,7 @@ from reasonrl.algos.base import Algorithm, TrainBatch
 from reasonrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained_atomic
 from reasonrl.config import Config, config_to_dict, save_config
 from reasonrl.context import Context
-from reasonrl.data import Example, PromptStream, env_factory, load_source
+from reasonrl.data import Example, PromptStream, load_source, multi_turn_world
 from reasonrl.distributed import combine_means, combine_sums, combine_totals
 from reasonrl.evaluation import check_room, evaluate, evaluate_episodes
 from reasonrl.lora import apply_lora
@@ -92,7 +92,7 @@ class Trainer:
         stream = make_stream(cfg) if make_stream is not None else PromptStream(cfg.data.train, cfg.data)
         self.stream = self.parallel.shard_stream(stream)
         self.own_eval = getattr(self.algo, "evaluate", None)  # the algorithm's own evaluation, if it has one
-        self.eval_env = env_factory(cfg.data.eval or cfg.data.train, cfg.data)  # a multi-turn world: episodes
+        self.eval_world = multi_turn_world(cfg.data.eval or cfg.data.train, cfg.data)  # multi-turn: episodes
         self.eval_examples = [] if self.own_eval else self._eval_examples()
         # Rank 0 names the run directory: the timestamp may differ by a second between ranks.
         self.run_dir = Path(run_dir) if run_dir else Path(self.parallel.broadcast(str(default_run_dir(cfg))))
@@ -180,12 +180,12 @@ class Trainer:
         with self.parallel.gathered(self.model):
             if self.own_eval:
                 metrics = self.own_eval(self.ctx)
-            elif self.eval_env is not None:
+            elif self.eval_world is not None:
                 metrics = evaluate_episodes(
                     self.ctx.engine,
                     self.tokenizer,
                     self.eval_examples,
-                    self.eval_env,
+                    self.eval_world.make_env,
                     rcfg.turns,
                     self.config.data.system_prompt,
                     model_context(self.model),

@@ -4,7 +4,7 @@ the guess world (deterministic, its demonstrations win)."""
 import pytest
 
 from reasonrl.config import DataConfig
-from reasonrl.data import env_factory
+from reasonrl.data import multi_turn_world
 from reasonrl.envs.render import ChatRenderer, InlineRenderer, WindowRenderer, cut_middle
 from reasonrl.models import CHAT_TEMPLATE, arith_tokenizer, encode_prompt
 from reasonrl.worlds import get_world
@@ -123,7 +123,7 @@ def test_guess_feedback_and_no_action():
     assert env.step("guess 11").done and env.score()["guesses"] == 3.0
 
 
-def test_env_factory_marks_multi_turn_worlds():
+def test_worlds_with_make_env_are_multi_turn():
     cfg = DataConfig()
-    assert env_factory("world:guess", cfg) is not None
-    assert env_factory("world:arith", cfg) is None and env_factory("data.jsonl", cfg) is None
+    assert isinstance(multi_turn_world("world:guess", cfg), GuessWorld)
+    assert multi_turn_world("world:arith", cfg) is None and multi_turn_world("data.jsonl", cfg) is None

@@ -20,7 +20,7 @@ from reasonrl.envs.render import ChatRenderer, InlineRenderer, WindowRenderer
 from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.models import arith_tokenizer, encode_prompt, load_model
 from reasonrl.rollout.base import Rollouts, SamplingParams
-from reasonrl.rollout.episodes import STOP_REASONS, episode_metrics, run_episodes, to_rollouts
+from reasonrl.rollout.episodes import STOP_REASONS, episode_metrics, play_demonstrations, run_episodes, to_rollouts
 from reasonrl.rollout.hf import HFEngine
 from reasonrl.rollout.replay import RecordingEngine, ReplayEngine
 from reasonrl.rollout.session import StatelessSession, open_session
@@ -368,3 +368,32 @@ def test_recorded_episodes_replay_token_for_token(student, tmp_path):
     assert replayed == recorded
     assert all(len(ep.turns) == 3 and ep.stop_reason == "done" and ep.env_tokens > 0 for ep in recorded)
     assert to_rollouts(replayed, "append").token_rewards == to_rollouts(recorded, "append").token_rewards
+
+
+def test_demonstrations_play_through_env_and_renderer_into_episodes(tok):
+    world = GuessWorld()
+    examples = world.eval_set([1, 2, 3])
+    limits = TurnLimits(max_turns=6, max_episode_tokens=400)
+    episodes = play_demonstrations(world, examples, ChatRenderer(tok), tok, limits)
+    scripted = play(tok, binary, limits, examples, n=1, greedy=True)[0]
+    for ep, same in zip(episodes, scripted):
+        assert ep.stop_reason == "done" and ep.score["success"] == 1.0
+        assert (ep.prompt_ids, ep.tokens, ep.loss_mask) == (same.prompt_ids, same.tokens, same.loss_mask)
+    with pytest.raises(ValueError, match="append mode only"):
+        play_demonstrations(world, examples, WindowRenderer(tok), tok, TurnLimits(context="window"))
+
+
+def test_sft_on_a_multi_turn_world_trains_policy_tokens_only(quick_config):
+    from reasonrl.trainer import Trainer
+
+    trainer = Trainer(quick_config("algo.name=sft", "data.train=world:guess", "rollout.turns.max_turns=6"))
+    batch = trainer.algo.gather(trainer.ctx)
+    assert batch.metrics["episodes/stop_reason/done"] == 1.0
+    mask = batch.tensors["completion_mask"]
+    assert (
+        batch.totals["num_tokens"]
+        == float(mask.sum())
+        < float((batch.tensors["attention_mask"][:, -mask.shape[1] :]).sum())
+    )
+    final = trainer.train()
+    assert 0.0 <= final["eval/accuracy"] <= 1.0 and final["eval/turns"] >= 1.0

@@ -27,7 +27,7 @@ from reasonrl.algos.losses import (
     zero_variance_groups,
 )
 from reasonrl.config import AlgoConfig, register_algo_config
-from reasonrl.data import env_factory
+from reasonrl.data import multi_turn_world
 from reasonrl.distributed import across_ranks
 from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.rewards import soft_overlong_punishment
@@ -122,7 +122,8 @@ class GRPO:
         self.temperature = r.temperature
         # A multi-turn world (one offering make_env) is played as episodes with budgets rollout.turns; Dr.GRPO's
         # constant is then a row's most policy tokens.
-        self.make_env = env_factory(config.data.train, config.data)
+        world = multi_turn_world(config.data.train, config.data)
+        self.make_env = world.make_env if world is not None else None
         self.max_policy_tokens = r.max_completion_length
         if self.make_env is not None:
             turns = r.turns

@@ -330,3 +330,62 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
         values = [ep.score[key] for ep in episodes if key in ep.score]
         metrics[f"episodes/{key}"] = sum(values) / len(values)
     return metrics
+
+
+class DemoEngine:
+    """Plays scripted policy turns as if they were sampled: turn k of episode r is `turns[r][k]` + EOS (cut at the
+    turn's token cap). Run through `run_episodes`, demonstrations pass the same env, renderer and budgets as RL
+    episodes, so SFT and RL see byte-identical formats. Append mode only (a window-mode call cannot name its rows)."""
+
+    def __init__(self, tokenizer, turns: Sequence[Sequence[str]]):
+        self.tokenizer, self.turns = tokenizer, [list(t) for t in turns]
+
+    def sync_weights(self, model) -> None:
+        pass
+
+    def generate(self, prompt_ids, n, params):
+        raise ValueError("demonstrations play in append mode only: set rollout.turns.context=append")
+
+    def open(self, prompt_ids: Sequence[Sequence[int]], n: int) -> _DemoSession:
+        return _DemoSession(self, [list(p) for p in prompt_ids for _ in range(n)], list(range(len(prompt_ids) * n)))
+
+
+class _DemoSession:
+    def __init__(self, engine: DemoEngine, rows: list[list[int]], episodes: list[int]):
+        self.engine, self.rows, self.episodes = engine, rows, episodes
+        self.played = [0] * len(rows)
+
+    def generate(self, rows: Sequence[int], params: SamplingParams) -> list[TurnSample]:
+        tok, out = self.engine.tokenizer, []
+        for r in rows:
+            script = self.engine.turns[self.episodes[r]]
+            text = script[self.played[r]] if self.played[r] < len(script) else ""
+            ids = (tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[: params.max_new_tokens]
+            self.played[r] += 1
+            self.rows[r] += ids
+            out.append(TurnSample(ids, [0.0] * len(ids), ids[-1] == tok.eos_token_id))
+        return out
+
+    def append(self, rows: Sequence[int], ids: Sequence[Sequence[int]]) -> None:
+        for r, new in zip(rows, ids, strict=True):
+            self.rows[r] += list(new)
+
+    def fork(self, rows: Sequence[int]) -> _DemoSession:
+        child = _DemoSession(self.engine, [list(self.rows[r]) for r in rows], [self.episodes[r] for r in rows])
+        child.played = [self.played[r] for r in rows]
+        return child
+
+    def tokens(self, row: int) -> list[int]:
+        return list(self.rows[row])
+
+    def close(self) -> None:
+        self.rows = []
+
+
+def play_demonstrations(
+    world, examples: Sequence[Example], renderer, tokenizer, limits: TurnLimits, context: int | None = None
+) -> list[Episode]:
+    """One episode per example, its policy turns being `world.demonstration(example)`."""
+    engine = DemoEngine(tokenizer, [world.demonstration(ex) for ex in examples])
+    params = SamplingParams(max_new_tokens=limits.max_turn_tokens, greedy=True)
+    return run_episodes(engine, examples, world.make_env, renderer, tokenizer, params, limits, 1, context)
