@@ -246,11 +246,14 @@ def test_env_tokens_get_exactly_zero_gradient(tok):
     assert (logp.grad[mask.bool()] != 0).all()
 
 
-def test_grpo_collects_episodes_on_a_multi_turn_world(quick_config):
+@pytest.mark.parametrize("mode", ["append", "window"])
+def test_grpo_collects_episodes_on_a_multi_turn_world(quick_config, mode):
     from reasonrl.algos.grpo import GRPO
     from reasonrl.trainer import Trainer
 
-    cfg = quick_config("data.train=world:guess", "rollout.engine=hf", "rollout.turns.max_turns=3")
+    cfg = quick_config(
+        "data.train=world:guess", "rollout.engine=hf", "rollout.turns.max_turns=3", f"rollout.turns.context={mode}"
+    )
     trainer = Trainer(cfg)
     algo = trainer.algo
     assert isinstance(algo, GRPO) and algo.make_env is not None
@@ -259,7 +262,8 @@ def test_grpo_collects_episodes_on_a_multi_turn_world(quick_config):
     policy = sum(sum(m) for m in rows.loss_mask)
     assert batch.totals["num_tokens"] == batch.metrics["num_tokens"] == policy
     assert batch.metrics["completions/mean_length"] == policy / len(rows)
-    assert batch.totals["max_completion_length"] == 3 * 48
+    assert batch.totals["max_completion_length"] == (3 * 48 if mode == "append" else 48)
+    assert len(rows.episode) == (len(rows) if mode == "window" else 0)
     assert "turns/mean" in batch.metrics and "episodes/stop_reason/done" in batch.metrics
     assert sum(batch.metrics[f"episodes/stop_reason/{r}"] for r in STOP_REASONS) == pytest.approx(1.0)
     metrics = trainer._eval()
@@ -425,3 +429,38 @@ def test_a_recorded_multi_turn_run_replays_to_the_same_metrics(quick_config, tmp
     for step in (1, 2):
         for key in ("loss", "reward", "num_tokens", "turns/mean", "env_tokens/mean"):
             assert rows["rec"][step][key] == pytest.approx(rows["rep"][step][key], rel=1e-6), key
+
+
+def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics_on_the_guess_world(nano_dir, tmp_path):
+    from test_reliability import comparable, finish, launch, training_step_logged, wait_until
+
+    from reasonrl.config import load_config
+    from reasonrl.tracking import read_metrics
+    from reasonrl.trainer import Trainer
+
+    overrides = [
+        f"model.path={nano_dir}",
+        "data.train=world:guess",
+        "data.eval_n=2",
+        "rollout.num_generations=4",
+        "rollout.turns.max_turns=3",
+        "rollout.turns.max_turn_tokens=8",
+        "train.prompts_per_step=2",
+        "train.micro_batch_size=16",
+        "train.steps=6",
+        "train.save_every=1",
+        "optim.lr=1e-3",
+        "train.progress=false",
+    ]
+    Trainer(load_config(None, overrides), run_dir=tmp_path / "whole").train()
+    run, log = tmp_path / "run", tmp_path / "output.log"
+    proc = launch(["train", "--output-dir", str(run), *overrides], log)
+    assert wait_until(proc, training_step_logged(run, 3, None), log), log.read_text()[-3000:]
+    proc.kill()
+    proc.wait()
+    proc = launch(["train", "--resume", str(run)], log)
+    assert finish(proc, log) == 0, log.read_text()[-3000:]
+    records = read_metrics(run)
+    assert [r["step"] for r in records if "reward" in r] == [1, 2, 3, 4, 5, 6]
+    assert comparable(records) == comparable(read_metrics(tmp_path / "whole"))
+    assert any("turns/mean" in r for r in records)
