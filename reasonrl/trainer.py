@@ -173,7 +173,8 @@ class Trainer:
         return metrics
 
     def _eval(self) -> dict[str, float]:
-        """`eval/`-prefixed metrics on rank 0: the algorithm's own evaluation, or greedy accuracy on the eval prompts."""
+        """`eval/`-prefixed metrics on rank 0: the algorithm's own evaluation, or greedy accuracy on the eval prompts
+        (greedy episodes on a multi-turn world)."""
         if not self.parallel.joins_eval or not (self.own_eval or self.eval_examples):
             return {}
         rcfg = self.config.rollout
