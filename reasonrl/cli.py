@@ -135,8 +135,8 @@ def eval_defaults():
 
 
 def _run_eval(args) -> int:
-    from reasonrl.data import load_source
-    from reasonrl.evaluation import evaluate
+    from reasonrl.data import load_source, multi_turn_world
+    from reasonrl.evaluation import evaluate, evaluate_episodes
     from reasonrl.models import load_model, model_context
     from reasonrl.rollout.fast import FastEngine
 
@@ -144,6 +144,19 @@ def _run_eval(args) -> int:
     data, rollout = cfg.data, cfg.rollout
     examples = load_source(data.eval or data.train, data, "eval", data.eval_n)  # bad data fails before the model loads
     model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, cfg.model.device)
+    world = multi_turn_world(data.eval or data.train, data)
+    if world is not None:  # a multi-turn world: greedy episodes
+        metrics = evaluate_episodes(
+            FastEngine(model, tokenizer),
+            tokenizer,
+            examples,
+            world.make_env,
+            rollout.turns,
+            data.system_prompt,
+            model_context(model),
+        )
+        print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+        return 0
     metrics = evaluate(
         FastEngine(model, tokenizer),
         tokenizer,

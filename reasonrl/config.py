@@ -103,6 +103,34 @@ class VLLMConfig:
 
 
 @dataclass
+class TurnLimits:
+    """rollout.turns: budgets of multi-turn episodes (worlds with make_env; docs/agents.md). Every budget is
+    checked before each generation; an episode ends with one stop reason (rollout/episodes.py)."""
+
+    max_turns: int = 4  # policy turns
+    max_turn_tokens: int = 48  # per policy turn
+    max_episode_tokens: int = 384  # append: policy + env tokens after the prompt; window: policy tokens
+    max_obs_tokens: int = 96  # longer observations are cut in the middle (head and tail kept)
+    context: str = "append"  # append (one growing sequence per episode) | window (a fresh prompt per step)
+    history: int = 2  # window mode: past (action, observation) pairs shown
+    renderer: str = "chat"  # append mode: chat (observation = a user message) | inline (<information> tags)
+    no_action_penalty: float = 0.0  # subtracted from the reward of a turn without a parsable action
+
+    def __post_init__(self) -> None:
+        if min(self.max_turns, self.max_turn_tokens, self.max_episode_tokens, self.max_obs_tokens) < 1:
+            raise ValueError(
+                "rollout.turns.max_turns, max_turn_tokens, max_episode_tokens and max_obs_tokens must be >= 1, got "
+                f"{self.max_turns}, {self.max_turn_tokens}, {self.max_episode_tokens}, {self.max_obs_tokens}"
+            )
+        if self.context not in ("append", "window"):
+            raise ValueError(f"rollout.turns.context={self.context!r}; choose append or window")
+        if self.renderer not in ("chat", "inline"):
+            raise ValueError(f"rollout.turns.renderer={self.renderer!r}; choose chat or inline")
+        if self.history < 0:
+            raise ValueError(f"rollout.turns.history must be >= 0, got {self.history}")
+
+
+@dataclass
 class RolloutConfig:
     # auto (lean decoder for Llama/Qwen/Mistral, else HF generate) | hf | replay | vllm | vllm-server
     engine: str = "auto"
@@ -115,6 +143,7 @@ class RolloutConfig:
     top_k: int = 0
     eval_max_completion_length: int | None = None  # defaults to max_completion_length
     save_rollouts: bool = False  # write each step's rollouts under RUN_DIR/rollouts for --replay
+    turns: TurnLimits = field(default_factory=TurnLimits)  # multi-turn worlds only
 
 
 @dataclass

@@ -220,6 +220,13 @@ def _world(name: str, cfg: DataConfig) -> Any:
         raise DataError(f"world:{name}: {e}") from e
 
 
+def multi_turn_world(spec: str, cfg: DataConfig) -> Any | None:
+    """The world behind a `world:NAME` source when it is multi-turn (it offers `make_env`), else None."""
+    kind, _, name = spec.partition(":")
+    world = _world(name, cfg) if kind == "world" else None
+    return world if hasattr(world, "make_env") else None
+
+
 class PromptStream:
     """An endless, deterministic, resumable stream of training examples.
 

@@ -49,3 +49,39 @@ def evaluate(
     }
     metrics.update({f"accuracy/level_{lv}": sum(v) / len(v) for lv, v in sorted(by_level.items())})
     return metrics
+
+
+def evaluate_episodes(
+    engine: RolloutEngine,
+    tokenizer,
+    examples: list[Example],
+    make_env,
+    limits,
+    system_prompt: str | None = None,
+    context: int | None = None,
+) -> dict[str, float]:
+    """Greedy episodes on a multi-turn world (budgets `limits`, config.TurnLimits): `accuracy` = mean success
+    (env score "success", else reward == 1), `accuracy/level_K`, `turns`, `stop_reason/*` and the mean of every
+    score key the world reports."""
+    from reasonrl.envs.render import make_renderer
+    from reasonrl.rollout.episodes import episode_metrics, run_episodes
+
+    if not examples:
+        raise ValueError("evaluation needs at least one example")
+    renderer = make_renderer(tokenizer, limits, system_prompt)
+    params = SamplingParams(max_new_tokens=limits.max_turn_tokens, greedy=True)
+    episodes = run_episodes(engine, examples, make_env, renderer, tokenizer, params, limits, 1, context)
+    success = [float(ep.score.get("success", float(ep.score.get("reward", 0.0) == 1.0))) for ep in episodes]
+    by_level: dict[int, list[float]] = defaultdict(list)
+    for ex, s in zip(examples, success):
+        if ex.level is not None:
+            by_level[ex.level].append(s)
+    stats = episode_metrics(episodes)
+    metrics = {
+        "accuracy": sum(success) / len(success),
+        "turns": stats.pop("turns/mean"),
+        "n": float(len(examples)),
+    }
+    metrics |= {k.replace("episodes/", "", 1): v for k, v in stats.items()}
+    metrics.update({f"accuracy/level_{lv}": sum(v) / len(v) for lv, v in sorted(by_level.items())})
+    return metrics

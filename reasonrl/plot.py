@@ -25,6 +25,8 @@ _GROUPS = (
     ("reward", "Reward", "mean reward", r"reward"),
     ("accuracy", "Eval accuracy", "accuracy", r"eval/accuracy(/level_\d+)?"),
     ("length", "Completion length", "tokens", r"completions/mean_length"),
+    ("turns", "Turns per episode", "policy turns", r"turns/mean|eval/turns"),  # multi-turn worlds
+    ("stop_reasons", "Episode stop reasons", "share of episodes", r"episodes/stop_reason/.+"),
     ("kl", "KL to reference", "kl", r"kl"),
     ("entropy", "Entropy", "entropy", r"entropy"),
     ("perplexity", "Held-out perplexity", "perplexity", r"eval/perplexity"),  # reasonrl pretrain

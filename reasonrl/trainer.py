@@ -21,9 +21,9 @@ from reasonrl import parallel
 from reasonrl.algos.base import Algorithm, Context, TrainBatch, make_algorithm
 from reasonrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_pretrained_atomic
 from reasonrl.config import Config, config_to_dict, save_config
-from reasonrl.data import Example, PromptStream, load_source
+from reasonrl.data import Example, PromptStream, load_source, multi_turn_world
 from reasonrl.distributed import combine_means, combine_sums, combine_totals
-from reasonrl.evaluation import evaluate
+from reasonrl.evaluation import evaluate, evaluate_episodes
 from reasonrl.lora import apply_lora
 from reasonrl.models import check_room, encode_prompt, load_model, model_context, resolve_model_path
 from reasonrl.optim import build_optimizer, initial_schedule_metrics, step_schedules
@@ -90,6 +90,7 @@ class Trainer:
         stream = make_stream(cfg) if make_stream is not None else PromptStream(cfg.data.train, cfg.data)
         self.stream = self.parallel.shard_stream(stream)
         self.own_eval = getattr(self.algo, "evaluate", None)  # the algorithm's own evaluation, if it has one
+        self.eval_world = multi_turn_world(cfg.data.eval or cfg.data.train, cfg.data)  # multi-turn: episodes
         self.eval_examples = [] if self.own_eval else self._eval_examples()
         # Rank 0 names the run directory: the timestamp may differ by a second between ranks.
         self.run_dir = Path(run_dir) if run_dir else Path(self.parallel.broadcast(str(default_run_dir(cfg))))
@@ -170,14 +171,24 @@ class Trainer:
         return metrics
 
     def _eval(self) -> dict[str, float]:
-        """`eval/`-prefixed metrics on rank 0: the algorithm's own evaluation, or greedy accuracy on the eval
-        prompts."""
+        """`eval/`-prefixed metrics on rank 0: the algorithm's own evaluation, or greedy accuracy on the eval prompts
+        (greedy episodes on a multi-turn world)."""
         if not self.parallel.joins_eval or not (self.own_eval or self.eval_examples):
             return {}
         rcfg = self.config.rollout
         with self.parallel.gathered(self.model):
             if self.own_eval:
                 metrics = self.own_eval(self.ctx)
+            elif self.eval_world is not None:
+                metrics = evaluate_episodes(
+                    self.ctx.engine,
+                    self.tokenizer,
+                    self.eval_examples,
+                    self.eval_world.make_env,
+                    rcfg.turns,
+                    self.config.data.system_prompt,
+                    model_context(self.model),
+                )
             else:
                 metrics = evaluate(
                     self.ctx.engine,

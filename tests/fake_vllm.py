@@ -121,6 +121,7 @@ class FakeVLLMServer:
             top_p=request["top_p"],
             top_k=max(request["top_k"], 0),
             greedy=greedy,
+            stop_ids=tuple(request["stop_token_ids"][1:]),
         )
         out = self.engine.generate(request["prompt"], request["n"], params)
         choices = []
@@ -182,8 +183,9 @@ def _check(request: dict, eos: int) -> str | None:
         return "this fake serves only batches of token-id prompts (list[list[int]])"
     if not request.get("return_token_ids"):
         return "this fake answers only with return_token_ids=true"
-    if request.get("stop_token_ids") != [eos]:
-        return f"this fake stops only at EOS, like reasonrl's engines: stop_token_ids must be [{eos}]"
+    stops = request.get("stop_token_ids")
+    if not (isinstance(stops, list) and stops[:1] == [eos] and all(isinstance(t, int) and t >= 0 for t in stops)):
+        return f"reasonrl's engines always stop at EOS: stop_token_ids must be [{eos}, *stop ids], got {stops!r}"
     if request.get("logprobs") not in (None, 0):
         return "this fake returns only the sampled token's log-prob (logprobs=0)"
     numbers = {"n": int, "max_tokens": int, "top_k": int, "temperature": (int, float), "top_p": (int, float)}

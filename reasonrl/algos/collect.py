@@ -9,8 +9,10 @@ from typing import Any
 import torch
 
 from reasonrl.data import Example
-from reasonrl.models import decode_completion
+from reasonrl.envs.render import make_renderer
+from reasonrl.models import decode_completion, model_context
 from reasonrl.rollout.base import Rollouts, SamplingParams
+from reasonrl.rollout.episodes import Episode, run_episodes, to_rollouts
 
 
 def example_fields(examples: list[Example], n: int) -> dict[str, list[Any]]:
@@ -46,8 +48,24 @@ def collect_rollouts(
     return rollouts, result
 
 
+def collect_episodes(
+    ctx, examples: list[Example], n: int, params: SamplingParams, make_env: Callable
+) -> tuple[Rollouts, list[Episode]]:
+    """Play n episodes per example of a multi-turn world (budgets: config rollout.turns) and turn them into rows.
+    Rewards are the env's: score()["reward"] per episode, turn rewards in `token_rewards` (rewards.funcs unused)."""
+    limits = ctx.config.rollout.turns
+    renderer = make_renderer(ctx.tokenizer, limits, ctx.config.data.system_prompt)
+    with ctx.timer.section("generate"):
+        episodes = run_episodes(
+            ctx.engine, examples, make_env, renderer, ctx.tokenizer, params, limits, n, model_context(ctx.model)
+        )
+    return to_rollouts(episodes, limits.context, ctx.tokenizer), episodes
+
+
 def rollout_metrics(rollouts: Rollouts, result, max_new_tokens: int) -> dict[str, float]:
-    """The metrics peers log for a generation round, under the names users know from TRL."""
+    """The metrics peers log for a generation round, under the names users know from TRL. Lengths and
+    `num_tokens` count policy tokens only (multi-turn rows also hold environment tokens); `result` is None for
+    episodes, whose rewards come from their environments."""
     rewards = torch.tensor(rollouts.rewards, dtype=torch.float64)
     valid = rewards[torch.isfinite(rewards)]
     groups = torch.tensor(rollouts.group)
@@ -68,9 +86,9 @@ def rollout_metrics(rollouts: Rollouts, result, max_new_tokens: int) -> dict[str
         "completions/max_length": float(lengths.max()),
         "completions/clipped_ratio": sum(not f for f in rollouts.finished) / len(rollouts),
         "num_tokens": float(lengths.sum()),
-        "rewards/failed": float(result.failed),
-        "rewards/timeout": float(result.timeout),
     }
+    if result is not None:
+        metrics |= {"rewards/failed": float(result.failed), "rewards/timeout": float(result.timeout)}
     for name, values in rollouts.reward_components.items():
         v = torch.tensor(values, dtype=torch.float64)
         v = v[torch.isfinite(v)]

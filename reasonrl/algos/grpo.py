@@ -17,7 +17,7 @@ import torch
 
 from reasonrl.algos.base import TrainBatch, register_algorithm
 from reasonrl.algos.batch import advantage_names, rollout_advantages, rollout_batch
-from reasonrl.algos.collect import collect_rollouts, rollout_metrics
+from reasonrl.algos.collect import collect_episodes, collect_rollouts, rollout_metrics
 from reasonrl.algos.losses import (
     KL_ESTIMATORS,
     policy_loss,
@@ -26,9 +26,11 @@ from reasonrl.algos.losses import (
     zero_variance_groups,
 )
 from reasonrl.config import AlgoConfig
+from reasonrl.data import multi_turn_world
 from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.rewards import soft_overlong_punishment
 from reasonrl.rollout.base import Rollouts, SamplingParams
+from reasonrl.rollout.episodes import episode_metrics
 
 
 @dataclass
@@ -117,6 +119,15 @@ class GRPO:
         self.params = SamplingParams(r.max_completion_length, r.temperature, r.top_p, r.top_k)
         self.num_generations = r.num_generations
         self.temperature = r.temperature
+        # A multi-turn world (one offering make_env) is played as episodes with budgets rollout.turns; Dr.GRPO's
+        # constant is then a row's most policy tokens.
+        world = multi_turn_world(config.data.train, config.data)
+        self.make_env = world.make_env if world is not None else None
+        self.max_policy_tokens = r.max_completion_length
+        if self.make_env is not None:
+            turns = r.turns
+            per_row = turns.max_turn_tokens * (turns.max_turns if turns.context == "append" else 1)
+            self.max_policy_tokens = min(per_row, turns.max_episode_tokens)
         self.extra_rewards = []
         if self.cfg.overlong_buffer > 0:
             self.extra_rewards.append(
@@ -129,12 +140,19 @@ class GRPO:
                 )
             )
 
+    def _collect(self, ctx) -> tuple[Rollouts, dict[str, float]]:
+        """One round of prompts: completions scored by the run's rewards, or episodes scored by their envs."""
+        examples = ctx.stream.next(self.prompts_per_step)
+        if self.make_env is not None:
+            rollouts, episodes = collect_episodes(ctx, examples, self.num_generations, self.params, self.make_env)
+            metrics = rollout_metrics(rollouts, None, self.max_policy_tokens) | episode_metrics(episodes)
+            return rollouts, metrics
+        rollouts, result = collect_rollouts(ctx, examples, self.num_generations, self.params, self.extra_rewards)
+        return rollouts, rollout_metrics(rollouts, result, self.params.max_new_tokens)
+
     def _sample(self, ctx) -> tuple[Rollouts, dict[str, float]]:
         """One round of prompts, or with dynamic sampling: rounds until `prompts_per_step` informative groups."""
-        rollouts, result = collect_rollouts(
-            ctx, ctx.stream.next(self.prompts_per_step), self.num_generations, self.params, self.extra_rewards
-        )
-        metrics = rollout_metrics(rollouts, result, self.params.max_new_tokens)
+        rollouts, metrics = self._collect(ctx)
         if not self.cfg.dynamic_sampling:
             return rollouts, metrics
         kept, rounds, wanted = [], 0, len(set(rollouts.group))  # this rank's share of prompts_per_step
@@ -145,9 +163,7 @@ class GRPO:
             if len(kept) >= wanted or rounds >= self.cfg.max_resample_rounds:
                 break
             rounds += 1
-            rollouts, result = collect_rollouts(
-                ctx, ctx.stream.next(self.prompts_per_step), self.num_generations, self.params, self.extra_rewards
-            )
+            rollouts, _ = self._collect(ctx)
         metrics["dynamic_sampling/rounds"] = float(rounds)
         metrics["dynamic_sampling/kept_groups"] = float(min(len(kept), wanted))
         return Rollouts.concat(kept[:wanted]), metrics
@@ -172,8 +188,8 @@ class GRPO:
 
     def completion_budget(self) -> int:
         """Dr.GRPO's constant: the generation limit (AutoThink's changes per stage); for multi-turn episodes it is
-        their policy-token budget, which the episode collector knows."""
-        return self.params.max_new_tokens
+        their policy-token budget per row."""
+        return self.max_policy_tokens if self.make_env is not None else self.params.max_new_tokens
 
     def _score(self, model, tensors: dict[str, torch.Tensor], ctx) -> torch.Tensor:
         """Log-probs of the batch's completions under `model`, without gradients, micro-batch by micro-batch."""

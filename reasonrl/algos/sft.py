@@ -1,4 +1,7 @@
-"""SFT: maximise the likelihood of demonstration completions; the loss counts completion tokens only."""
+"""SFT: maximise the likelihood of demonstration completions; the loss counts completion tokens only.
+
+On a multi-turn world (one with make_env) each demonstration's policy turns are played through the env and the
+renderer into an episode (rollout/episodes.py), and only the policy tokens are trained: SFT and RL see one format."""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ import torch
 from reasonrl.algos.base import TrainBatch, register_algorithm
 from reasonrl.algos.common import build_sequences
 from reasonrl.config import AlgoConfig
-from reasonrl.data import DataError, Example
+from reasonrl.data import DataError, Example, multi_turn_world
+from reasonrl.envs.render import make_renderer
 from reasonrl.modeling.logprobs import completion_logprobs
-from reasonrl.models import encode_completion
+from reasonrl.models import encode_completion, model_context
+from reasonrl.rollout.episodes import episode_metrics, play_demonstrations, to_rollouts
 
 
 @dataclass
@@ -44,9 +49,14 @@ class SFT:
             raise ValueError(f"algo.demo must be solution, direct or mix, got {self.cfg.demo!r}")
         self.batch_size = config.train.prompts_per_step
         self.name = "sft"
+        self.world = multi_turn_world(config.data.train, config.data)
+        if self.world is not None and config.rollout.turns.context != "append":
+            raise ValueError("SFT on multi-turn demonstrations needs rollout.turns.context=append")
 
     def gather(self, ctx) -> TrainBatch:
         examples = ctx.stream.next(self.batch_size)
+        if self.world is not None:
+            return self._gather_episodes(ctx, examples)
         rng = random.Random(f"sft/{ctx.config.train.seed}/{ctx.step}")
         completions = [encode_completion(ctx.tokenizer, demonstration(ex, self.cfg, rng)) for ex in examples]
         tensors = build_sequences(ctx.encode_prompts(examples), completions, ctx.tokenizer.pad_token_id)
@@ -54,6 +64,16 @@ class SFT:
         return TrainBatch(
             tensors, totals={"num_tokens": num_tokens}, metrics={"num_tokens": num_tokens}, sort_by_length=True
         )
+
+    def _gather_episodes(self, ctx, examples: list[Example]) -> TrainBatch:
+        limits = ctx.config.rollout.turns
+        renderer = make_renderer(ctx.tokenizer, limits, ctx.config.data.system_prompt)
+        episodes = play_demonstrations(self.world, examples, renderer, ctx.tokenizer, limits, model_context(ctx.model))
+        rows = to_rollouts(episodes, "append")
+        tensors = build_sequences(rows.prompt_ids, rows.completion_ids, ctx.tokenizer.pad_token_id, rows.loss_mask)
+        num_tokens = float(tensors["completion_mask"].sum())
+        metrics = {"num_tokens": num_tokens} | episode_metrics(episodes)  # stop reasons other than done: budgets cut
+        return TrainBatch(tensors, totals={"num_tokens": num_tokens}, metrics=metrics, sort_by_length=True)
 
     def num_updates(self, batch: TrainBatch) -> int:
         return 1

@@ -44,7 +44,7 @@ class HFEngine:
         sampling = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=[tok.eos_token_id, *params.stop_ids],  # generate() stops a row at any of them
             pad_token_id=tok.pad_token_id,
             return_dict_in_generate=True,
             output_logits=not params.greedy,
@@ -57,10 +57,12 @@ class HFEngine:
             logits = torch.stack(result.logits, 1).float() / params.temperature
             chosen = completions[:, : logits.shape[1]].to(logits.device)
             logprobs = (logits.gather(-1, chosen.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)).cpu()
+        stops = {tok.eos_token_id, *params.stop_ids}
         for i, p in enumerate(prompts):
             row = completions[i].tolist()
-            finished = tok.eos_token_id in row
-            length = row.index(tok.eos_token_id) + 1 if finished else len(row)
+            end = next((k for k, t in enumerate(row) if t in stops), None)  # the stop id is kept as the last token
+            finished = end is not None
+            length = end + 1 if finished else len(row)
             out.prompt_ids.append(list(p))
             out.completion_ids.append(row[:length])
             out.logprobs.append(logprobs[i, :length].tolist() if logprobs is not None else [])

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from reasonrl.rollout.base import SamplingParams
+from reasonrl.rollout.base import RolloutEngine, SamplingParams
 
 
 @dataclass
@@ -50,3 +50,46 @@ class Session(Protocol):
     def close(self) -> None:
         """Free what the session holds (KV caches)."""
         ...
+
+
+class StatelessSession:
+    """A session over any engine: each `generate` re-submits the rows' full token lists, one sample each.
+
+    Correct on every engine (HF recomputes the history; vLLM's prefix cache makes it cheap); FastEngine's own
+    session appends observations without recomputing. Recording and replay see one ordinary call per turn."""
+
+    def __init__(self, engine: RolloutEngine, prompt_ids: Sequence[Sequence[int]], n: int):
+        self.engine = engine
+        self.rows = [list(p) for p in prompt_ids for _ in range(n)]  # row i*n+j: sample j of prompt i
+
+    def generate(self, rows: Sequence[int], params: SamplingParams) -> list[TurnSample]:
+        if not rows:
+            return []
+        out = self.engine.generate([self.rows[r] for r in rows], 1, params)
+        samples = []
+        for r, ids, logprobs, stopped in zip(rows, out.completion_ids, out.logprobs, out.finished):
+            self.rows[r] += ids
+            samples.append(TurnSample(list(ids), list(logprobs), bool(stopped)))
+        return samples
+
+    def append(self, rows: Sequence[int], ids: Sequence[Sequence[int]]) -> None:
+        for r, new in zip(rows, ids, strict=True):
+            self.rows[r] += list(new)
+
+    def fork(self, rows: Sequence[int]) -> StatelessSession:
+        child = StatelessSession(self.engine, [], 0)
+        child.rows = [list(self.rows[r]) for r in rows]
+        return child
+
+    def tokens(self, row: int) -> list[int]:
+        return list(self.rows[row])
+
+    def close(self) -> None:
+        self.rows = []
+
+
+def open_session(engine: RolloutEngine, prompt_ids: Sequence[Sequence[int]], n: int) -> Session:
+    """`engine.open(prompt_ids, n)` when the engine keeps KV caches across turns (FastEngine), else a
+    StatelessSession. Row i*n+j starts as prompt i."""
+    opener = getattr(engine, "open", None)
+    return opener(prompt_ids, n) if opener is not None else StatelessSession(engine, prompt_ids, n)

@@ -89,7 +89,7 @@ class VLLMEngine:
                 top_p=params.top_p,
                 top_k=params.top_k or -1,
                 logprobs=None if params.greedy else 0,
-                stop_token_ids=[self.tokenizer.eos_token_id],
+                stop_token_ids=[self.tokenizer.eos_token_id, *params.stop_ids],  # kept as the last token
             )
             prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]
             outputs = self.llm.generate(prompts, sampling, use_tqdm=False)

@@ -132,7 +132,7 @@ class VLLMServerEngine:
             "temperature": 0.0 if params.greedy else params.temperature,
             "top_p": params.top_p,
             "top_k": params.top_k or -1,
-            "stop_token_ids": [self.tokenizer.eos_token_id],
+            "stop_token_ids": [self.tokenizer.eos_token_id, *params.stop_ids],  # kept as the last token
             "return_token_ids": True,
         }
         if not params.greedy:

@@ -1,12 +1,17 @@
-"""Embedded verifiable worlds: procedurally generated tasks with gold answers and demonstrations."""
+"""Embedded verifiable worlds: procedurally generated tasks with gold answers and demonstrations.
+
+A world with `make_env(example)` is multi-turn (guess): its examples are played as episodes (rollout/episodes.py)."""
+
+from typing import Any
 
 from reasonrl.worlds.arith import ArithWorld
+from reasonrl.worlds.guess import GuessWorld
 from reasonrl.worlds.shortcut import ShortcutWorld
 
-WORLDS = {"arith": ArithWorld, "shortcut": ShortcutWorld}
+WORLDS = {"arith": ArithWorld, "guess": GuessWorld, "shortcut": ShortcutWorld}
 
 
-def get_world(name: str, **kwargs) -> ArithWorld:
+def get_world(name: str, **kwargs) -> Any:
     if name not in WORLDS:
         raise ValueError(f"unknown world {name!r}; known worlds: {sorted(WORLDS)}")
     return WORLDS[name](**kwargs)
