@@ -1,15 +1,26 @@
 """FastEngine's KV-cached session (rollout/fast_session.py) must compute what a full HF forward over the same tokens
-computes, through the PyTorch path and the fused C step, whatever the rows' lengths, holes and forks."""
+computes, through the PyTorch path and the fused C step, whatever the rows' lengths, holes and forks; greedy episodes
+on the guess world are the same through it as through the stateless session."""
+
+from collections import Counter
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from reasonrl.config import TurnLimits, load_config
+from reasonrl.envs.render import ChatRenderer
 from reasonrl.modeling import native
 from reasonrl.models import encode_prompt, load_model
+from reasonrl.rollout import episodes
 from reasonrl.rollout.base import SamplingParams
+from reasonrl.rollout.episodes import run_episodes
 from reasonrl.rollout.fast import FastEngine
+from reasonrl.rollout.fast_session import FastSession
 from reasonrl.rollout.hf import HFEngine
+from reasonrl.rollout.session import StatelessSession, open_session
+from reasonrl.trainer import Trainer
+from reasonrl.worlds.guess import GuessWorld
 
 PROMPTS = ["Compute 3+4.", "Compute 12+30. Think step by step.", "7+8?"]
 OBSERVATIONS = [[40, 41], [50], [60, 61, 62, 63, 64, 65, 66], [70, 71, 72], [80, 81, 82, 83], [90]]
@@ -152,4 +163,58 @@ def test_bad_calls_get_one_clear_error(student):
         session.append([0, 1], [[4]])
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=321, n_embd=32, n_layer=1, n_head=2, eos_token_id=2, pad_token_id=0))
     with pytest.raises(ValueError, match=r"gpt2.*StatelessSession"):
-        FastEngine(gpt2, tok).open([encode_prompt(tok, "7+8?")], 1)
+        FastSession(FastEngine(gpt2, tok), [encode_prompt(tok, "7+8?")], 1)
+
+
+def test_open_falls_back_to_the_stateless_session_where_the_decoder_cannot_run(student):
+    # FastEngine.generate falls back to HF generate for such models; its sessions must not fail instead
+    model, tok = student
+    prompts = [encode_prompt(tok, "7+8?")]
+    assert isinstance(FastEngine(model, tok).open(prompts, 2), FastSession)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=321, n_embd=32, n_layer=1, n_head=2, eos_token_id=2, pad_token_id=0))
+    engine = FastEngine(gpt2, tok)
+    session = open_session(engine, prompts, 2)
+    assert isinstance(session, StatelessSession)
+    turn = session.generate([1], SamplingParams(max_new_tokens=4, greedy=True))[0]
+    assert session.tokens(1) == prompts[0] + turn.ids and session.tokens(0) == prompts[0]
+    assert turn.ids == engine.generate(prompts, 1, SamplingParams(max_new_tokens=4, greedy=True)).completion_ids[0]
+
+
+@pytest.fixture(scope="module")
+def guesser(tmp_path_factory):
+    """The student after 40 SFT steps on guess demonstrations: it plays multi-turn games that end at EOS."""
+    run = tmp_path_factory.mktemp("sft-guess")
+    overrides = ["data.train=world:guess", "data.levels=[1,2,3]", "algo.name=sft", "train.steps=40"]
+    overrides += ["train.prompts_per_step=16", "train.micro_batch_size=64", "train.eval_every=0"]
+    overrides += ["train.progress=false", "optim.lr=3e-3", "optim.warmup_steps=0"]
+    Trainer(load_config(None, overrides), run_dir=run).train()
+    return load_model(str(run / "final"))
+
+
+@pytest.mark.parametrize("stop", [None, "1"])
+def test_greedy_guess_episodes_are_the_same_through_every_session(guesser, stop, monkeypatch):
+    # run_episodes opens FastSession on FastEngine; the same episodes through StatelessSession over FastEngine and
+    # HFEngine must be token-identical, every turn ending at EOS or the stop id (kept as the turn's last token)
+    model, tok = guesser
+    world = GuessWorld()
+    examples, limits = world.eval_set([1, 2, 3]), TurnLimits(max_turns=5, max_turn_tokens=16)
+    stops = () if stop is None else (tok.convert_tokens_to_ids(stop),)
+    params = SamplingParams(max_new_tokens=16, greedy=True, stop_ids=stops)
+
+    def play(engine):
+        return run_episodes(engine, examples, world.make_env, ChatRenderer(tok), tok, params, limits, 1, 512)
+
+    opened = []
+    monkeypatch.setattr(episodes, "open_session", lambda *a: opened.append(open_session(*a)) or opened[-1])
+    kv = play(FastEngine(model, tok))
+    monkeypatch.setattr(episodes, "open_session", lambda *a: opened.append(StatelessSession(*a)) or opened[-1])
+    ways = {"fast": play(FastEngine(model, tok)), "hf": play(HFEngine(model, tok))}
+    assert [type(s) for s in opened] == [FastSession, StatelessSession, StatelessSession]
+    ends = Counter(ep.tokens[t.span[1] - 1] for ep in kv for t in ep.turns)
+    assert set(ends) <= {tok.eos_token_id, *stops} and all(t.info["stopped"] for ep in kv for t in ep.turns)
+    assert sum(len(ep.turns) > 1 for ep in kv) >= len(kv) // 2 and any(ep.stop_reason == "done" for ep in kv)
+    if stops:
+        assert ends[stops[0]] >= 5 and ends[tok.eos_token_id] >= 5
+    for name, eps in ways.items():
+        assert [ep.tokens for ep in eps] == [ep.tokens for ep in kv], name
+        assert [ep.stop_reason for ep in eps] == [ep.stop_reason for ep in kv], name

@@ -99,9 +99,13 @@ class FastEngine(HFEngine):
         self.decode_calls = 0  # forward passes of the decoder, for tests and benchmarks
 
     def open(self, prompt_ids: list[list[int]], n: int):
-        """A KV-cached multi-turn session over `n` rows per prompt (row i*n+j: the j-th of prompt i)."""
+        """A KV-cached multi-turn session over `n` rows per prompt (row i*n+j: the j-th of prompt i); for models the
+        lean decoder does not support, a StatelessSession (each turn through HF `generate`, as generate falls back)."""
         from reasonrl.rollout.fast_session import FastSession
+        from reasonrl.rollout.session import StatelessSession
 
+        if unsupported_reason(self.model, max(map(len, prompt_ids), default=0)):
+            return StatelessSession(self, prompt_ids, n)
         return FastSession(self, prompt_ids, n)
 
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, out: Rollouts) -> None:
