@@ -1,5 +1,6 @@
-"""Multi-turn episode collection on the shipped student: FastEngine's KV-cached session vs re-submitting every row's
-whole token list each turn (the stateless way), over the same engine, interleaved, the same seeds.
+"""Multi-turn episode collection on the shipped student: FastEngine's KV-cached session (FastSession) vs the
+library's StatelessSession, which re-submits every row's whole token list each turn, over the same engine,
+interleaved, the same seeds.
 
     OMP_NUM_THREADS=1 python bench/multiturn.py [--episodes 64] [--turns 4] [--turn-tokens 16] [--reps 5]
 
@@ -22,28 +23,8 @@ import torch
 from reasonrl.models import encode_prompt, load_model
 from reasonrl.rollout.base import SamplingParams
 from reasonrl.rollout.fast import FastEngine
-from reasonrl.rollout.session import TurnSample
+from reasonrl.rollout.session import StatelessSession
 from reasonrl.worlds.arith import ArithWorld
-
-
-class Resubmit:
-    """The stateless session: every turn re-submits each row's full token list to `engine.generate`."""
-
-    def __init__(self, engine, prompt_ids: list[list[int]], n: int):
-        self.engine, self.sequences = engine, [list(p) for p in prompt_ids for _ in range(n)]
-
-    def generate(self, rows: list[int], params: SamplingParams) -> list[TurnSample]:
-        out = self.engine.generate([self.sequences[r] for r in rows], 1, params)
-        for r, ids in zip(rows, out.completion_ids):
-            self.sequences[r] += ids
-        return [TurnSample(ids, lp, done) for ids, lp, done in zip(out.completion_ids, out.logprobs, out.finished)]
-
-    def append(self, rows: list[int], ids: list[list[int]]) -> None:
-        for r, chunk in zip(rows, ids):
-            self.sequences[r] += chunk
-
-    def tokens(self, row: int) -> list[int]:
-        return list(self.sequences[row])
 
 
 def observations(episodes: int, turns: int, vocab: range, seed: int = 0) -> list[list[list[int]]]:
@@ -77,7 +58,7 @@ def main() -> None:
     prompts = [encode_prompt(tok, world.example(i).prompt) for i in range(args.episodes // 4)]
     obs = observations(args.episodes, args.turns, range(3, len(tok)))
     params = SamplingParams(max_new_tokens=args.turn_tokens, temperature=1.0)
-    ways = {"kv-cached": lambda: engine.open(prompts, 4), "stateless": lambda: Resubmit(engine, prompts, 4)}
+    ways = {"kv-cached": lambda: engine.open(prompts, 4), "stateless": lambda: StatelessSession(engine, prompts, 4)}
     times: dict[str, list[float]] = {name: [] for name in ways}
     decoding: dict[str, list[float]] = {name: [] for name in ways}
     tokens: dict[str, int] = {}
