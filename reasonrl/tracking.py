@@ -92,6 +92,8 @@ class Tracker:
             self._trackio.log(finite, step=step)
         if self._progress is not None:
             fields = {f: _fmt(clean[k]) for f, k in (("reward", "reward"), ("accuracy", "eval/accuracy")) if k in clean}
+            if "turns/mean" in clean:  # multi-turn runs; single-turn runs leave the column blank
+                fields["turns"] = f"turns {_fmt(clean['turns/mean'])}"
             self._progress.update(self._task, completed=step, **fields)
 
     def close(self) -> None:
@@ -118,9 +120,12 @@ class Tracker:
             TimeRemainingColumn(),
             TextColumn("reward {task.fields[reward]}"),
             TextColumn("acc {task.fields[accuracy]}"),
+            TextColumn("{task.fields[turns]}"),
             console=Console(stderr=True),
         )
-        self._task = self._progress.add_task("train", total=total_steps, completed=start, reward="-", accuracy="-")
+        self._task = self._progress.add_task(
+            "train", total=total_steps, completed=start, reward="-", accuracy="-", turns=""
+        )
         self._progress.start()
 
 

@@ -81,7 +81,11 @@ def test_progress_bar_runs_with_live_fields(tmp_path):
     with Tracker(tmp_path, [], {}, total_steps=3, progress=True) as t:
         t.log(1, {"reward": 0.25})
         t.log(2, {"eval/accuracy": 0.5})
-    assert len(read_metrics(tmp_path)) == 2
+        fields = t._progress.tasks[0].fields
+        assert (fields["reward"], fields["accuracy"], fields["turns"]) == ("0.250", "0.500", "")
+        t.log(3, {"reward": 0.5, "turns/mean": 2.375})
+        assert t._progress.tasks[0].fields["turns"] == "turns 2.375"
+    assert len(read_metrics(tmp_path)) == 3
 
 
 def write_metrics(run_dir, rows) -> None:
