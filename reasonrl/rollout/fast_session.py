@@ -54,6 +54,38 @@ def realign(k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, real: torch.Te
     return KVBatch(out[0], out[1], col - counts, col, counts)
 
 
+def ragged_forward(
+    decoder: Decoder,
+    ids: torch.Tensor,
+    chunk_real: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    start: int,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """`decoder.forward` over left-padded chunks ids [B, W] (real where `chunk_real`), with the per-token work
+    (projections, MLP) on the real tokens only: observations of mixed lengths pay no padding but in attention.
+    Padding columns get zero keys and values (masked, but finite). Logits [B, V] of each row's last token."""
+    rows, cols = chunk_real.nonzero(as_tuple=True)  # row-major: each row's tokens in order
+    batch, width = ids.shape
+    end = start + width
+    x = decoder.base.embed_tokens(ids[rows, cols])[None]  # [1, N, E]: the packed residual stream
+    cos, sin = cos[rows, cols][None, None], sin[rows, cols][None, None]
+    for i, w in enumerate(decoder.layers):
+        q, k, v = decoder.attention_inputs(w, x, cos, sin)  # [1, heads, N, D]
+        for cache, new in ((k_cache, k), (v_cache, v)):
+            chunk = cache[i, :, :, start:end].transpose(1, 2)  # [B, W, KV, D], a view of the cache
+            chunk.zero_()
+            chunk[rows, cols] = new[0].transpose(0, 1)
+        queries = q.new_zeros((batch, width, q.shape[1], q.shape[3]))
+        queries[rows, cols] = q[0].transpose(0, 1)
+        o = decoder.attend(queries.transpose(1, 2), k_cache[i, :, :, :end], v_cache[i, :, :, :end], mask)
+        x = decoder.attention_output_and_mlp(w, x, o.transpose(1, 2)[rows, cols].transpose(0, 1)[None])
+    return decoder.logits(x[0, chunk_real.sum(-1).cumsum(0) - 1])
+
+
 class FastSession:
     """Rows (episodes) with a KV cache each, kept across turns; see the module docstring. It computes with the
     weights the model had when it was opened (one rollout's sessions never see an update)."""
@@ -184,7 +216,7 @@ class FastSession:
             own = torch.zeros_like(causal)
             own[:, col:] = torch.eye(width, dtype=torch.bool, device=device)
             mask = ((causal & real[:, None, :]) | own)[:, None]
-            logits = decoder.forward(ids, cos, sin, batch.k, batch.v, col, mask)
+            logits = ragged_forward(decoder, ids, chunk_real, cos, sin, batch.k, batch.v, col, mask)
         engine.decode_calls += 1
         self._store(index, batch.k, batch.v, real)
         self.logits[index] = logits
