@@ -8,6 +8,7 @@ rotation already, so moving columns changes nothing), and writes the batch back:
 
 - `append(rows, ids)`: one forward over the new tokens only, written at the common columns, each row's chunk
   left-padded inside the chunk; the mask hides the chunk padding, RoPE positions count each row's real tokens.
+  Projections and MLP run on the real tokens only (`ragged_forward`), so only attention pays for the padding.
 - `generate(rows, params)`: FastEngine's decode loop (the fused C step where it applies) from the rows' next-token
   logits, until each row hits EOS, a stop id or max_new_tokens; other rows stay as they are.
 
