@@ -56,12 +56,15 @@ def _run_training(args, algo: str | None) -> int:
               f"continue with: reasonrl {args.command} --resume {trainer.run_dir}", file=sys.stderr)
         print(json.dumps({**summary, "stopped_at_step": trainer.stopped_at}))
         return 0
+    headline = None
     if records:
         summary["accuracy_before"] = records[0]["eval/accuracy"]
         summary["accuracy_after"] = records[-1]["eval/accuracy"]
         summary.update({k.removeprefix("eval/"): v for k, v in final.items()})
-        print(f"eval accuracy: {summary['accuracy_before']:.1%} before, {summary['accuracy_after']:.1%} after "
-              f"(run directory: {trainer.run_dir})")
+        before, after = summary["accuracy_before"], summary["accuracy_after"]
+        size = f" on {records[-1]['eval/n']:.0f} held-out problems" if "eval/n" in records[-1] else ""
+        headline = (f"eval accuracy{size}: {before:.1%} -> {after:.1%} ({100 * (after - before):+.1f} points; "
+                    f"run directory: {trainer.run_dir})")
     if args.export:
         export = Path(args.export)
         tmp = export.with_name(export.name + ".tmp")
@@ -71,6 +74,8 @@ def _run_training(args, algo: str | None) -> int:
         tmp.rename(export)
         summary["exported"] = str(export)
     print(json.dumps(summary))
+    if headline:  # the last line, for a person: before -> after and the eval size
+        print(headline)
     return 0
 
 

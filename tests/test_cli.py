@@ -11,14 +11,18 @@ FAST = ["rollout.num_generations=2", "rollout.max_completion_length=8", "train.p
 
 
 def last_json(out: str) -> dict:
-    return json.loads(out.strip().splitlines()[-1])
+    return json.loads([line for line in out.strip().splitlines() if line.startswith("{")][-1])
 
 
 def test_train_writes_a_complete_run_directory(nano_dir, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", f"model.path={nano_dir}", "--output-dir", str(run), *FAST]) == 0
-    summary = last_json(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    summary = last_json(out)
     assert summary["run_dir"] == str(run) and 0.0 <= summary["accuracy_after"] <= 1.0
+    # the last line is for a person: before -> after on the eval set's size (data.eval_n=2 per level, 3 levels)
+    before, after = f"{summary['accuracy_before']:.1%}", f"{summary['accuracy_after']:.1%}"
+    assert out.strip().splitlines()[-1].startswith(f"eval accuracy on 6 held-out problems: {before} -> {after} (")
     assert (run / "config.yaml").exists()
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[:3] == [0, 1, 2]
