@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 USAGE_EXAMPLES = """examples:
-  reasonrl train                                  GRPO on the arith world from the shipped student
-  reasonrl train algo=dapo train.steps=60         DAPO settings, more steps
+  reasonrl train                                  GRPO on the arith world from the shipped student (~4 CPU-min)
+  reasonrl train algo=dapo train.steps=60         the main job with DAPO settings, fewer steps
   reasonrl train --config configs/grpo.yaml algo.beta=0.01
   reasonrl train --resume runs/grpo-20261122-101500
   reasonrl sft --config configs/student.yaml --export reasonrl/assets/student
@@ -23,7 +23,7 @@ USAGE_EXAMPLES = """examples:
 
 
 def _run_training(args, algo: str | None) -> int:
-    from reasonrl.config import load_config
+    from reasonrl.config import load_config, main_job_config
     from reasonrl.trainer import Trainer
 
     overrides = list(args.overrides)
@@ -35,7 +35,8 @@ def _run_training(args, algo: str | None) -> int:
     config_path = args.config
     if args.resume and not config_path:
         config_path = str(Path(args.resume) / "config.yaml")
-    config = load_config(config_path, overrides)
+    main_job = args.command == "train" and not config_path  # `reasonrl train` alone: the main job's settings
+    config = load_config(config_path, overrides, base=main_job_config() if main_job else None)
     if args.quiet:
         config.train.progress = False
     trainer = Trainer(config, run_dir=args.resume or args.output_dir, resume=bool(args.resume))
