@@ -362,6 +362,7 @@ class Trainer:
             for step in range(self.start_step + 1, cfg.steps + 1):
                 self.ctx.step = step
                 started = time.perf_counter()
+                lr = self.scheduler.get_last_lr()[0]  # the rate this step's update uses (the schedule steps after it)
                 with fsdp.gathered(self.model):  # generation and scoring: no collectives inside
                     batch, metrics, has_data = self._gather()
                 if has_data:
@@ -371,7 +372,7 @@ class Trainer:
                 else:
                     self._step_schedules()
                     metrics["train/skipped_empty_batch"] = 1.0
-                metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
+                metrics["learning_rate"] = lr
                 metrics["step_time"] = time.perf_counter() - started
                 metrics.update(self.ctx.timer.pop(metrics["step_time"]))
                 metrics.update(self._spectral_metrics(step))  # after step_time: monitoring is not training time
