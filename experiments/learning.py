@@ -4,9 +4,10 @@ Every arm is one `reasonrl train` process on one thread (arms run in parallel wi
 directory holds a test result is skipped, an interrupted one resumes from its last checkpoint. Settings are chosen
 on a VALIDATION split (400 held-out problems of levels 2-3 that are not in the test set); each arm's final model is
 then scored once on the TEST set, the 408 problems `reasonrl train` evaluates on (data.eval_n=200: 8 of level 1,
-200 of level 2, 200 of level 3). Writes docs/results/learning.md (the tables) and PNG curves.
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/learning.py --jobs 2          (every arm; the doc gives the time)
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/learning.py --arms old new    (some arms only)
+200 of level 2, 200 of level 3). TRL's GRPOTrainer runs the arms named by --trl with the same settings; its saved
+models are scored the same way. Writes docs/results/learning.md (tables above its hand-written notes) and PNG curves.
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/learning.py --jobs 2              (every arm; the doc gives the time)
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/learning.py --arms old new --trl  (some arms, no TRL)
 """
 
 from __future__ import annotations
