@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 USAGE_EXAMPLES = """examples:
-  reasonrl train                                  GRPO on the arith world from the shipped student
-  reasonrl train algo=dapo train.steps=60         DAPO settings, more steps
+  reasonrl train                                  GRPO on the arith world from the shipped student (~4 CPU-min)
+  reasonrl train algo=dapo train.steps=60         the main job with DAPO settings, fewer steps
   reasonrl train --config configs/grpo.yaml algo.beta=0.01
   reasonrl train --resume runs/grpo-20261122-101500
   reasonrl sft --config configs/student.yaml --export reasonrl/assets/student
@@ -50,10 +50,11 @@ ALIASES = {
         "corpus_chars": "algo.corpus_chars",
     },
 }
-# The first eval metric that a run logs of these is its headline: (key, how `before` and `after` are printed).
+# The first eval metric that a run logs of these is its headline, the last line printed, for a person: before ->
+# after, the change and the eval size.
 HEADLINES = (
-    ("accuracy", "eval accuracy: {:.1%} before, {:.1%} after"),
-    ("perplexity", "held-out perplexity: {:.1f} before, {:.1f} after"),
+    ("accuracy", "eval accuracy{size}: {before:.1%} -> {after:.1%} ({change:+.1f} points)"),
+    ("perplexity", "held-out perplexity{size}: {before:.1f} -> {after:.1f}"),
 )
 
 
@@ -79,8 +80,18 @@ def _run_training(args, algo: str | None) -> int:
     config_path = args.config
     if args.resume and not config_path:
         config_path = str(Path(args.resume) / "config.yaml")
+    # `reasonrl train` alone (no --config, no algo=) is the main job: configs/grpo.yaml's settings (config.MAIN_JOB).
+    main_job = (
+        args.command == "train"
+        and not config_path
+        and not any(o.startswith(("algo=", "algo.name=")) for o in overrides)
+    )
     base = None
-    if args.command == "pretrain":
+    if main_job:
+        from reasonrl.config import main_job_config
+
+        base = main_job_config()
+    elif args.command == "pretrain":
         from reasonrl.algos.pretrain import pretrain_config
 
         base = pretrain_config()
@@ -105,14 +116,17 @@ def _run_training(args, algo: str | None) -> int:
         )
         print(json.dumps({**summary, "stopped_at_step": trainer.stopped_at}))
         return 0
-    rows = read_metrics(trainer.run_dir)
+    rows, headline = read_metrics(trainer.run_dir), None
     for key, line in HEADLINES:
         records = [r for r in rows if f"eval/{key}" in r]
         if records:
-            summary[f"{key}_before"], summary[f"{key}_after"] = records[0][f"eval/{key}"], records[-1][f"eval/{key}"]
+            before, after = records[0][f"eval/{key}"], records[-1][f"eval/{key}"]
+            summary[f"{key}_before"], summary[f"{key}_after"] = before, after
             summary.update({k.removeprefix("eval/"): v for k, v in final.items()})
-            print(
-                f"{line.format(summary[f'{key}_before'], summary[f'{key}_after'])} (run directory: {trainer.run_dir})"
+            size = f" on {records[-1]['eval/n']:.0f} held-out problems" if "eval/n" in records[-1] else ""
+            change = 100 * (after - before)
+            headline = (
+                f"{line.format(size=size, before=before, after=after, change=change)}; run directory: {trainer.run_dir}"
             )
             break
     if args.export:
@@ -124,6 +138,8 @@ def _run_training(args, algo: str | None) -> int:
         tmp.rename(export)
         summary["exported"] = str(export)
     print(json.dumps(summary))
+    if headline:  # the last line, for a person: before -> after and the eval size
+        print(headline)
     return 0
 
 

@@ -333,6 +333,7 @@ class Trainer:
         """One step: gather, update, and the step's own metrics."""
         self.ctx.step = step
         started = time.perf_counter()
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step's update uses (the schedule steps after it)
         with self.parallel.gathered(self.model):  # generation and scoring: no collectives inside
             batch, metrics, has_data = self._gather()
         if has_data:
@@ -342,7 +343,7 @@ class Trainer:
         else:
             self._step_schedules()
             metrics["train/skipped_empty_batch"] = 1.0
-        metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
+        metrics["learning_rate"] = lr
         metrics["step_time"] = time.perf_counter() - started
         metrics.update(self.ctx.timer.pop(metrics["step_time"]))
         return metrics

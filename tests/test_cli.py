@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 from transformers import AutoModelForCausalLM
 
 from reasonrl.cli import main
@@ -18,15 +19,20 @@ FAST = [
 
 
 def last_json(out: str) -> dict:
-    return json.loads(out.strip().splitlines()[-1])
+    return json.loads([line for line in out.strip().splitlines() if line.startswith("{")][-1])
 
 
 def test_train_writes_a_complete_run_directory(nano_dir, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", f"model.path={nano_dir}", "--output-dir", str(run), *FAST]) == 0
-    summary = last_json(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    summary = last_json(out)
     assert summary["run_dir"] == str(run) and 0.0 <= summary["accuracy_after"] <= 1.0
-    assert (run / "config.yaml").exists()
+    # the last line is for a person: before -> after on the eval set's size (data.eval_n=2 per level, 3 levels)
+    before, after = f"{summary['accuracy_before']:.1%}", f"{summary['accuracy_after']:.1%}"
+    assert out.strip().splitlines()[-1].startswith(f"eval accuracy on 6 held-out problems: {before} -> {after} (")
+    saved = yaml.safe_load((run / "config.yaml").read_text())  # no --config: the main job's settings, then overrides
+    assert (saved["data"]["levels"], saved["optim"]["schedule"], saved["train"]["steps"]) == ([2, 3], "cosine", 2)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[:3] == [0, 1, 2]
     assert list((run / "checkpoints").glob("step_000002"))

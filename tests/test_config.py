@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,6 +23,7 @@ from reasonrl.config import (
     TrainConfig,
     config_to_dict,
     load_config,
+    main_job_config,
     register_algo_config,
     save_config,
 )
@@ -75,6 +77,14 @@ def test_defaults_are_the_dataclass_defaults():
     assert (cfg.rewards, cfg.optim, cfg.train) == (RewardConfig(), OptimConfig(), TrainConfig())
     assert cfg.algo.name == "grpo"
     assert type(cfg.algo) is ALGO_CONFIGS.get("grpo", AlgoConfig)
+
+
+def test_configs_grpo_yaml_spells_out_the_main_job():
+    # `reasonrl train` alone starts from main_job_config(); the documented YAML must not drift from it
+    main = main_job_config()
+    assert load_config(Path(__file__).parents[1] / "configs" / "grpo.yaml") == main
+    assert (main.data.levels, main.data.eval_levels, main.data.eval_n) == ([2, 3], [1, 2, 3], 200)
+    assert (main.optim.lr, main.optim.schedule, main.train.steps) == (1e-4, "cosine", 600)
 
 
 def test_yaml_file_is_merged_onto_defaults(tmp_path):

@@ -434,7 +434,7 @@ def test_a_recorded_multi_turn_run_replays_to_the_same_metrics(quick_config, tmp
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics_on_the_guess_world(nano_dir, tmp_path):
     from test_reliability import comparable, finish, launch, training_step_logged, wait_until
 
-    from reasonrl.config import load_config
+    from reasonrl.config import load_config, main_job_config
     from reasonrl.tracking import read_metrics
     from reasonrl.trainer import Trainer
 
@@ -452,7 +452,8 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics_on_the_gues
         "optim.lr=1e-3",
         "train.progress=false",
     ]
-    Trainer(load_config(None, overrides), run_dir=tmp_path / "whole").train()
+    # `reasonrl train` without --config starts from the main job's settings: the reference run does too.
+    Trainer(load_config(None, overrides, base=main_job_config()), run_dir=tmp_path / "whole").train()
     run, log = tmp_path / "run", tmp_path / "output.log"
     proc = launch(["train", "--output-dir", str(run), *overrides], log)
     assert wait_until(proc, training_step_logged(run, 3, None), log), log.read_text()[-3000:]

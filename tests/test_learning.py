@@ -36,14 +36,13 @@ def test_grpo_climbs_a_dense_reward_from_random_init(quick_config, tmp_path):
 
 @pytest.mark.slow
 def test_grpo_raises_student_accuracy_on_levels_1_to_3(tmp_path):
-    # 408 held-out problems: at 60 steps the greedy gain is a few points, so a smaller eval set would be noise.
-    config = load_config(
-        "configs/grpo.yaml", ["data.eval_n=200", "train.steps=60", "train.progress=false", "train.seed=0"]
-    )
+    # The main job as `reasonrl train` runs it (600 steps, about 4 CPU-minutes), greedy on 408 held-out problems.
+    config = load_config("configs/grpo.yaml", ["train.progress=false", "train.seed=0"])
     final = Trainer(config, run_dir=tmp_path / "grpo").train()
     rows = metric_rows(tmp_path / "grpo")
     before = rows[0]["eval/accuracy"]
-    # measured, seeds 0/1/2: greedy 50.7% -> 54.9 / 51.5 / 55.6%; sampled reward +0.14 / +0.10 / +0.10
-    assert final["eval/accuracy"] >= before + 0.02, (before, final["eval/accuracy"])
+    # measured (docs/results/learning.md), seeds 0/1/2: 50.7% -> 70.3 / 67.7 / 66.2%; sampled reward, mean of the
+    # first and last 50 steps: 0.31 / 0.31 / 0.30 -> 0.62 / 0.61 / 0.62
+    assert final["eval/accuracy"] >= before + 0.12, (before, final["eval/accuracy"])
     rewards = [r["reward"] for r in rows if "reward" in r]
-    assert sum(rewards[-15:]) / 15 > sum(rewards[:15]) / 15 + 0.06
+    assert sum(rewards[-50:]) / 50 > sum(rewards[:50]) / 50 + 0.15

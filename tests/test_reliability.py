@@ -27,7 +27,7 @@ import torch
 import reasonrl.checkpoint as checkpoint
 from reasonrl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, verify_checkpoint
 from reasonrl.cli import main
-from reasonrl.config import load_config
+from reasonrl.config import load_config, main_job_config
 from reasonrl.rewards import RewardError, register_reward
 from reasonrl.tracking import Tracker, read_metrics
 from reasonrl.trainer import Trainer
@@ -74,7 +74,8 @@ def reward_file(tmp_path_factory) -> Path:
 def uninterrupted(nano_dir, reward_file, tmp_path_factory) -> list[dict]:
     """metrics.jsonl of the run without faults (in this process; same seed, one CPU thread like the subprocesses)."""
     run = tmp_path_factory.mktemp("uninterrupted") / "run"
-    Trainer(load_config(None, run_overrides(nano_dir, reward_file)), run_dir=run).train()
+    # the config `reasonrl train` builds without --config: the main job's settings, then the overrides
+    Trainer(load_config(None, run_overrides(nano_dir, reward_file), base=main_job_config()), run_dir=run).train()
     return read_metrics(run)
 
 

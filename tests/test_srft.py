@@ -270,7 +270,8 @@ def test_cli_train_algo_srft_runs_and_logs_each_term(nano_dir, tmp_path, capsys)
         "--quiet",
     ]
     assert main(args) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"] == str(run)
+    summary = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1]
+    assert json.loads(summary)["run_dir"] == str(run)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2]

@@ -9,6 +9,7 @@ import torch
 
 from reasonrl.algos.base import TrainBatch
 from reasonrl.rewards import RewardError, register_reward
+from reasonrl.tracking import read_metrics
 from reasonrl.trainer import Trainer, TrainingError
 
 
@@ -65,6 +66,16 @@ def test_kl_estimator_reaches_the_loss(quick_config, tmp_path):
         grads.append(trainer.model.model.embed_tokens.weight.grad.clone())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     assert not torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_logged_learning_rate_is_the_one_each_step_used(quick_config, tmp_path):
+    # warmup 2 of 4 steps, then cosine to 0: step k uses lr * (k / 3) while warming up, then 1 and cos(pi / 2)-half
+    cfg = quick_config(
+        "train.steps=4", "optim.lr=1e-3", "optim.warmup_steps=2", "optim.schedule=cosine", "data.eval_n=1"
+    )
+    Trainer(cfg, run_dir=tmp_path / "run").train()
+    logged = [r["learning_rate"] for r in read_metrics(tmp_path / "run") if "learning_rate" in r]
+    assert logged == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 0.5e-3])
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(quick_config, tmp_path):
