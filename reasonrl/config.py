@@ -1,26 +1,36 @@
 """Typed configuration: dataclasses, YAML files and dotted overrides (`algo.beta=0.0`).
 
-Unknown keys are errors that name the key and suggest close matches. The `algo` section's dataclass is
-chosen by `algo.name` from the registry the algorithm modules fill (`register_algo_config`, which algos/base.py's
-`register_algorithm` calls with each algorithm's config sections), so each algorithm owns
-its own options. A leaf: it imports nothing else of reasonrl. Importing `reasonrl.algos` registers the built-in
-algorithms; the trainer and the CLI do it, and a script that calls `load_config` alone imports it first.
+Unknown keys are errors that name the key and suggest close matches. The `algo` section's dataclass is chosen by
+`algo.name` from the registry the algorithm modules fill (`register_algo_config`, which algos/base.py's
+`register_algorithm` calls with each algorithm's config sections), so each algorithm owns its own options. A leaf: it
+imports nothing else of reasonrl but config_types.py, the generic checking of values against dataclass fields.
+Importing `reasonrl.algos` registers the built-in algorithms; the trainer and the CLI do it, and a script that calls
+`load_config` alone imports it first.
 """
 
 from __future__ import annotations
 
 import difflib
-import functools
 import os
-import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+
+from reasonrl.config_types import (
+    ConfigError,
+    apply,
+    assign,
+    coerce,
+    field_types,
+    is_float,
+    key_paths,
+    plain,
+    unknown_key,
+)
 
 # The α -> ratio maps of the HT-SR schedulers (implemented in reasonrl/spectral/schedule.py), named here for validation.
 MAPPINGS = ("linear", "sqrt", "log2", "sigmoid", "layer_linear", "layer_sigmoid")
@@ -151,6 +161,12 @@ class RewardSpec:
     name: str = "accuracy"
     weight: float = 1.0
 
+    @classmethod
+    def from_text(cls, text: str) -> dict[str, str]:
+        """The CLI shorthand `accuracy:1.0` (or just `accuracy`) as the fields it sets."""
+        name, _, weight = text.rpartition(":")
+        return {"name": name, "weight": weight} if name and is_float(weight) else {"name": text}
+
 
 @dataclass
 class RewardConfig:
@@ -260,13 +276,13 @@ class OptimConfig:
             )
 
 
-# Keys that moved into a group: the old name is an error that names the new one.
-RENAMED = {
-    f"optim.{group}_{f.name}": f"optim.{group}.{f.name}"
+# Keys that moved into a group: the old name is an error that names the new one (config_types.unknown_key).
+OptimConfig.RENAMED = {
+    f"{group}_{f.name}": f"optim.{group}.{f.name}"
     for group, cls in (("alphadecay", AlphaDecayConfig), ("llr", LLRConfig))
     for f in fields(cls)
 }
-RENAMED |= {f"rollout.vllm_{f.name}": f"rollout.vllm.{f.name}" for f in fields(VLLMConfig)}
+RolloutConfig.RENAMED = {f"vllm_{f.name}": f"rollout.vllm.{f.name}" for f in fields(VLLMConfig)}
 
 
 @dataclass
@@ -309,10 +325,6 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the config dataclasses."""
 
 
 ALGO_CONFIGS: dict[str, type[AlgoConfig]] = {}
@@ -376,7 +388,7 @@ def main_job_config() -> Config:
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """Plain dicts, lists and scalars (tuples become lists), ready for YAML, JSON or an experiment tracker."""
-    return _plain(cfg)
+    return plain(cfg)
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
@@ -408,20 +420,6 @@ def _algo_class(name: str) -> type[AlgoConfig]:
     )
 
 
-@functools.cache
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = get_type_hints(cls)
-    return {f.name: hints[f.name] for f in fields(cls) if f.init}
-
-
-def _items(mapping: dict, where: str) -> list[tuple[list[str], Any]]:
-    """(dotted path, value) pairs of a YAML mapping, `name` first so its neighbours are checked against it."""
-    bad = [k for k in mapping if not isinstance(k, str)]
-    if bad:
-        raise ConfigError(f"config keys must be strings, got {bad[0]!r} in {where}")
-    return [(k.split("."), mapping[k]) for k in sorted(mapping, key=lambda k: k.split(".")[-1] != "name")]
-
-
 class _Draft:
     """A Config under construction: the values set so far, validated as they arrive, applied onto `base` at the end.
 
@@ -431,7 +429,7 @@ class _Draft:
 
     def __init__(self, base: Config):
         self.base = base
-        self.values: dict[str, dict[str, Any]] = {name: {} for name in _field_types(Config)}
+        self.values: dict[str, dict[str, Any]] = {name: {} for name in field_types(Config)}
         defaults = type(base.algo)()
         self.values["algo"] = {
             f.name: getattr(base.algo, f.name)
@@ -440,7 +438,7 @@ class _Draft:
         }
 
     def update(self, prefix: list[str], mapping: dict) -> None:
-        for path, value in _items(mapping, f"'{'.'.join(prefix)}'" if prefix else "the top level"):
+        for path, value in key_paths(mapping, f"'{'.'.join(prefix)}'" if prefix else "the top level"):
             self.set(prefix + path, value)
 
     def set(self, path: list[str], value: Any, text: str | None = None) -> None:
@@ -448,158 +446,30 @@ class _Draft:
             path = ["algo", "name"]
         section = path[0]
         if section not in self.values:
-            raise _unknown_key("", section, self.values)
+            raise unknown_key("", section, self.values)
         if len(path) == 1:
             value = {} if value is None else value  # a YAML section whose keys are all commented out
             if not isinstance(value, dict):
                 raise ConfigError(f"config section '{section}' must be a mapping, got {value!r}")
             self.update(path, value)
         elif path == ["algo", "name"]:
-            name = _coerce(value, str, "algo.name", text)
+            name = coerce(value, str, "algo.name", text)
             cls, previous = _algo_class(name), self.values["algo"]
             self.values["algo"] = {}
             try:
                 for key, v in {**previous, "name": name}.items():
-                    _assign(cls, self.values["algo"], [key], v, None, "algo.")
+                    assign(cls, self.values["algo"], [key], v, None, "algo.")
             except ConfigError as e:
                 raise ConfigError(f"{e} (checked against algorithm {name!r})") from None
         else:
-            _assign(self._class(section), self.values[section], path[1:], value, text, section + ".")
+            assign(self._class(section), self.values[section], path[1:], value, text, section + ".")
 
     def _class(self, section: str) -> type:
-        return _algo_class(self.values["algo"]["name"]) if section == "algo" else _field_types(Config)[section]
+        return _algo_class(self.values["algo"]["name"]) if section == "algo" else field_types(Config)[section]
 
     def build(self) -> Config:
         sections = {}
         for name, values in self.values.items():
             cls = self._class(name)
-            sections[name] = _apply(cls, values, name, cls() if name == "algo" else getattr(self.base, name))
+            sections[name] = apply(cls, values, name, cls() if name == "algo" else getattr(self.base, name))
         return Config(**sections)
-
-
-def _assign(cls: type, partial: dict[str, Any], path: list[str], value: Any, text: str | None, prefix: str) -> None:
-    """Validate `value` for the dotted `path` inside dataclass `cls` and record it in `partial`."""
-    types = _field_types(cls)
-    name, rest, key = path[0], path[1:], prefix + path[0]
-    if name not in types:
-        raise _unknown_key(prefix, name, types)
-    tp = types[name]
-    if is_dataclass(tp) and (rest or isinstance(value, dict)):
-        sub = partial.get(name, {})
-        sub = partial[name] = sub if isinstance(sub, dict) else {f.name: getattr(sub, f.name) for f in fields(sub)}
-        for sub_path, v in [(rest, value)] if rest else _items(value, f"'{key}'"):
-            _assign(tp, sub, sub_path, v, text if rest else None, key + ".")
-    elif rest:
-        raise ConfigError(f"unknown config key '{key}.{'.'.join(rest)}': '{key}' is a {_type_name(tp)}, not a section")
-    else:
-        partial[name] = _coerce(value, tp, key, text)
-
-
-def _apply(cls: type, partial: dict[str, Any], prefix: str, obj: Any = None) -> Any:
-    """`obj` (default: `cls`'s defaults) with the values recorded in `partial` applied, nested dataclasses too."""
-    types = _field_types(cls)
-    updates = {}
-    for k, v in partial.items():
-        nested = isinstance(v, dict) and is_dataclass(types[k])  # a sub-dataclass that was set key by key
-        updates[k] = _apply(types[k], v, f"{prefix}.{k}", getattr(obj, k, None)) if nested else v
-    try:
-        return cls(**updates) if obj is None else replace(obj, **updates)
-    except (TypeError, ValueError) as e:  # missing required fields, or the dataclass's own __post_init__ checks
-        raise ConfigError(f"invalid config '{prefix}': {e}") from e
-
-
-def _unknown_key(prefix: str, name: str, valid: Iterable[str]) -> ConfigError:
-    if prefix + name in RENAMED:
-        return ConfigError(f"{prefix}{name} was renamed {RENAMED[prefix + name]}")
-    # match on the last component: the shared section prefix would make every key look close
-    valid = list(valid)
-    close = [prefix + c for c in difflib.get_close_matches(name, valid, n=3)]
-    if close:
-        return ConfigError(f"unknown config key '{prefix}{name}'; did you mean {' or '.join(repr(c) for c in close)}?")
-    return ConfigError(f"unknown config key '{prefix}{name}' (valid: {', '.join(prefix + v for v in valid)})")
-
-
-def _coerce(value: Any, tp: Any, key: str, text: str | None = None) -> Any:
-    """`value` checked and converted to type `tp`; `text` is the raw override text, kept verbatim for str fields."""
-    origin, args = get_origin(tp), get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            try:
-                return _coerce(value, arg, key, text)
-            except ConfigError:
-                continue
-    elif origin is Literal:
-        if value in args:
-            return value
-    elif tp is bool:
-        if isinstance(value, bool):  # YAML already made bools of true/yes/on; anything else is a mistake
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,18}\s*", value):  # items of `data.levels=1,2,3`
-            return int(value)
-    elif tp is float:
-        # PyYAML reads `1e-4` (no dot) as a string, so numeric strings are accepted for floats
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            try:
-                return float(value)
-            except (ValueError, OverflowError):
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if text is not None and not isinstance(value, (list, dict)):  # `model.path=1.10` means the text, not 1.1
-            return text
-    elif origin in (list, tuple):
-        items = [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else value
-        if isinstance(items, (list, tuple)):
-            if origin is list or (len(args) == 2 and args[1] is Ellipsis):
-                out = [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(items)]
-                return out if origin is list else tuple(out)
-            if len(items) == len(args):
-                return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
-    elif origin is dict:
-        if isinstance(value, dict):
-            kt, vt = args or (Any, Any)
-            return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
-    elif is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if tp is RewardSpec and isinstance(value, str):  # CLI shorthand `accuracy:1.0` (or just `accuracy`)
-            name, _, weight = value.rpartition(":")
-            value = {"name": name, "weight": weight} if name and _is_float(weight) else {"name": value}
-        if isinstance(value, dict):
-            partial: dict[str, Any] = {}
-            for path, v in _items(value, f"'{key}'"):
-                _assign(tp, partial, path, v, None, key + ".")
-            return _apply(tp, partial, key)
-    elif isinstance(tp, type) and isinstance(value, tp):
-        return value
-    raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _type_name(tp: Any) -> str:
-    return tp.__name__ if isinstance(tp, type) else re.sub(r"\b\w+\.", "", str(tp))
-
-
-def _plain(obj: Any) -> Any:
-    if is_dataclass(obj):
-        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    return obj
