@@ -34,6 +34,7 @@ ARMS: dict[str, tuple[str, list[str], str]] = {
     "opd-new": (T, OPD_NEW, "lr 1e-4"),
     "opd-new-lr5e-5": (T, OPD_NEW + ["optim.lr=5e-5"], "lr 5e-5"),
     "opd-new-lr2e-4": (T, OPD_NEW + ["optim.lr=2e-4"], "lr 2e-4"),
+    "opd-new-direct": (T, OPD_NEW + ["algo.signal=direct"], "lr 1e-4, signal direct (exact reverse KL)"),
     "sft-new": (S, SFT_NEW, "lr 1e-4"),
     "sft-new-lr1e-3": (S, SFT_NEW + ["optim.lr=1e-3"], "lr 1e-3"),
 }
@@ -41,7 +42,7 @@ learning.ARMS = ARMS
 
 
 @torch.no_grad()
-def teacher_probe(student: str, n_prompts: int = 80, samples: int = 4) -> dict[str, float]:
+def teacher_probe(student: str, n_prompts: int = 40, samples: int = 4) -> dict[str, float]:
     """Greedy and sampled completions of `student` on validation problems, scored token by token by the teacher:
     how confident the teacher is on the student's own prefixes, at all tokens and at the student's wrong digits."""
     from reasonrl.models import encode_prompt, load_model
