@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import learning  # noqa: E402  (experiments/learning.py: the run machinery reused here)
+import learning  # experiments/learning.py: the run machinery reused here
 
 OUT = learning.ROOT / "runs" / "exp-opd-limits"
 learning.OUT = OUT  # learning's helpers read their run root and arm table from these module globals
@@ -51,7 +51,8 @@ def teacher_probe(student: str, n_prompts: int = 40, samples: int = 4) -> dict[s
     s_model, tok = load_model(student)
     t_model, _ = load_model("teacher")
     rows = [json.loads(line) for line in learning.validation_file().read_text().splitlines()][:: 400 // n_prompts]
-    stats: dict[str, list[float]] = {k: [] for k in ("ent", "p_tok", "agree", "ent_wrong", "p_wrong", "p_teacher_wrong")}
+    keys = ("ent", "p_tok", "agree", "ent_wrong", "p_wrong", "p_teacher_wrong")
+    stats: dict[str, list[float]] = {k: [] for k in keys}
     correct = []
     for row in rows:
         ids = torch.tensor([encode_prompt(tok, row["prompt"])])
