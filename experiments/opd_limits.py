@@ -35,6 +35,7 @@ ARMS: dict[str, tuple[str, list[str], str]] = {
     "opd-new-lr5e-5": (T, OPD_NEW + ["optim.lr=5e-5"], "lr 5e-5"),
     "opd-new-lr2e-4": (T, OPD_NEW + ["optim.lr=2e-4"], "lr 2e-4"),
     "opd-new-direct": (T, OPD_NEW + ["algo.signal=direct"], "lr 1e-4, signal direct (exact reverse KL)"),
+    "opd-new-direct-lr2e-4": (T, OPD_NEW + ["algo.signal=direct", "optim.lr=2e-4"], "lr 2e-4, signal direct"),
     "sft-new": (S, SFT_NEW, "lr 1e-4"),
     "sft-new-lr1e-3": (S, SFT_NEW + ["optim.lr=1e-3"], "lr 1e-3"),
 }
