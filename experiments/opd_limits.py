@@ -59,9 +59,10 @@ def teacher_probe(student: str, n_prompts: int = 40, samples: int = 4) -> dict[s
         ids = torch.tensor([encode_prompt(tok, row["prompt"])])
         for k in range(samples):
             torch.manual_seed(k)
-            out = s_model.generate(ids, max_new_tokens=64, do_sample=k > 0, temperature=1.0, top_k=0,
-                                   pad_token_id=tok.pad_token_id)
-            comp = out[0, ids.shape[1]:]
+            out = s_model.generate(
+                ids, max_new_tokens=64, do_sample=k > 0, temperature=1.0, top_k=0, pad_token_id=tok.pad_token_id
+            )
+            comp = out[0, ids.shape[1] :]
             text = tok.decode(comp, skip_special_tokens=True)
             ok = accuracy([row["prompt"]], [text], [row["answer"]])[0] == 1.0
             correct.append(ok)
@@ -97,8 +98,10 @@ def signal_table(names: list[str]) -> str:
         rows = [r for r in learning.read_metrics(OUT / name) if "opd/reverse_kl" in r]
         if not rows:
             continue
-        cells = [f"{statistics.fmean(r[k] for r in rows[:50]):.3f} → {statistics.fmean(r[k] for r in rows[-50:]):.3f}"
-                 for k in keys]
+        cells = [
+            f"{statistics.fmean(r[k] for r in rows[:50]):.3f} → {statistics.fmean(r[k] for r in rows[-50:]):.3f}"
+            for k in keys
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -124,8 +127,11 @@ def main() -> int:
         print(learning.report(done))
         print(signal_table(done))
     if len(done) > 1:
-        learning.plot_curves([OUT / a for a in done], "OPD and SFT from the student, levels 2-3, cosine",
-                             learning.ROOT / "docs" / "results" / "opd-limits.png")
+        learning.plot_curves(
+            [OUT / a for a in done],
+            "OPD and SFT from the student, levels 2-3, cosine",
+            learning.ROOT / "docs" / "results" / "opd-limits.png",
+        )
     return 0
 
 
