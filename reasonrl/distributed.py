@@ -71,11 +71,6 @@ def all_gather_json(value: Any) -> list[Any]:
     return [json.loads(bytes(p[: int(n)].tolist()).decode()) for p, n in zip(parts, sizes)]
 
 
-def broadcast_json(value: Any) -> Any:
-    """Rank 0's `value` on every rank."""
-    return all_gather_json(value)[0]
-
-
 class ShardedStream:
     """A prompt stream whose draws are split across ranks: `next(n)` advances the stream by n prompts, as one process
     would, and returns this rank's every world_size-th of them. The position is global, so a checkpoint resumes on
@@ -132,10 +127,6 @@ def combine_means(parts: list[dict[str, float]]) -> dict[str, float]:
         for k, v in part.items():
             seen.setdefault(k, []).append(v)
     return {k: sum(v) / len(v) for k, v in seen.items()}
-
-
-def any_rank(flag: bool) -> bool:
-    return any(all_gather_json(bool(flag)))
 
 
 def broadcast_parameters(model: torch.nn.Module) -> None:
