@@ -14,27 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import harness  # experiments/harness.py
+from harness import ROOT, TEST_N, cli_eval, pct, run_process
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from reasonrl.plot import write_keeping_notes
 from reasonrl.tracking import read_metrics
-from reasonrl.worlds.arith import ArithWorld
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "exp-learning"
-PYTHON = [sys.executable, "-m", "reasonrl.cli"]
 EVAL_EVERY = 50  # validation evaluations, in steps
-TEST_N = 200  # per level: the test set of `reasonrl train` (408 problems)
 KEPT = "<!-- notes: kept when the experiment rewrites this file -->"
 
 # The main job's settings before issue 22 (configs/grpo.yaml then), written out so the arms do not move when the
@@ -98,49 +93,11 @@ TRL_ARMS = ["new"]  # arms also run with TRL by default
 
 def validation_file() -> Path:
     """Held-out problems of levels 2 and 3 (200 each) that are not in the test set: where settings are chosen."""
-    path = OUT / "validation.jsonl"
-    if path.exists():
-        return path
-    world = ArithWorld((1, 2, 3), seed=0)
-    test = {ex.prompt for ex in world.eval_set((1, 2, 3), TEST_N)}
-    rows = []
-    for level in (2, 3):
-        seen: dict[str, object] = {}
-        for index in range(20_000):
-            ex = world.to_example(world._draw("eval", index, level))
-            if ex.prompt not in test:
-                seen.setdefault(ex.prompt, ex)
-            if len(seen) == 200:
-                break
-        rows += [{"prompt": ex.prompt, "answer": ex.answer, "level": ex.level} for ex in seen.values()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def run_process(args: list[str], log: Path, command: list[str] = PYTHON) -> tuple[int, float]:
-    """Run a command (default: the CLI) on one thread; returns its exit status and CPU seconds (user + system)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    with log.open("a") as out:
-        proc = subprocess.Popen(command + args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_utime + usage.ru_stime
+    return harness.validation_file(OUT / "validation.jsonl")
 
 
 def run_worker(args: list[str], log: Path) -> tuple[int, float]:
     return run_process(args, log, [sys.executable, str(Path(__file__).resolve())])
-
-
-def cli_eval(model: Path | str, data: list[str], out: Path, log: Path) -> dict:
-    """Greedy accuracy of `model` (`reasonrl eval` with `data` arguments), cached in `out`."""
-    if not out.exists():
-        code, cpu = run_process(["eval", "--model", str(model), *data], log)
-        if code:
-            raise RuntimeError(f"eval of {model} failed; see {log}")
-        last = log.read_text().strip().splitlines()[-1]
-        out.write_text(json.dumps(json.loads(last) | {"cpu_s": cpu}))
-    return json.loads(out.read_text())
 
 
 def test_eval(model: Path | str, out: Path, log: Path) -> dict:
@@ -283,14 +240,6 @@ def run_trl(name: str) -> dict:
         result = test_eval(checkpoints[-1], run_dir / "test-eval.json", log)
         done.write_text(json.dumps({"cpu_s": cpu, "test": result}))
     return json.loads(done.read_text())
-
-
-def se(p: float, n: float) -> float:
-    return math.sqrt(p * (1 - p) / n)
-
-
-def pct(p: float, n: float) -> str:
-    return f"{100 * p:.1f} ± {196 * se(p, n):.1f}"
 
 
 def arm_row(name: str) -> str:

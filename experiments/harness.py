@@ -1,0 +1,78 @@
+"""Shared by the experiment scripts: CLI runs on one thread with their CPU time, greedy scoring through `reasonrl
+eval`, a validation split that excludes the test set, and confidence intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from reasonrl.worlds.arith import ArithWorld
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = [sys.executable, "-m", "reasonrl.cli"]
+TEST_N = 200  # per level: the test set of `reasonrl train` (8 + 200 + 200 = 408 problems of levels 1-3)
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # Student's t
+
+
+def run_process(args: list[str], log: Path, command: list[str] = PYTHON) -> tuple[int, float]:
+    """Run a command (default: the CLI) on one thread; returns its exit status and CPU seconds (user + system)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        proc = subprocess.Popen(command + args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
+
+
+def cli_eval(model: Path | str, data: list[str], out: Path, log: Path) -> dict:
+    """Greedy accuracy of `model` (`reasonrl eval` with `data` arguments), cached in `out`."""
+    if not out.exists():
+        code, cpu = run_process(["eval", "--model", str(model), *data], log)
+        if code:
+            raise RuntimeError(f"eval of {model} failed; see {log}")
+        last = log.read_text().strip().splitlines()[-1]
+        out.write_text(json.dumps(json.loads(last) | {"cpu_s": cpu}))
+    return json.loads(out.read_text())
+
+
+def validation_file(path: Path, world: ArithWorld | None = None, levels: tuple[int, ...] = (2, 3)) -> Path:
+    """200 held-out problems per level that are not in the test set (`world.eval_set` of levels 1-3, `TEST_N` per
+    level): where settings are chosen. The held-out split is a hash of the problem text, so neither set is trained on;
+    `data.seed` only reorders draws from the same pool, which is why it cannot make a validation split of its own."""
+    if path.exists():
+        return path
+    world = world or ArithWorld((1, 2, 3), seed=0)
+    test = {ex.prompt for ex in world.eval_set((1, 2, 3), TEST_N)}
+    rows = []
+    for level in levels:
+        seen: dict[str, object] = {}
+        for index in range(20_000):
+            ex = world.to_example(world._draw("eval", index, level))
+            if ex.prompt not in test:
+                seen.setdefault(ex.prompt, ex)
+            if len(seen) == 200:
+                break
+        rows += [{"prompt": ex.prompt, "answer": ex.answer, "level": ex.level} for ex in seen.values()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+    return path
+
+
+def pct(p: float, n: float) -> str:
+    """A proportion in percent with its 95% binomial interval (1.96 standard errors) over n items."""
+    return f"{100 * p:.1f} ± {196 * math.sqrt(p * (1 - p) / n):.1f}"
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% Student-t interval over independent runs (0 for one run)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, T_975[len(values) - 1] * statistics.stdev(values) / math.sqrt(len(values))
