@@ -170,6 +170,7 @@ def _run_eval(args) -> int:
             rollout.turns,
             data.system_prompt,
             model_context(model),
+            getattr(world, "episode_metrics", None),
         )
         print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
         return 0
