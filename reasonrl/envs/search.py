@@ -19,15 +19,6 @@ from reasonrl.retrieval.base import Doc, RetrievalError, Retriever
 from reasonrl.rewards.qa import exact_match, f1_score, normalize_answer
 
 ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
-# Search-R1's instruction (its make_prefix), for QA files whose prompt is a bare question.
-SEARCH_R1_PROMPT = (
-    "Answer the given question. You must conduct reasoning inside <think> and </think> first every time you get new "
-    "information. After reasoning, if you find you lack some knowledge, you can call a search engine by <search> "
-    "query </search> and it will return the top searched results between <information> and </information>. You can "
-    "search as many times as your want. If you find no further external knowledge needed, you can directly provide "
-    "the answer inside <answer> and </answer>, without detailed illustrations. For example, <answer> Beijing "
-    "</answer>. Question: {question}\n"
-)
 NO_ACTION = (
     "My previous action is invalid. If I want to search, I should put the query between <search> and </search>. "
     "If I want to give the final answer, I should put the answer between <answer> and </answer>. Let me try again."
@@ -100,10 +91,11 @@ class SearchEnv:
 
 
 def question_prompt(example: Example) -> str:
-    """The first observation of a QA file's question: a bare question wrapped in Search-R1's instruction, or a
-    prompt that is one user message (Search-R1's parquet `prompt`, which holds the instruction) verbatim."""
+    """The first observation of a QA file's question: the question string, or the content of a prompt that is one
+    user message (Search-R1's parquet `prompt`, which holds its instruction). Instructions for models that were
+    not trained on the protocol go in data.system_prompt (docs/kb.md gives Search-R1's)."""
     if isinstance(example.prompt, str):
-        return SEARCH_R1_PROMPT.format(question=example.prompt.strip())
+        return example.prompt
     users = [m for m in example.prompt if m["role"] != "system"]
     if len(users) != 1 or users[0]["role"] != "user":
         raise DataError(
