@@ -280,6 +280,7 @@ def test_user_corpus_and_qa_file_end_to_end(tmp_path, stub):
         cfg = DataConfig(train=qa, prompt_field="question", answer_field="golden_answers", retriever=retriever)
         examples = load_source(qa, cfg, "eval")
         world = multi_turn_world(qa, cfg)
+        assert multi_turn_world(qa, cfg).retriever is world.retriever  # rollouts and eval share one index
         turns = [["<search>capital of France</search>", "<answer>Paris</answer>"], ["<answer>Bonn</answer>"]]
         limits = TurnLimits(renderer="inline", max_episode_tokens=300)
         metrics = evaluate_episodes(
