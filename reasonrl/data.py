@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +48,24 @@ def load_jsonl(
     `string_fields` must be non-empty strings in every row (a pairs file's `chosen`, `rejected`); they land in `meta`.
     """
     path = str(path)
-    if not os.path.isfile(path):
-        raise DataError(f"data file not found: {path}")
     examples = []
+    for row, where in jsonl_rows(path, "data"):
+        examples.append(_to_example(row, where, prompt_field, answer_field, solution_field, require_answer))
+        for name in string_fields:
+            if name not in row:
+                raise DataError(f"{where}: missing field {name!r} (row has keys {sorted(map(str, row))})")
+            if not isinstance(row[name], str) or not row[name].strip():
+                raise DataError(f"{where}: field {name!r} must be a non-empty string, got {row[name]!r}")
+    if not examples:
+        raise DataError(f"{path}: no examples (the file is empty or has only blank lines)")
+    return examples
+
+
+def jsonl_rows(path: str, what: str) -> Iterator[tuple[Any, str]]:
+    """(parsed JSON value, "FILE, line N") of every non-blank line; a missing file (named as `what` file), bad
+    encoding or malformed JSON is a DataError naming the file and the 1-based line."""
+    if not os.path.isfile(path):
+        raise DataError(f"{what} file not found: {path}")
     with open(path, "rb") as f:  # bytes, so a bad encoding is reported with its line number
         for lineno, raw in enumerate(f, 1):
             where = f"{path}, line {lineno}"
@@ -64,15 +79,7 @@ def load_jsonl(
                 row = json.loads(line)
             except (ValueError, RecursionError) as e:  # JSONDecodeError, and ints too long to convert
                 raise DataError(f"{where}: malformed JSON: {e}") from e
-            examples.append(_to_example(row, where, prompt_field, answer_field, solution_field, require_answer))
-            for name in string_fields:
-                if name not in row:
-                    raise DataError(f"{where}: missing field {name!r} (row has keys {sorted(map(str, row))})")
-                if not isinstance(row[name], str) or not row[name].strip():
-                    raise DataError(f"{where}: field {name!r} must be a non-empty string, got {row[name]!r}")
-    if not examples:
-        raise DataError(f"{path}: no examples (the file is empty or has only blank lines)")
-    return examples
+            yield row, where
 
 
 def load_parquet(path: str | os.PathLike, **fields: Any) -> list[Example]:

@@ -7,14 +7,13 @@ observation and a counted metric, never a crash (envs/search.py).
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from reasonrl.data import DataError
+from reasonrl.data import DataError, jsonl_rows
 
 
 @dataclass(frozen=True)
@@ -73,23 +72,7 @@ def load_corpus(path: str | os.PathLike) -> list[Doc]:
     """Documents of a corpus JSONL (`id`, `contents` = "title\\ntext"); a malformed line is a DataError naming the
     file and the 1-based line."""
     path = str(path)
-    if not os.path.isfile(path):
-        raise DataError(f"corpus file not found: {path}")
-    docs = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            where = f"{path}, line {lineno}"
-            try:
-                line = raw.decode("utf-8-sig")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{where}: not valid UTF-8 ({e})") from e
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except (ValueError, RecursionError) as e:
-                raise DataError(f"{where}: malformed JSON: {e}") from e
-            docs.append(_to_doc(row, where))
+    docs = [_to_doc(row, where) for row, where in jsonl_rows(path, "corpus")]
     if not docs:
         raise DataError(f"{path}: no documents (the file is empty or has only blank lines)")
     return docs
