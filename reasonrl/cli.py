@@ -170,6 +170,7 @@ def _run_eval(args) -> int:
             rollout.turns,
             data.system_prompt,
             model_context(model),
+            getattr(world, "episode_metrics", None),
         )
         print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
         return 0
@@ -239,7 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="greedy accuracy of a model on a dataset; last line is JSON")
     p.add_argument("--config", help="YAML config file (model, data and rollout sections)")
     p.add_argument("--model", help="model.path: model directory or shipped name (default: student)")
-    p.add_argument("--data", help="data.eval: world:arith | FILE.jsonl | reasoning_gym:NAME (default: data.train)")
+    p.add_argument(
+        "--data",
+        help="data.eval: world:arith | world:kb | FILE.jsonl | reasoning_gym:NAME (default: data.train); a QA file "
+        "with data.retriever.corpus=... or url=... plays search episodes (docs/kb.md)",
+    )
     p.add_argument("--n", type=int, help="data.eval_n: examples per level (worlds) or in total (default: 50)")
     p.add_argument("--levels", help="data.eval_levels: comma-separated world levels, e.g. 1,2,3")
     p.add_argument("--max-new-tokens", type=int, help="rollout.eval_max_completion_length (default: 128)")

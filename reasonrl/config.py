@@ -76,17 +76,60 @@ class ModelConfig:
 
 
 @dataclass
+class RetrieverConfig:
+    """data.retriever: what search episodes retrieve from (reasonrl/retrieval/, docs/kb.md). With `corpus` or `url`
+    set, a QA file (data.train / data.eval) is played as search episodes; world:kb searches its own corpus."""
+
+    corpus: str | None = None  # a corpus JSONL (id, contents = "title\ntext"), searched with BM25 (bm25s)
+    url: str | None = None  # a Search-R1 retrieval server's /retrieve endpoint, e.g. http://127.0.0.1:8000/retrieve
+    topk: int = 0  # documents per search; 0: the source's default (world:kb 1, QA files 3 as in Search-R1)
+    timeout: float = 10.0  # seconds per request to `url`; a timeout is an observation for the agent, not a crash
+
+    def __post_init__(self) -> None:
+        if self.corpus and self.url:
+            raise ValueError(
+                "data.retriever: set corpus (BM25 over a JSONL file) or url (a /retrieve server), not both"
+            )
+        if self.url:
+            url = urlsplit(self.url)
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise ValueError(
+                    f"data.retriever.url={self.url!r} is not an http(s) URL such as http://127.0.0.1:8000/retrieve"
+                )
+        if self.topk < 0 or not self.timeout > 0:
+            raise ValueError(
+                f"data.retriever needs topk >= 0 and timeout > 0, got topk={self.topk}, timeout={self.timeout}"
+            )
+
+
+@dataclass
+class KBConfig:
+    """data.kb: options of the kb world (reasonrl/worlds/kb.py, docs/kb.md)."""
+
+    train_split: str = "rl"  # training questions: rl (a fixed shard of entities) | sft (fresh entities per example)
+    over_search: float = 0.0  # share of demonstrations with one unneeded search (a repeat, the answer, a known hop)
+
+    def __post_init__(self) -> None:
+        if self.train_split not in ("rl", "sft"):
+            raise ValueError(f"data.kb.train_split={self.train_split!r}; choose rl or sft")
+        if not 0 <= self.over_search <= 1:
+            raise ValueError(f"data.kb.over_search must be in [0, 1], got {self.over_search}")
+
+
+@dataclass
 class DataConfig:
     train: str = "world:arith"  # world:NAME | FILE.jsonl | FILE.parquet | reasoning_gym:NAME
     eval: str | None = None  # defaults to the train source's held-out split
     levels: list[int] = field(default_factory=lambda: [1, 2, 3])  # world levels used for training
     eval_levels: list[int] | None = None  # defaults to `levels`
     eval_n: int = 50  # eval examples per level (or in total for files)
-    prompt_field: str = "prompt"
-    answer_field: str = "answer"
+    prompt_field: str = "prompt"  # dotted paths reach into nested fields: reward_model.ground_truth.target
+    answer_field: str = "answer"  # a list of gold answers is allowed (QA: EM against any)
     solution_field: str = "solution"
     system_prompt: str | None = None
     seed: int = 0
+    retriever: RetrieverConfig = field(default_factory=RetrieverConfig)  # search episodes (docs/kb.md)
+    kb: KBConfig = field(default_factory=KBConfig)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +48,24 @@ def load_jsonl(
     `string_fields` must be non-empty strings in every row (a pairs file's `chosen`, `rejected`); they land in `meta`.
     """
     path = str(path)
-    if not os.path.isfile(path):
-        raise DataError(f"data file not found: {path}")
     examples = []
+    for row, where in jsonl_rows(path, "data"):
+        examples.append(_to_example(row, where, prompt_field, answer_field, solution_field, require_answer))
+        for name in string_fields:
+            if name not in row:
+                raise DataError(f"{where}: missing field {name!r} (row has keys {sorted(map(str, row))})")
+            if not isinstance(row[name], str) or not row[name].strip():
+                raise DataError(f"{where}: field {name!r} must be a non-empty string, got {row[name]!r}")
+    if not examples:
+        raise DataError(f"{path}: no examples (the file is empty or has only blank lines)")
+    return examples
+
+
+def jsonl_rows(path: str, what: str) -> Iterator[tuple[Any, str]]:
+    """(parsed JSON value, "FILE, line N") of every non-blank line; a missing file (named as `what` file), bad
+    encoding or malformed JSON is a DataError naming the file and the 1-based line."""
+    if not os.path.isfile(path):
+        raise DataError(f"{what} file not found: {path}")
     with open(path, "rb") as f:  # bytes, so a bad encoding is reported with its line number
         for lineno, raw in enumerate(f, 1):
             where = f"{path}, line {lineno}"
@@ -64,15 +79,7 @@ def load_jsonl(
                 row = json.loads(line)
             except (ValueError, RecursionError) as e:  # JSONDecodeError, and ints too long to convert
                 raise DataError(f"{where}: malformed JSON: {e}") from e
-            examples.append(_to_example(row, where, prompt_field, answer_field, solution_field, require_answer))
-            for name in string_fields:
-                if name not in row:
-                    raise DataError(f"{where}: missing field {name!r} (row has keys {sorted(map(str, row))})")
-                if not isinstance(row[name], str) or not row[name].strip():
-                    raise DataError(f"{where}: field {name!r} must be a non-empty string, got {row[name]!r}")
-    if not examples:
-        raise DataError(f"{path}: no examples (the file is empty or has only blank lines)")
-    return examples
+            yield row, where
 
 
 def load_parquet(path: str | os.PathLike, **fields: Any) -> list[Example]:
@@ -124,12 +131,13 @@ def _to_example(
     solution_field: str = "solution",
     require_answer: bool = True,
 ) -> Example:
-    """Validate one row and map its fields; GSM8K answers ('reasoning #### 42') split into solution and answer."""
+    """Validate one row and map its fields (dotted paths reach nested ones); GSM8K answers ('reasoning #### 42')
+    split into solution and answer; a list of answers (QA golds) keeps the first as `answer`, all in meta["answers"]."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    if prompt_field not in row:
+    found, prompt = field_value(row, prompt_field)
+    if not found:
         raise DataError(f"{where}: missing field {prompt_field!r} (row has keys {sorted(map(str, row))})")
-    prompt = row[prompt_field]
     if isinstance(prompt, str):
         if not prompt.strip():
             raise DataError(f"{where}: empty prompt in field {prompt_field!r}")
@@ -144,14 +152,23 @@ def _to_example(
             f"{where}: prompt field {prompt_field!r} must be a string or a list of chat messages, "
             f"got {type(prompt).__name__}"
         )
-    answer = row.get(answer_field)
+    answer, answers = field_value(row, answer_field)[1], None
+    if isinstance(answer, (list, tuple)):  # QA gold answers (FlashRAG's golden_answers): any one counts
+        if not answer or not all(_is_scalar(a) for a in answer):
+            raise DataError(
+                f"{where}: answer field {answer_field!r} must be a non-empty list of strings or numbers, got {answer!r}"
+            )
+        answers = [str(a) for a in answer]
+        answer = answers[0]
     if answer is None:
         if require_answer:
             raise DataError(f"{where}: missing field {answer_field!r} (row has keys {sorted(map(str, row))})")
         answer = ""
-    elif isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-        raise DataError(f"{where}: answer field {answer_field!r} must be a string or a number, got {answer!r}")
-    solution = row.get(solution_field)
+    elif not _is_scalar(answer):
+        raise DataError(
+            f"{where}: answer field {answer_field!r} must be a string, a number or a list of them, got {answer!r}"
+        )
+    solution = field_value(row, solution_field)[1]
     if solution is not None and not isinstance(solution, str):
         raise DataError(f"{where}: solution field {solution_field!r} must be a string, got {type(solution).__name__}")
     answer = str(answer)
@@ -163,8 +180,28 @@ def _to_example(
     if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
         raise DataError(f"{where}: field 'level' must be an integer, got {level!r}")
     used = {prompt_field, answer_field, solution_field, "level"}
+    used |= {name.split(".")[0] for name in used if name not in row}  # a dotted path uses its top-level field
     meta = {k: v for k, v in row.items() if k not in used}
+    if answers is not None:
+        meta["answers"] = answers
     return Example(prompt=prompt, answer=answer, solution=solution, level=level, meta=meta)
+
+
+def field_value(row: dict, path: str) -> tuple[bool, Any]:
+    """(found, value) of a field: `path` itself when the row has that key, else a dotted path into nested objects
+    (`reward_model.ground_truth.target`, Search-R1's parquet layout)."""
+    if path in row:
+        return True, row[path]
+    value: Any = row
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
 
 
 def load_source(spec: str, cfg: DataConfig, split: str, n: int | None = None) -> list[Example]:
@@ -212,18 +249,27 @@ def _count(spec: str, n: int | None) -> int:
 
 
 def _world(name: str, cfg: DataConfig) -> Any:
-    from reasonrl.worlds import get_world  # worlds import this module for Example
+    from reasonrl.worlds import WORLDS, get_world  # worlds import this module for Example
 
+    # A world with options of its own reads its DataConfig section (world:kb reads data.kb and data.retriever).
+    sections = getattr(WORLDS.get(name), "config_sections", ())
     try:
-        return get_world(name, levels=cfg.levels, seed=cfg.seed)
+        return get_world(name, levels=cfg.levels, seed=cfg.seed, **{s: getattr(cfg, s) for s in sections})
     except ValueError as e:
         raise DataError(f"world:{name}: {e}") from e
 
 
 def multi_turn_world(spec: str, cfg: DataConfig) -> Any | None:
-    """The world behind a `world:NAME` source when it is multi-turn (it offers `make_env`), else None."""
+    """The multi-turn world behind a source: a `world:NAME` that offers `make_env`, or search episodes over a QA file
+    when data.retriever names a corpus or a server (envs/search.py); else None."""
     kind, _, name = spec.partition(":")
-    world = _world(name, cfg) if kind == "world" else None
+    if kind != "world":
+        if cfg.retriever.corpus or cfg.retriever.url:
+            from reasonrl.envs.search import SearchQA
+
+            return SearchQA(cfg.retriever)
+        return None
+    world = _world(name, cfg)
     return world if hasattr(world, "make_env") else None
 
 

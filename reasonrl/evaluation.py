@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 from reasonrl.algos.collect import example_fields
 from reasonrl.data import Example
@@ -59,10 +60,12 @@ def evaluate_episodes(
     limits,
     system_prompt: str | None = None,
     context: int | None = None,
+    world_metrics: Callable[[list[Example], list], dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Greedy episodes on a multi-turn world (budgets `limits`, config.TurnLimits): `accuracy` = mean success
-    (env score "success", else reward == 1), `accuracy/level_K`, `turns`, `stop_reason/*` and the mean of every
-    score key the world reports."""
+    (env score "success", else reward == 1), `accuracy/level_K`, `turns`, `stop_reason/*`, the mean of every
+    score key the world reports, and `world_metrics(examples, episodes)` (a world's `episode_metrics`: search
+    depth by d_min on kb)."""
     from reasonrl.envs.render import make_renderer
     from reasonrl.rollout.episodes import episode_metrics, run_episodes
 
@@ -84,4 +87,6 @@ def evaluate_episodes(
     }
     metrics |= {k.replace("episodes/", "", 1): v for k, v in stats.items()}
     metrics.update({f"accuracy/level_{lv}": sum(v) / len(v) for lv, v in sorted(by_level.items())})
+    if world_metrics is not None:
+        metrics |= world_metrics(examples, episodes)
     return metrics

@@ -188,6 +188,7 @@ class Trainer:
                     rcfg.turns,
                     self.config.data.system_prompt,
                     model_context(self.model),
+                    getattr(self.eval_world, "episode_metrics", None),
                 )
             else:
                 metrics = evaluate(

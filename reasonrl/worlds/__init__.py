@@ -1,14 +1,16 @@
 """Embedded verifiable worlds: procedurally generated tasks with gold answers and demonstrations.
 
-A world with `make_env(example)` is multi-turn (guess): its examples are played as episodes (rollout/episodes.py)."""
+A world with `make_env(example)` is multi-turn (guess, kb): its examples are played as episodes
+(rollout/episodes.py)."""
 
 from typing import Any
 
 from reasonrl.worlds.arith import ArithWorld
 from reasonrl.worlds.guess import GuessWorld
+from reasonrl.worlds.kb import KBWorld
 from reasonrl.worlds.shortcut import ShortcutWorld
 
-WORLDS = {"arith": ArithWorld, "guess": GuessWorld, "shortcut": ShortcutWorld}
+WORLDS = {"arith": ArithWorld, "guess": GuessWorld, "kb": KBWorld, "shortcut": ShortcutWorld}
 
 
 def get_world(name: str, **kwargs) -> Any:
