@@ -116,6 +116,10 @@ METHODS: dict[str, dict[str, Arm]] = {
             (5e-5, 1e-4),
             config=DPO_VP_YAML,
         ),
+        "grpo": Arm("GRPO", alias="grpo/grpo"),
+    },
+    "dpo_vp_rm": {
+        "dpo_vp": Arm("DPO-VP, every prompt labelled", alias="dpo_vp/dpo_vp"),
         "half": Arm(
             "DPO-VP, half of the prompts unlabelled (skipped)",
             (*DPO_VP, "algo.unlabeled_fraction=0.5"),
@@ -128,7 +132,6 @@ METHODS: dict[str, dict[str, Arm]] = {
             config=DPO_VP_YAML,
             lr_from="dpo_vp/dpo_vp",
         ),
-        "grpo": Arm("GRPO", alias="grpo/grpo"),
     },
 }
 
@@ -234,6 +237,9 @@ def train_one(key: str, lr: float, seed: int) -> dict:
                 *EXTRA,
             ]
         code, cpu = run_process(args, log)
+        spent = directory.parent / f"{directory.name}.cpu"  # CPU seconds over every piece of a resumed run
+        cpu += float(spent.read_text()) if spent.exists() else 0.0
+        spent.write_text(f"{cpu:.1f}")
         if code:
             raise RuntimeError(f"{key} lr {lr:g} seed {seed} failed; see {log}")
     final = directory / "final"

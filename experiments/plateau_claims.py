@@ -191,7 +191,9 @@ CLAIMS: dict[str, list[Claim]] = {
     "dpo_vp": [
         Claim("DPO-VP is as accurate as GRPO (within 2 points) at equal generated tokens", equal_tokens, margin=2.0),
         Claim("DPO-VP's final accuracy is within 2 points of GRPO's", better("dpo_vp/dpo_vp", "grpo/grpo"), margin=2.0),
-        Claim("Reward-model pairs on unlabelled prompts add accuracy", better("dpo_vp/half_rm", "dpo_vp/half")),
+    ],
+    "dpo_vp_rm": [
+        Claim("Reward-model pairs on unlabelled prompts add accuracy", better("dpo_vp_rm/half_rm", "dpo_vp_rm/half")),
     ],
 }
 
