@@ -29,6 +29,7 @@ from plateau_claims import write_doc
 from reasonrl.tracking import read_metrics
 
 OUT = ROOT / "runs" / "exp-plateau"
+ARCHIVE = ROOT / "docs" / "results" / "data" / "plateau"  # finished runs, committed (--archive)
 SEEDS = (0, 1, 2)
 EXTRA: list[str] = []  # --extra
 EVAL_EVERY = 50
@@ -289,6 +290,36 @@ def schedule(keys: list[str], jobs: int) -> list[str]:
                     print(messages[-1], flush=True)
 
 
+KEPT_KEYS = {"step", "num_tokens", "entropy", "reward", "eval/accuracy", "eval/n"}  # what the page reads
+
+
+def archive(to: Path) -> int:
+    """Copy every finished run's result, config and metrics (only the keys the page reads) to `to`: committed, they
+    let the page be rewritten, and the experiment continue, on a machine without the run directories."""
+    count = 0
+    for done in sorted(OUT.glob("*/*/result.json")):
+        target = to / done.parent.relative_to(OUT)
+        target.mkdir(parents=True, exist_ok=True)
+        rows = [{k: v for k, v in r.items() if k in KEPT_KEYS} for r in read_metrics(done.parent)]
+        (target / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for name in ("result.json", "config.yaml"):
+            (target / name).write_text((done.parent / name).read_text())
+        count += 1
+    for name in ("validation.jsonl", "student/test-eval.json", "student/ood-eval.json"):
+        (to / name).parent.mkdir(parents=True, exist_ok=True)
+        (to / name).write_text((OUT / name).read_text())
+    return count
+
+
+def restore(source: Path) -> None:
+    """Put archived runs (and the validation split they were chosen on) back where the experiment looks for them."""
+    for path in sorted(source.rglob("*")):
+        target = OUT / path.relative_to(source)
+        if path.is_file() and not target.exists() and not (target.parent / "result.json").exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(path.read_text())
+
+
 def main() -> int:
     global OUT, EXTRA
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -297,9 +328,14 @@ def main() -> int:
     parser.add_argument("--report", action="store_true", help="only rewrite docs/results/plateau.md from the runs")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "exp-plateau", help="where the runs go")
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every run (e.g. a smoke test)")
+    parser.add_argument("--archive", action="store_true", help=f"copy the finished runs to {ARCHIVE.relative_to(ROOT)}")
     args = parser.parse_args()
     OUT, EXTRA = args.out, args.extra
+    restore(ARCHIVE)  # finished runs committed by an earlier session are skipped, not re-run
     validation_file(OUT / "validation.jsonl")
+    if args.archive:
+        print(f"{archive(ARCHIVE)} finished runs copied to {ARCHIVE}")
+        return 0
     failures = []
     if not args.report:
         base_evals()
