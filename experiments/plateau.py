@@ -96,9 +96,6 @@ METHODS: dict[str, dict[str, Arm]] = {
         # The rate: seed 0 of 1e-4 and 2e-4 in experiments/opd_limits.py, on this validation split and recipe (mean of
         # the last three evaluations 81.1% and 84.3%); POPD and TOPD use OPD's, so the horizon is the only difference.
         "opd": Arm("OPD (exact reverse KL to the teacher, full horizon T = 64)", (*BASE, "algo=opd", *OPD), (2e-4,)),
-        "popd": Arm(
-            "POPD (horizon 16 -> 64, +8 every 50 steps)", (*BASE, "algo=popd", *OPD, "algo.dk=50"), lr_from="opd/opd"
-        ),
         "topd25": Arm(
             "TOPD, 25% of the horizon (16 tokens)",
             (*BASE, "algo=topd", *OPD, "algo.fraction=0.25"),
@@ -106,6 +103,9 @@ METHODS: dict[str, dict[str, Arm]] = {
         ),
         "topd10": Arm(
             "TOPD, 10% of the horizon (6 tokens)", (*BASE, "algo=topd", *OPD, "algo.fraction=0.1"), lr_from="opd/opd"
+        ),
+        "popd": Arm(
+            "POPD (horizon 16 -> 64, +8 every 50 steps)", (*BASE, "algo=popd", *OPD, "algo.dk=50"), lr_from="opd/opd"
         ),
         "grpo": Arm("GRPO", alias="grpo/grpo"),
     },
@@ -267,15 +267,15 @@ def schedule(keys: list[str], jobs: int) -> list[str]:
     with ThreadPoolExecutor(jobs) as pool:
         while True:
             busy = set(running.values())
-            for key in keys:
-                for lr, seed in runs_wanted(key):
-                    run = (key, lr, seed)
-                    if len(running) >= jobs or run in busy or run in failed or not ready(key, seed):
-                        continue
-                    if (run_dir(*run) / "result.json").exists():
-                        continue
-                    running[pool.submit(train_one, *run)] = run
-                    busy.add(run)
+            # seed-major: every arm's seed 0 first, then seed 1..., so that a partial run still pairs arms by seed
+            wanted = sorted(((key, lr, seed) for key in keys for lr, seed in runs_wanted(key)), key=lambda r: r[2])
+            for run in wanted:
+                if len(running) >= jobs or run in busy or run in failed or not ready(run[0], run[2]):
+                    continue
+                if (run_dir(*run) / "result.json").exists():
+                    continue
+                running[pool.submit(train_one, *run)] = run
+                busy.add(run)
             if not running:
                 return messages
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
