@@ -2,6 +2,8 @@
 the per-turn estimator on shaped rewards by hand, probes that leave episodes and gradients exactly as they were,
 search metrics during training, and config errors."""
 
+import json
+
 import pytest
 import torch
 
@@ -260,3 +262,24 @@ def test_autosearch_refuses_worlds_without_search_and_window_mode():
         AutoSearch(load_config(None, ["algo.name=autosearch", "data.train=world:kb", "rollout.turns.context=window"]))
     with pytest.raises(ValueError, match=r"algo\.advantage"):
         AutoSearch(load_config(None, ["algo.name=autosearch", "data.train=world:kb", "algo.advantage=ppo"]))
+
+
+def test_reasonrl_plot_draws_searches_per_episode_and_the_over_search_rate(tmp_path):
+    from reasonrl.plot import plot_run
+    from reasonrl.tracking import METRICS_FILE
+
+    rows = [
+        {
+            "step": s,
+            "reward": 0.5,
+            "episodes/searches": 2.0 - s / 10,
+            "episodes/searches/d_min_1": 1.5,
+            "episodes/over_search_rate": 0.4 - s / 50,
+            "autosearch/over_search_tc_rate": 0.3,
+        }
+        for s in range(1, 6)
+    ]
+    rows.append({"step": 5, "eval/searches": 1.2, "eval/searches/d_min_3": 2.5, "eval/under_search_rate": 0.1})
+    (tmp_path / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    names = [p.name for p in plot_run(tmp_path)]
+    assert names == ["reward.png", "searches.png", "over_search.png", "curves.png"]
