@@ -46,15 +46,18 @@ def test_grpo_raises_one_hop_em_on_search_episodes(small_kb, tmp_path):
     sft = ["algo.name=sft", "train.steps=250", "train.prompts_per_step=16", "optim.lr=3e-3"]
     Trainer(load_config(None, COMMON + sft), run_dir=tmp_path / "sft").train()
     grpo = [f"model.path={tmp_path / 'sft' / 'final'}", "algo.name=grpo", "rollout.num_generations=8"]
-    grpo += ["train.steps=40", "train.prompts_per_step=8", "optim.lr=5e-4"]
+    grpo += ["train.steps=60", "train.prompts_per_step=8", "optim.lr=3e-4"]
     Trainer(load_config(None, COMMON + grpo), run_dir=tmp_path / "grpo").train()
     rows = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
     em = [r["episodes/em"] for r in rows if "episodes/em" in r]  # sampled EM of each step's 64 episodes
     assert all("episodes/searches/d_min_1" in r for r in rows if "episodes/em" in r)
-    first, last = sum(em[:10]) / 10, sum(em[-10:]) / 10
+    first, last = sum(em[:20]) / 20, sum(em[-20:]) / 20
     questions = [small_kb.example(50_000 + i) for i in range(48)]  # a fixed set of the same base, greedy
     before = greedy_em(tmp_path / "sft" / "final", small_kb, questions)
     after = greedy_em(tmp_path / "grpo" / "final", small_kb, questions)
     print(f"sampled EM {first:.3f} -> {last:.3f}; greedy EM {before:.3f} -> {after:.3f}; {em}")
-    assert last > first + 0.05, em
-    assert after > before, (before, after)
+    # measured (1 thread, ~2 CPU-minutes): greedy EM on the 48 questions 0.167 -> 0.458 / 0.479 / 0.458 for
+    # train.seed 0 / 1 / 2; sampled EM over steps 1-20 -> 41-60 0.280 -> 0.460 / 0.299 -> 0.459 / 0.330 -> 0.448.
+    # (lr 5e-4 for 40 steps rose on seeds 0 and 1 and fell on seed 2: 0.167 -> 0.146.)
+    assert after >= before + 0.15, (before, after)
+    assert last >= first + 0.05, em
