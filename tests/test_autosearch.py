@@ -207,7 +207,8 @@ def test_probe_tokens_have_exactly_zero_gradient():
     assert grads[0].abs().sum() > 0 and torch.equal(grads[0], grads[1])
 
 
-def test_autosearch_gathers_shaped_episodes_and_logs_search_metrics(nano_dir, tmp_path):
+@pytest.mark.parametrize("options", [[], ["algo.shaping.mode=outcome", "algo.advantage=grpo"]])
+def test_autosearch_gathers_shaped_episodes_and_logs_search_metrics(nano_dir, tmp_path, options):
     from reasonrl.trainer import Trainer
 
     cfg = load_config(
@@ -225,14 +226,18 @@ def test_autosearch_gathers_shaped_episodes_and_logs_search_metrics(nano_dir, tm
             "train.prompts_per_step=2",
             "train.progress=false",
             f"train.output_dir={tmp_path}",
+            *options,
         ],
     )
     trainer = Trainer(cfg)
     assert isinstance(trainer.algo, AutoSearch)
     batch = trainer.algo.gather(trainer.ctx)
     rows = batch.extra["rollouts"]
-    assert batch.tensors["advantages"].dim() == 2  # per token: the process estimator is the default
-    assert "rewards/shaping/format/mean" in batch.metrics and "autosearch/probe_em" in batch.metrics
+    outcome = bool(options)  # Search-R1's reward, no probes, one advantage per episode
+    assert batch.tensors["advantages"].dim() == (1 if outcome else 2)  # the process estimator is the default
+    assert "rewards/shaping/format/mean" in batch.metrics
+    assert ("autosearch/probe_em" in batch.metrics) != outcome
+    assert rows.reward_components["shaping/f1_gain"] == [0.0] * len(rows) or not outcome
     for key in ("episodes/searches", "episodes/over_search_rate", "episodes/duplicate_rate", "episodes/excess"):
         assert key in batch.metrics, key
     assert all(r == pytest.approx(sum(t)) for r, t in zip(rows.rewards, rows.token_rewards))
