@@ -3,8 +3,8 @@
 The shipped `student` knows arithmetic, not search, and copying novel names into queries takes a 0.9M model more
 than 1500 SFT steps (design brief §7.1), so the test first makes a search student by a short SFT on a knowledge base
 shrunk to 8 people and 2 companies (plus the fixed city/country layer): it learns the protocol and part of the
-facts, and GRPO then raises its EM on that base's 1-hop questions. With the kb_student checkpoint the same test runs
-on the full rl shard (issue 23)."""
+facts, and GRPO then raises its EM on that base's 1-hop questions. Once the kb_student checkpoint ships (issue 23),
+the test should start from it on the full rl shard instead, without the SFT and the shrunk base."""
 
 import json
 
