@@ -27,6 +27,14 @@ _GROUPS = (
     ("length", "Completion length", "tokens", r"completions/mean_length"),
     ("turns", "Turns per episode", "policy turns", r"turns/mean|eval/turns"),  # multi-turn worlds
     ("stop_reasons", "Episode stop reasons", "share of episodes", r"episodes/stop_reason/.+"),
+    # search episodes (docs/kb.md, docs/autosearch.md): searches per episode, overall and per d_min, train and eval
+    ("searches", "Searches per episode", "searches", r"(episodes|eval)/searches(/d_min_\d+)?"),
+    (
+        "over_search",
+        "Over- and under-search",
+        "share of episodes",
+        r"(episodes|eval)/(over_search_rate|under_search_rate|duplicate_rate)|autosearch/over_search_tc_rate",
+    ),
     ("kl", "KL to reference", "kl", r"kl"),
     ("entropy", "Entropy", "entropy", r"entropy"),
     ("perplexity", "Held-out perplexity", "perplexity", r"eval/perplexity"),  # reasonrl pretrain

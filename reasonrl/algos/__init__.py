@@ -1,6 +1,7 @@
 """Algorithms, one file each, registered by name (algos/base.py: `register_algorithm`): `algo.name` picks one."""
 
 from reasonrl.algos import (  # noqa: F401  (registration)
+    autosearch,
     autothink,
     dpo,
     dpo_vp,

@@ -49,17 +49,41 @@ def collect_rollouts(
 
 
 def collect_episodes(
-    ctx, examples: list[Example], n: int, params: SamplingParams, make_env: Callable
+    ctx,
+    examples: list[Example],
+    n: int,
+    params: SamplingParams,
+    make_env: Callable,
+    after_observations: Callable | None = None,
 ) -> tuple[Rollouts, list[Episode]]:
     """Play n episodes per example of a multi-turn world (budgets: config rollout.turns) and turn them into rows.
-    Rewards are the env's: score()["reward"] per episode, turn rewards in `token_rewards` (rewards.funcs unused)."""
+    Rewards are the env's: score()["reward"] per episode, turn rewards in `token_rewards` (rewards.funcs unused).
+    `after_observations`: run_episodes' hook (probes on forked sessions)."""
     limits = ctx.config.rollout.turns
     renderer = make_renderer(ctx.tokenizer, limits, ctx.config.data.system_prompt)
     with ctx.timer.section("generate"):
         episodes = run_episodes(
-            ctx.engine, examples, make_env, renderer, ctx.tokenizer, params, limits, n, model_context(ctx.model)
+            ctx.engine,
+            examples,
+            make_env,
+            renderer,
+            ctx.tokenizer,
+            params,
+            limits,
+            n,
+            model_context(ctx.model),
+            after_observations,
         )
     return to_rollouts(episodes, limits.context, ctx.tokenizer), episodes
+
+
+def world_episode_metrics(world, examples: list[Example], n: int, episodes: list[Episode]) -> dict[str, float]:
+    """A world's own statistics of a round of episodes (n per example; kb: searches, EM and F1 per d_min, excess,
+    over/under-search, duplicate-query and direct-answer rates), as `episodes/<key>`; {} for worlds without them."""
+    fn = getattr(world, "episode_metrics", None)
+    if fn is None or not episodes:
+        return {}
+    return {f"episodes/{k}": v for k, v in fn([ex for ex in examples for _ in range(n)], episodes).items()}
 
 
 def rollout_metrics(rollouts: Rollouts, result, max_new_tokens: int) -> dict[str, float]:

@@ -17,7 +17,7 @@ import torch
 
 from reasonrl.algos.base import TrainBatch, register_algorithm
 from reasonrl.algos.batch import advantage_names, rollout_advantages, rollout_batch
-from reasonrl.algos.collect import collect_episodes, collect_rollouts, rollout_metrics
+from reasonrl.algos.collect import collect_episodes, collect_rollouts, rollout_metrics, world_episode_metrics
 from reasonrl.algos.losses import (
     KL_ESTIMATORS,
     policy_loss,
@@ -26,11 +26,11 @@ from reasonrl.algos.losses import (
     zero_variance_groups,
 )
 from reasonrl.config import AlgoConfig
-from reasonrl.data import multi_turn_world
+from reasonrl.data import Example, multi_turn_world
 from reasonrl.modeling.logprobs import completion_logprobs
 from reasonrl.rewards import soft_overlong_punishment
 from reasonrl.rollout.base import Rollouts, SamplingParams
-from reasonrl.rollout.episodes import episode_metrics
+from reasonrl.rollout.episodes import Episode, episode_metrics
 
 
 @dataclass
@@ -121,8 +121,8 @@ class GRPO:
         self.temperature = r.temperature
         # A multi-turn world (one offering make_env) is played as episodes with budgets rollout.turns; Dr.GRPO's
         # constant is then a row's most policy tokens.
-        world = multi_turn_world(config.data.train, config.data)
-        self.make_env = world.make_env if world is not None else None
+        self.world = multi_turn_world(config.data.train, config.data)
+        self.make_env = self.world.make_env if self.world is not None else None
         self.max_policy_tokens = r.max_completion_length
         if self.make_env is not None:
             turns = r.turns
@@ -145,10 +145,15 @@ class GRPO:
         examples = ctx.stream.next(self.prompts_per_step)
         if self.make_env is not None:
             rollouts, episodes = collect_episodes(ctx, examples, self.num_generations, self.params, self.make_env)
-            metrics = rollout_metrics(rollouts, None, self.max_policy_tokens) | episode_metrics(episodes)
-            return rollouts, metrics
+            return rollouts, self.round_metrics(examples, rollouts, episodes)
         rollouts, result = collect_rollouts(ctx, examples, self.num_generations, self.params, self.extra_rewards)
         return rollouts, rollout_metrics(rollouts, result, self.params.max_new_tokens)
+
+    def round_metrics(self, examples: list[Example], rollouts: Rollouts, episodes: list[Episode]) -> dict[str, float]:
+        """A round of episodes: rollout metrics, episode statistics, and the world's own (search depth by d_min on
+        kb) under `episodes/`."""
+        metrics = rollout_metrics(rollouts, None, self.max_policy_tokens) | episode_metrics(episodes)
+        return metrics | world_episode_metrics(self.world, examples, self.num_generations, episodes)
 
     def _sample(self, ctx) -> tuple[Rollouts, dict[str, float]]:
         """One round of prompts, or with dynamic sampling: rounds until `prompts_per_step` informative groups."""

@@ -174,11 +174,14 @@ def run_episodes(
     limits: TurnLimits,
     n: int = 1,
     context: int | None = None,
+    after_observations: Callable[[Any, list[int], list[Episode]], None] | None = None,
 ) -> list[Episode]:
     """Play `n` episodes per example (episode i*n+j: sample j of example i, group i) to their stop reasons.
 
     `renderer` is an append-mode renderer (Inline/Chat) when limits.context == "append", a WindowRenderer otherwise;
-    `context` is the model's context length (None: unchecked)."""
+    `context` is the model's context length (None: unchecked). Append mode only: `after_observations(session, rows,
+    episodes)` runs after each round's observations were appended to session rows `rows` (row r plays episodes[r]);
+    it may fork the session for probes (AutoSearch's self-answers) but must not change the rows themselves."""
     d = _Driver(engine, examples, make_env, n, renderer, tokenizer, params, limits, context)
     if limits.context == "window":
         return _run_window(d)
@@ -226,6 +229,8 @@ def run_episodes(
                 turn.obs_span = (turn.span[1], len(ep.tokens))
                 appends[r] = ids
             session.append(list(appends), list(appends.values()))
+            if after_observations is not None and appends:
+                after_observations(session, list(appends), d.episodes)
             d.active = [r for r in d.active if not d.episodes[r].stop_reason]
     finally:
         session.close()
