@@ -67,7 +67,7 @@ class LoRAConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = "student"  # a shipped checkpoint name (student, teacher) or a local HF model directory
+    path: str = "student"  # a shipped checkpoint (models.SHIPPED), a local HF model directory, or scratch:SIZE[:kb]
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     ref_path: str | None = None  # reference model for KL; defaults to `path`

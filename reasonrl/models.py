@@ -6,7 +6,7 @@ Qwen2 tokenizer that overrides ours and silently drops spaces and newlines.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,9 +18,10 @@ if TYPE_CHECKING:
     from reasonrl.data import Example
 
 ASSETS = Path(__file__).parent / "assets"
-SHIPPED = ("student", "teacher", "autothink_base", "autothink_shortcut_base")
+SHIPPED = ("student", "teacher", "autothink_base", "autothink_shortcut_base", "kb_student")
 PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 THINK_TAGS = ("<think>", "</think>")
+SEARCH_TAGS = ("<search>", "</search>", "<answer>", "</answer>", "<information>", "</information>")
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -46,12 +47,18 @@ def model_context(model: torch.nn.Module) -> int | None:
     return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
-def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on `corpus`, splitting every digit into its own token so numbers stay column-aligned."""
+def build_tokenizer(
+    corpus: Iterable[str], vocab_size: int = 512, tags: Sequence[str] = THINK_TAGS, split_spaces: bool = False
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on `corpus`, splitting every digit into its own token so numbers stay column-aligned;
+    each of `tags` becomes one added token. `split_spaces`: every space is a token of its own, so a word has the
+    same tokens wherever it stands (after a space, a tag or a line start) and a tiny model copies it token by token."""
     tok = Tokenizer(models.BPE())
+    spaces = [pre_tokenizers.Split(" ", behavior="isolated")] if split_spaces else []
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Digits(individual_digits=True),
+            *spaces,
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ]
     )
@@ -63,8 +70,8 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedT
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer=trainer)
-    # Think tags are ordinary added tokens (as in Qwen3): one id each, and kept when decoding skips specials.
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TAGS])
+    # Tags are ordinary added tokens (as Qwen3's think tags): one id each, and kept when decoding skips specials.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in tags])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
@@ -86,6 +93,26 @@ def arith_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         example = world.example(i)
         corpus += [example.prompt, example.solution, example.direct]
     return build_tokenizer(corpus, vocab_size)
+
+
+def kb_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """The kb student's tokenizer: BPE trained on the kb world's sft split (questions, demonstrations, documents;
+    never an eval or rl name), spaces split off, the think and search tags as single added tokens. A name is the
+    same 1-3 tokens in a question, a query, a document and an answer; a document is ~20 tokens (~52 with the arith
+    tokenizer); a turn can stop at `</search>` / `</answer>` (envs/render.py)."""
+    from reasonrl.worlds.kb import KBWorld
+
+    world = KBWorld(levels=KBWorld.levels, seed=0)
+    corpus = ["system\n", "user\n", "assistant\n"] * 500 + [doc.text for doc in world.corpus("sft", 0)[10:]] * 50
+    for i in range(2000):
+        example = world.example(i, split="sft")
+        corpus += [example.prompt, *world.demonstration(example)]
+        corpus += [doc.text for doc in world.corpus("sft", example.meta["shard"])[:10]]  # its people and companies
+    return build_tokenizer(corpus, vocab_size, THINK_TAGS + SEARCH_TAGS, split_spaces=True)
+
+
+# The tokenizers a `scratch:SIZE[:TOKENIZER]` model starts with.
+SCRATCH_TOKENIZERS = {"arith": arith_tokenizer, "kb": kb_tokenizer}
 
 
 def tiny_model(tokenizer: PreTrainedTokenizerFast, size: str = "tiny", seed: int = 0, **overrides) -> LlamaForCausalLM:
@@ -140,7 +167,8 @@ def load_model(
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     """Load any HF causal LM and its tokenizer from a local directory (or a shipped name); no hub access.
 
-    `scratch:SIZE` builds a randomly initialised tiny model with the arith tokenizer (how shipped models start).
+    `scratch:SIZE[:TOKENIZER]` builds a randomly initialised tiny model with the arith (default) or kb tokenizer
+    (SCRATCH_TOKENIZERS; how shipped models start).
     `quantize` (4bit | 8bit) loads the weights quantised by bitsandbytes, as QLoRA's frozen base (reasonrl/lora.py).
     """
     if dtype not in DTYPES:
@@ -149,8 +177,14 @@ def load_model(
     if path.startswith("scratch:"):
         if quantize != "none":
             raise ValueError(f"model.lora.quantize={quantize} needs a saved model directory, not {path!r}")
-        tokenizer = arith_tokenizer()
-        return tiny_model(tokenizer, path.split(":", 1)[1]).to(DTYPES[dtype]).to(target), tokenizer
+        _, size, *rest = path.split(":")
+        tokenizer_name = rest[0] if rest else "arith"
+        if len(rest) > 1 or tokenizer_name not in SCRATCH_TOKENIZERS:
+            raise ValueError(
+                f"model.path={path!r}: unknown tokenizer {tokenizer_name!r}; known: {list(SCRATCH_TOKENIZERS)}"
+            )
+        tokenizer = SCRATCH_TOKENIZERS[tokenizer_name]()
+        return tiny_model(tokenizer, size).to(DTYPES[dtype]).to(target), tokenizer
     folder = resolve_model_path(path)
     if quantize != "none":  # bitsandbytes places quantised weights itself; they cannot be moved with .to()
         from reasonrl.lora import quantization_config

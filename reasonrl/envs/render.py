@@ -4,6 +4,9 @@ Append mode (one growing sequence per episode) uses `InlineRenderer` (Search-R1 
 inside the assistant turn) or `ChatRenderer` (an observation is a user/tool message rendered as a chat-template delta,
 checked at construction to be append-only). Window mode renders a fresh step prompt per turn with `WindowRenderer`.
 
+A turn ends at EOS, and at `</search>` / `</answer>` when the tokenizer has them as added tokens (the kb student's
+does): the tag is the turn's last token, nothing is decoded and re-encoded, and no token is sampled after the action.
+
 Observations longer than their limit are cut in the middle (head and tail kept, as verl's `truncate_side=middle`):
 tool outputs and documents carry their title at the head and often a verdict at the tail.
 """
@@ -18,6 +21,13 @@ from reasonrl.models import encode_prompt
 # Characters kept per observation token allowed before tokenising: a 100k-character observation is cut in the middle
 # to a size the tokenizer handles at once (no token is longer than this), then cut exactly in tokens.
 CHARS_PER_TOKEN_CAP = 32
+TURN_END_TAGS = ("</search>", "</answer>")  # an action ends here (envs/search.py reads the first complete one)
+
+
+def tag_stop_ids(tokenizer) -> list[int]:
+    """Ids of the TURN_END_TAGS that `tokenizer` has as added tokens (one id each); other tokenizers stop at EOS."""
+    added = tokenizer.get_added_vocab()
+    return [added[tag] for tag in TURN_END_TAGS if tag in added]
 
 
 def cut_middle(ids: Sequence[int], limit: int) -> list[int]:
@@ -97,7 +107,8 @@ PROBE_USER, PROBE_REPLY, SLOT = "What is 2+2?", "<think>\nadd two and two\n</thi
 class ChatRenderer(_Body):
     """Hugging Face chat models: an observation is a `role` message (user, or tool) rendered as the chat template's
     delta after a synthetic conversation, and the separator the template puts after the turn-end token belongs to
-    the delta (verl#6921). Construction checks that the template is append-only, else refuses with a clear error."""
+    the delta (verl#6921). Construction checks that the template is append-only, else refuses with a clear error.
+    With `stop_ids` a turn ends at a tag instead of the turn-end token, so the delta starts with that token."""
 
     def __init__(
         self,
@@ -136,7 +147,7 @@ class ChatRenderer(_Body):
         before, slot, after = (closed[len(sampled) :] + extended[len(closed) :]).partition(SLOT)
         if not slot:
             raise ValueError(f"chat template of {name!r} does not render a {role!r} message's content verbatim")
-        self.before_ids, self.after_ids = self.encode(before), self.encode(after)
+        self.before_ids, self.after_ids = [end_id] * bool(stop_ids) + self.encode(before), self.encode(after)
         self.overhead = len(self.before_ids) + len(self.after_ids)
 
     def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
@@ -178,9 +189,11 @@ class WindowRenderer(_Body):
 
 
 def make_renderer(tokenizer, limits, system_prompt: str | None = None):
-    """The renderer `limits` (config.TurnLimits) asks for: window mode's, else the chat or inline one."""
+    """The renderer `limits` (config.TurnLimits) asks for: window mode's, else the chat or inline one; turns stop at
+    the tokenizer's single-token action tags (tag_stop_ids)."""
+    stops = tag_stop_ids(tokenizer)
     if limits.context == "window":
-        return WindowRenderer(tokenizer, limits.history, system_prompt=system_prompt)
+        return WindowRenderer(tokenizer, limits.history, stop_ids=stops, system_prompt=system_prompt)
     if limits.renderer == "inline":
-        return InlineRenderer(tokenizer, system_prompt=system_prompt)
-    return ChatRenderer(tokenizer, system_prompt=system_prompt)
+        return InlineRenderer(tokenizer, stop_ids=stops, system_prompt=system_prompt)
+    return ChatRenderer(tokenizer, system_prompt=system_prompt, stop_ids=stops)

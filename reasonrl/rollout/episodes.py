@@ -338,9 +338,10 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
 
 
 class DemoEngine:
-    """Plays scripted policy turns as if they were sampled: turn k of episode r is `turns[r][k]` + EOS (cut at the
-    turn's token cap). Run through `run_episodes`, demonstrations pass the same env, renderer and budgets as RL
-    episodes, so SFT and RL see byte-identical formats. Append mode only (a window-mode call cannot name its rows)."""
+    """Plays scripted policy turns as if they were sampled: turn k of episode r is `turns[r][k]` + EOS, ending at its
+    first stop id (EOS or an action tag) and cut at the turn's token cap. Run through `run_episodes`, demonstrations
+    pass the same env, renderer and budgets as RL episodes, so SFT and RL see byte-identical formats. Append mode
+    only (a window-mode call cannot name its rows)."""
 
     def __init__(self, tokenizer, turns: Sequence[Sequence[str]]):
         self.tokenizer, self.turns = tokenizer, [list(t) for t in turns]
@@ -365,10 +366,12 @@ class _DemoSession:
         for r in rows:
             script = self.engine.turns[self.episodes[r]]
             text = script[self.played[r]] if self.played[r] < len(script) else ""
-            ids = (tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[: params.max_new_tokens]
+            ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            end = next(i for i, t in enumerate(ids) if t == tok.eos_token_id or t in params.stop_ids)
+            ids = ids[: min(end + 1, params.max_new_tokens)]  # a sampled turn would stop there too
             self.played[r] += 1
             self.rows[r] += ids
-            out.append(TurnSample(ids, [0.0] * len(ids), ids[-1] == tok.eos_token_id))
+            out.append(TurnSample(ids, [0.0] * len(ids), ids[-1] == tok.eos_token_id or ids[-1] in params.stop_ids))
         return out
 
     def append(self, rows: Sequence[int], ids: Sequence[Sequence[int]]) -> None:
