@@ -250,12 +250,15 @@ def main() -> int:
         "start, ellipsis prompt": [measure(base, args.world, n_per_level, samples, out / "start-ellipsis.json")],
         "start, always-think prompt": [measure(think_base, args.world, n_per_level, samples, out / "start-think.json")],
     }
+
+    def test_of(run: Path) -> dict:
+        return measure(run / "final", args.world, n_per_level, samples, run / f"test-{n_per_level}.json")
+
     run_dirs = {arm: [run_dir(arm, chosen[arm], seed) for seed in args.seeds] for arm in ARMS}
     for arm in ARMS:
-        measured[f"{LABELS[arm]} after {steps} steps"] = [
-            measure(d / "final", args.world, n_per_level, samples, d / f"test-{n_per_level}.json")
-            for d in run_dirs[arm]
-        ]
+        measured[f"{LABELS[arm]} after {steps} steps"] = [test_of(d) for d in run_dirs[arm]]
+    # the grid's other rates on the test set too: shown, never used to choose
+    grid_test = {arm: {lr: test_of(run_dir(arm, lr, first))["greedy"] for lr in args.lrs} for arm in ARMS}
     start_cache = out / f"start-modes-{n_per_level}.md"
     if not start_cache.exists():
         start_cache.write_text(level_modes(base, args.world, n_per_level, 16))
@@ -274,6 +277,7 @@ def main() -> int:
         f"problems outside the test set), every {eval_every} steps",
         grid=grid,
         chosen=chosen,
+        grid_test=grid_test,
         grid_dirs={arm: {lr: run_dir(arm, lr, first) for lr in args.lrs} for arm in ARMS},
         run_dirs={LABELS[arm]: run_dirs[arm] for arm in ARMS},
         cpu_minutes={arm: [c / 60 for c in cpu[arm]] for arm in ARMS},

@@ -49,6 +49,7 @@ class Experiment:
     validation: str
     grid: dict[str, dict[float, float]]  # arm: {lr: validation score of the first seed}
     chosen: dict[str, float]
+    grid_test: dict[str, dict[float, dict[str, float]]]  # arm: {lr: greedy test metrics of the first seed's run}
     grid_dirs: dict[str, dict[float, Path]]  # arm: {lr: the first seed's run}
     run_dirs: dict[str, list[Path]]  # label: one run per seed at the chosen rate
     cpu_minutes: dict[str, list[float]]  # arm: every run's training CPU (grid, then the other seeds)
@@ -132,13 +133,29 @@ def mode_table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def last_evals(run_dir: Path, key: str, n: int = 3) -> float:
+    """The mean of a run's last n logged values of an eval metric."""
+    values = [r[key] for r in read_metrics(run_dir) if key in r][-n:]
+    return statistics.mean(values)
+
+
 def grid_table(exp: Experiment) -> str:
-    """Each grid rate's validation score (seed `seeds[0]`), the chosen one in bold."""
-    lines = ["| arm | lr | validation accuracy (mean of the last 3 evaluations) |", "|---|---|---|"]
+    """Each grid rate's validation score (seed `seeds[0]`), the chosen one in bold, with its tokens per answer; and
+    the same run on the test set, for information (the choice never reads it)."""
+    lines = [
+        "| arm | lr | validation accuracy (mean of the last 3 evaluations) | validation tokens (same) "
+        "| test accuracy, not used to choose | test tokens |",
+        "|---|---|---|---|---|---|",
+    ]
     for arm, scores in exp.grid.items():
         for lr, score in scores.items():
             mark = "**" if lr == exp.chosen[arm] else ""
-            lines.append(f"| {arm} | {mark}{lr:g}{mark} | {mark}{100 * score:.1f}%{mark} |")
+            tokens = last_evals(exp.grid_dirs[arm][lr], "eval/mean_completion_tokens")
+            test = exp.grid_test[arm][lr]
+            lines.append(
+                f"| {arm} | {mark}{lr:g}{mark} | {mark}{100 * score:.1f}%{mark} | {tokens:.1f} "
+                f"| {100 * test['accuracy']:.1f}% | {test['tokens']:.1f} |"
+            )
     return "\n".join(lines)
 
 
