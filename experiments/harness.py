@@ -40,14 +40,21 @@ def cli_eval(model: Path | str, data: list[str], out: Path, log: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def validation_file(path: Path, world: ArithWorld | None = None, levels: tuple[int, ...] = (2, 3)) -> Path:
-    """200 held-out problems per level that are not in the test set (`world.eval_set` of levels 1-3, `TEST_N` per
-    level): where settings are chosen. The held-out split is a hash of the problem text, so neither set is trained on;
-    `data.seed` only reorders draws from the same pool, which is why it cannot make a validation split of its own."""
+def validation_file(
+    path: Path,
+    world: ArithWorld | None = None,
+    levels: tuple[int, ...] = (2, 3),
+    test_n: int = TEST_N,
+    n_per_level: int = 200,
+) -> Path:
+    """`n_per_level` held-out problems per level (fewer where the level has fewer) that are not in the test set
+    (`world.eval_set` of levels 1-3 and `levels`, `test_n` per level): where settings are chosen. The held-out split
+    is a hash of the problem text, so neither set is trained on; `data.seed` only reorders draws from the same pool,
+    which is why it cannot make a validation split of its own."""
     if path.exists():
         return path
     world = world or ArithWorld((1, 2, 3), seed=0)
-    test = {ex.prompt for ex in world.eval_set((1, 2, 3), TEST_N)}
+    test = {ex.prompt for ex in world.eval_set(sorted({1, 2, 3, *levels}), test_n)}
     rows = []
     for level in levels:
         seen: dict[str, object] = {}
@@ -55,7 +62,7 @@ def validation_file(path: Path, world: ArithWorld | None = None, levels: tuple[i
             ex = world.to_example(world._draw("eval", index, level))
             if ex.prompt not in test:
                 seen.setdefault(ex.prompt, ex)
-            if len(seen) == 200:
+            if len(seen) == n_per_level:
                 break
         rows += [{"prompt": ex.prompt, "answer": ex.answer, "level": ex.level} for ex in seen.values()]
     path.parent.mkdir(parents=True, exist_ok=True)
