@@ -111,6 +111,13 @@ def test_r0_format_errors_score_zero_in_either_mode():
     assert r0([unclosed, no_box, boxed_inside_only]) == [0.0, 0.0, 0.0]
 
 
+def test_only_the_text_before_a_second_think_close_is_graded():
+    # the loophole a 300-step seed found: close at once (direct), trace, close again, answer right -> was paid +2
+    retrace = "</think>\n5+7=12\n</think>\n\\boxed{12}"
+    answered_then_closed = "</think>\n\\boxed{12}\n</think>\nmore"
+    assert r0([retrace, answered_then_closed]) == [0.0, 2.0]
+
+
 def test_repetition_penalty_hits_only_wrong_direct_answers():
     loop = "</think>\n" + "7 " * 10 + "\\boxed{13}"  # one word ten times in a row
     assert longest_repeat_run(loop) == 10 and is_degenerate(loop)

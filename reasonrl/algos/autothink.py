@@ -55,9 +55,11 @@ def is_thinking(completion: str) -> bool:
 
 
 def answer_text(completion: str) -> str | None:
-    """The text after the first `</think>`, where the answer must be; None if the think block never closes."""
+    """The text between the first `</think>` and a possible second one, where the answer must be (as the official
+    code reads it: otherwise closing `</think>` at once, tracing, closing again and answering is paid as a direct
+    answer); None if the think block never closes."""
     _, closed, rest = completion.partition("</think>")
-    return rest if closed else None
+    return rest.partition("</think>")[0] if closed else None
 
 
 def is_format_error(completion: str) -> bool:
