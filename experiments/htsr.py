@@ -4,12 +4,13 @@ own tuned learning rate (and weight decay), pretraining tiny Llamas to a plateau
 Pretrains from scratch on the World English Bible (`reasonrl pretrain`). The held-out split is cut in two disjoint
 parts: its first --eval-tokens tokens are the VALIDATION part (scored during training; every choice is made on it)
 and the rest is the TEST part (scored once on each final model; the only numbers the verdicts use). Per setting, a
-coordinate search on seed 0 picks the knobs by final validation loss: lr over 1e-3, 3e-3, 1e-2 (at wd 0.1), then,
-for the weight-decay settings, wd over 0.1, 0.3, 1.0 at the chosen lr; a grid whose best value sits at an edge is
-widened by one step (up to 4 values). Seeds 1 and 2 then run at the chosen values. LLR keeps uniform's chosen wd
-and searches its lr; `lr_matched` is uniform lr at LLR's chosen lr times LLR's average multiplier (LLR's multipliers
-lie in [1, 3], so a gain may be the higher lr rather than the per-layer shape). The *_muon settings (Muon on hidden
-matrices, AdamW on the rest) follow the same protocol, compared with uniform_muon. A finished run with the same
+coordinate search on seed 0 picks the knobs by final validation loss: uniform searches lr over 1e-3, 3e-3, 1e-2 (at
+wd 0.1; an lr grid whose best value sits at an edge is widened by one step), then wd over 0.1, 0.3, 1.0 at that lr.
+Seeds 1 and 2 then run at the chosen values. LLR keeps uniform's chosen wd and searches its lr; AlphaDecay, which
+changes only the weight decay, keeps uniform's chosen lr and searches its wd0. `lr_matched` is uniform lr at LLR's
+chosen lr times LLR's average multiplier (LLR's multipliers lie in [1, 3], so a gain may be the higher lr rather
+than the per-layer shape). The *_muon settings (Muon on hidden matrices, AdamW on the rest) follow the same
+protocol, compared with uniform_muon. A finished run with the same
 config is reused, so the experiment can be run in pieces. Writes docs/results/htsr.md (text below the notes marker
 survives a re-run) and PNGs (experiments/htsr_report.py); runs of other --settings write under --out.
 Reproduce:
@@ -42,7 +43,8 @@ from reasonrl.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 # Values a search may take; each starts at the three middle ones of START and widens along the ladder.
-LADDER = {"lr": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "wd": (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)}
+# wd never widens: the CPU budget (about 100 CPU-seconds per 2000-step nano run) holds about 22 runs.
+LADDER = {"lr": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "wd": (0.1, 0.3, 1.0)}
 MAX_GRID = 4
 BASE_WD = 0.1  # the papers' AdamW weight decay: where the lr search runs
 
@@ -52,19 +54,20 @@ class Setting:
     overrides: list[str]
     knobs: tuple[str, ...]  # searched on seed 0, in this order
     wd_from: str | None = None  # use that setting's chosen weight decay (for lr_matched: also its lr, scaled)
+    lr_from: str | None = None  # use that setting's chosen lr (AlphaDecay changes only the weight decay)
     lr_start: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
     wd_start: tuple[float, ...] = field(default=(0.1, 0.3, 1.0))
 
 
 SETTINGS = {
     "uniform": Setting([], ("lr", "wd")),
-    "alphadecay": Setting(["optim.weight_decay_schedule=alphadecay"], ("lr", "wd")),
     "llr": Setting(["optim.lr_schedule=llr"], ("lr",), wd_from="uniform"),
     "lr_matched": Setting([], (), wd_from="llr"),
+    "alphadecay": Setting(["optim.weight_decay_schedule=alphadecay"], ("wd",), lr_from="uniform"),
     "uniform_muon": Setting(["optim.name=muon"], ("lr", "wd"), lr_start=(3e-3, 1e-2, 3e-2)),
     "llr_muon": Setting(["optim.name=muon", "optim.lr_schedule=llr"], ("lr",), "uniform_muon", (3e-3, 1e-2, 3e-2)),
 }
-ADAMW_SETTINGS = ["uniform", "alphadecay", "llr", "lr_matched"]  # the default --settings, and docs/results/htsr.md's
+ADAMW_SETTINGS = ["uniform", "llr", "lr_matched", "alphadecay"]  # the default --settings, and docs/results/htsr.md's
 
 
 def run(size: str, setting: str, seed: int, lr: float, wd: float, args) -> Path:
@@ -144,7 +147,10 @@ def choose(size: str, name: str, chosen: dict[str, Choice], multiplier: float | 
     setting = SETTINGS[name]
     if name == "lr_matched":
         return Choice(chosen["llr"].lr * multiplier, chosen["llr"].wd, {})
-    point = {"lr": setting.lr_start[1], "wd": chosen[setting.wd_from].wd if setting.wd_from else BASE_WD}
+    point = {
+        "lr": chosen[setting.lr_from].lr if setting.lr_from else setting.lr_start[1],
+        "wd": chosen[setting.wd_from].wd if setting.wd_from else BASE_WD,
+    }
     grids = {}
     for knob in setting.knobs:
 
@@ -229,7 +235,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "htsr-plateau")
     args = parser.parse_args()
     settings = list(dict.fromkeys(args.settings))
-    needed = {baseline(s) for s in settings} | {SETTINGS[s].wd_from for s in settings if SETTINGS[s].wd_from}
+    needed = {baseline(s) for s in settings} | {SETTINGS[s].wd_from or SETTINGS[s].lr_from for s in settings} - {None}
     if not needed <= set(settings):
         parser.error(
             f"--settings {' '.join(settings)} needs {' and '.join(sorted(needed - set(settings)))} too "
