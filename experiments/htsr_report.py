@@ -23,7 +23,7 @@ NOTES = "<!-- notes: kept when the experiment rewrites this file -->"
 # (claim, setting, compared with, smallest gain the paper reports: an interval above 1 - this excludes the claim)
 RATIO_CLAIMS = [
     (
-        "(a) AlphaDecay lowers perplexity vs uniform weight decay, each at its own lr and wd (paper, AdamW wd 0.1: "
+        "(a) AlphaDecay lowers perplexity vs uniform weight decay, each at its own wd0 (paper, AdamW wd 0.1: "
         "2.3% at 60M, 2.8% at 135M)",
         "alphadecay",
         "uniform",
@@ -156,6 +156,8 @@ def ratio_verdict(ratios: list[float], smallest_gain: float) -> tuple[str, str]:
     mean, half = t_interval(ratios)
     low, high = mean - half, mean + half
     span = f"ratio {mean:.3f}, 95% interval [{low:.3f}, {high:.3f}] over {len(ratios)} seeds"
+    if high < 1 and low > 1 - smallest_gain:
+        return "holds, smaller", f"{span}: a gain, but below the {100 * smallest_gain:.1f}% bar"
     if high < 1:
         return "holds", f"{span}: the whole interval is a gain"
     if low > 1 - smallest_gain:
@@ -164,9 +166,13 @@ def ratio_verdict(ratios: list[float], smallest_gain: float) -> tuple[str, str]:
 
 
 def speedup_verdict(exp: Experiment, size: str) -> tuple[str, str, str]:
-    """(c): LLR reaches uniform's final validation loss in fewer steps (paper: up to 1.5x fewer tokens)."""
+    """(c): LLR reaches uniform's final validation loss in fewer steps (paper: up to 1.5x fewer tokens). It does not
+    hold when no seed gets there more than one eval before the end: the eval grid cannot resolve less."""
     reach = [reach_step(exp, size, "llr", s) for s in exp.seeds]
     claim = "(c) LLR reaches uniform's final loss in fewer steps (paper: up to 1.5x fewer tokens)"
+    if all(r is None or r >= exp.steps - exp.eval_every for r in reach):
+        per_seed = ", ".join("never" if r is None else str(r) for r in reach)
+        return claim, "does not hold", f"no seed gets there more than one eval before step {exp.steps} ({per_seed})"
     if any(r is None for r in reach):
         never = sum(r is None for r in reach)
         verdict = "does not hold" if never == len(reach) else "inconclusive"
@@ -269,7 +275,8 @@ def plot_grid(exp: Experiment, size: str, path: Path) -> Path:
     for name in exp.settings:
         for knob, runs in exp.chosen[size, name].grids.items():
             values = sorted(runs)
-            axes[knob].plot(values, [evals(runs[v])[-1]["eval/perplexity"] for v in values], marker="o", label=name)
+            ppl = [evals(runs[v])[-1]["eval/perplexity"] for v in values]
+            axes[knob].plot(values, ppl, marker="o", label=name, color=f"C{exp.settings.index(name)}")
     for knob, ax in axes.items():
         ax.set(xscale="log", xlabel=knob, ylabel="validation ppl (seed 0, final)", title=f"{size}: search over {knob}")
         ax.grid(alpha=0.3)
@@ -300,9 +307,10 @@ def write_page(exp: Experiment, results: Path, command: str, args) -> None:
         "AdamW; World English Bible, 5% held out. The held-out tokens are split in two disjoint parts: the first "
         f"{args.eval_tokens} are the **validation** part (the curves; every lr and wd choice), the rest the **test** "
         "part (scored once per final model; the verdicts). Every setting sees the same data order per seed.\n\n"
-        "Protocol: per setting, seed 0 searches lr over 1e-3, 3e-3, 1e-2 at wd 0.1, then (uniform, AlphaDecay) wd "
-        "over 0.1, 0.3, 1.0 at the chosen lr, by final validation loss; a grid whose best value is at an edge is "
-        "widened by one step. LLR uses uniform's chosen wd and searches its lr. Seeds 1 and 2 run at the chosen "
+        "Protocol (seed 0, by final validation loss): uniform searches lr over 1e-3, 3e-3, 1e-2 at wd 0.1 (an lr "
+        "grid whose best value is at an edge is widened by one step), then wd over 0.1 and 0.3 at the chosen lr. "
+        "LLR keeps uniform's chosen wd and searches its lr the same way; AlphaDecay, which changes only the weight "
+        "decay, keeps uniform's chosen lr and searches its wd0 over 0.1 and 0.3. Seeds 1 and 2 run at the chosen "
         "values. Intervals are 95% Student-t over seeds; ratios are paired by seed (same data order and init)."
         + (
             ""
@@ -317,8 +325,9 @@ def write_page(exp: Experiment, results: Path, command: str, args) -> None:
         f"{exp.eval_every}) of the validation curve: the first at or below the same seed's baseline's final "
         "validation loss.\n\n"
         f"## Verdicts (test split)\n\n{verdict_table(exp)}\n\n"
-        "A claim holds when the whole 95% interval of the paired ratio lies below 1, does not hold when it excludes "
-        "the smallest gain the paper reports, and is inconclusive otherwise.\n\n"
+        'A claim holds when the whole 95% interval of the paired ratio lies below 1 ("holds, smaller" when it also '
+        "excludes the smallest gain the paper reports), does not hold when it excludes that gain without lying "
+        "below 1, and is inconclusive otherwise.\n\n"
         "## The tail fits behind the schedules\n\n"
         "Final baseline models, per module type: mean ± std over layers and seeds. Hill is the fixed-median fit the "
         "schedules use; KS is weightwatcher's x_min choice.\n\n"
