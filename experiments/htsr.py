@@ -1,96 +1,107 @@
-"""HT-SR schedules in miniature: uniform weight decay vs AlphaDecay, uniform lr vs LLR, pretraining tiny Llamas.
+"""HT-SR schedules in miniature (issue 22, item 3): uniform weight decay vs AlphaDecay, uniform lr vs LLR, each at its
+own tuned learning rate (and weight decay), pretraining tiny Llamas to a plateau.
 
-Pretrains each size from scratch on the World English Bible (`reasonrl pretrain`) under four settings at equal
-steps and the same data order, over several seeds, and reports held-out perplexity (mean ± std over seeds) and
-the steps at which each run's held-out loss first reaches the uniform run's final loss. The fourth setting,
-`lr_matched`, is uniform lr at LLR's average multiplier (measured from the same size's LLR runs): LLR's
-multipliers lie in [1, 3], so a gain of LLR over uniform may be the higher lr rather than the per-layer shape.
-Two more settings run Muon (optim.name=muon: Muon on hidden matrices, AdamW on the rest) at --muon-lr, uniform
-and with LLR, as the LLR paper reports LLR with both optimizers; each setting is compared with the uniform run of
-its own optimizer. Also reports the tail fits behind the schedules (eigenvalues per module, both α estimators, KS
-distances). Writes docs/results/htsr.md (text below the notes marker survives a re-run) and PNGs of held-out
-perplexity and mean α over training; a run of other --settings than the four AdamW ones writes them under --out.
+Pretrains from scratch on the World English Bible (`reasonrl pretrain`). The held-out split is cut in two disjoint
+parts: its first --eval-tokens tokens are the VALIDATION part (scored during training; every choice is made on it)
+and the rest is the TEST part (scored once on each final model; the only numbers the verdicts use). Per setting, a
+coordinate search on seed 0 picks the knobs by final validation loss: uniform searches lr over 1e-3, 3e-3, 1e-2 (at
+wd 0.1; an lr grid whose best value sits at an edge is widened by one step), then wd over 0.1 and 0.3 at that lr.
+Seeds 1 and 2 then run at the chosen values. LLR keeps uniform's chosen wd and searches its lr; AlphaDecay, which
+changes only the weight decay, keeps uniform's chosen lr and searches its wd0. `lr_matched` is uniform lr at LLR's
+chosen lr times LLR's average multiplier (LLR's multipliers lie in [1, 3], so a gain may be the higher lr rather
+than the per-layer shape). The *_muon settings (Muon on hidden matrices, AdamW on the rest) follow the same
+protocol, compared with uniform_muon. A finished run with the same
+config is reused, so the experiment can be run in pieces. Writes docs/results/htsr.md (text below the notes marker
+survives a re-run) and PNGs (experiments/htsr_report.py); runs of other --settings write under --out.
 Reproduce:
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/htsr.py          (full: 2 sizes x 4 settings x 3 seeds)
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/htsr.py                (nano, uniform/alphadecay/llr/lr_matched)
     OMP_NUM_THREADS=1 .venv/bin/python experiments/htsr.py --settings uniform_muon llr_muon --out runs/htsr-muon
-    .venv/bin/python experiments/htsr.py --quick                     (a smoke run of every code path; runs/ only)
+    .venv/bin/python experiments/htsr.py --quick                          (a smoke run of every code path; runs/ only)
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import statistics
 import sys
 import time
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from htsr_report import Choice, Experiment, baseline, write_page
 
-from reasonrl.algos.pretrain import pretrain_config
+from reasonrl.algos.pretrain import encode, evaluate_lm, load_corpus, pretrain_config, split_corpus
 from reasonrl.config import config_to_dict, load_config
 from reasonrl.models import load_model
 from reasonrl.optim import lr_lambda
-from reasonrl.plot import write_keeping_notes
-from reasonrl.spectral import alpha_ratios, analyze_path, weight_modules
+from reasonrl.spectral import alpha_ratios, weight_modules
 from reasonrl.spectral.esd import layer_and_type
 from reasonrl.tracking import read_metrics
 from reasonrl.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTES = "<!-- notes: kept when the experiment rewrites this file -->"
-# Every setting shares the base optimizer (AdamW, lr 3e-3 cosine, wd 0.1); only the HT-SR schedule differs, and
-# for lr_matched the base lr (set in main, once the size's LLR runs are done: the dict order is the run order).
+# Values a search may take; each starts at the three middle ones of START and widens along the ladder.
+# wd tries only 0.1 and 0.3: at about 4.5 wall-minutes per 2000-step nano run on the shared machine, the budget
+# holds about 22 runs.
+LADDER = {"lr": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "wd": (0.1, 0.3)}
+MAX_GRID = 4
+BASE_WD = 0.1  # the papers' AdamW weight decay: where the lr search runs
+
+
+@dataclass(frozen=True)
+class Setting:
+    overrides: list[str]
+    knobs: tuple[str, ...]  # searched on seed 0, in this order
+    wd_from: str | None = None  # use that setting's chosen weight decay (for lr_matched: also its lr, scaled)
+    lr_from: str | None = None  # use that setting's chosen lr (AlphaDecay changes only the weight decay)
+    lr_start: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
+    wd_start: tuple[float, ...] = (0.1, 0.3)
+
+
 SETTINGS = {
-    "uniform": [],
-    "alphadecay": ["optim.weight_decay_schedule=alphadecay"],
-    "llr": ["optim.lr_schedule=llr"],
-    "lr_matched": [],
-    "uniform_muon": ["optim.name=muon"],
-    "llr_muon": ["optim.name=muon", "optim.lr_schedule=llr"],
+    "uniform": Setting([], ("lr", "wd")),
+    "llr": Setting(["optim.lr_schedule=llr"], ("lr",), wd_from="uniform"),
+    "lr_matched": Setting([], (), wd_from="llr"),
+    "alphadecay": Setting(["optim.weight_decay_schedule=alphadecay"], ("wd",), lr_from="uniform"),
+    "uniform_muon": Setting(["optim.name=muon"], ("lr", "wd"), lr_start=(3e-3, 1e-2, 3e-2)),
+    "llr_muon": Setting(
+        ["optim.name=muon", "optim.lr_schedule=llr"], ("lr",), wd_from="uniform_muon", lr_start=(3e-3, 1e-2, 3e-2)
+    ),
 }
-# The *_muon settings' optim.lr: the best of 1e-3, 3e-3, 1e-2, 3e-2 for uniform_muon on nano, seed 0, by final
-# held-out perplexity (107.5, 59.1, 46.7, 47.1), i.e. chosen on the split the table reports.
-MUON_LR = 1e-2
-ADAMW_SETTINGS = ["uniform", "alphadecay", "llr", "lr_matched"]  # the default --settings, and docs/results/htsr.md's
+ADAMW_SETTINGS = ["uniform", "llr", "lr_matched", "alphadecay"]  # the default --settings, and docs/results/htsr.md's
 
 
-def baseline(setting: str) -> str:
-    """The uniform run a setting is compared with: the one with the same optimizer."""
-    return "uniform_muon" if setting.endswith("_muon") else "uniform"
-
-
-def run(size: str, setting: str, seed: int, args, extra: list[str]) -> Path:
-    """One pretraining run; with --reuse, a finished run with the same config is not redone."""
+def run(size: str, setting: str, seed: int, lr: float, wd: float, args) -> Path:
+    """One pretraining run (its CPU seconds saved beside it); a finished run with the same config is not redone."""
     steps = args.steps
-    overrides = (
-        SETTINGS[setting]
-        + extra
-        + [
-            f"train.steps={steps}",
-            f"train.seed={seed}",
-            f"train.eval_every={args.eval_every}",
-            f"train.spectral_every={args.eval_every}",
-            f"train.log_every={args.eval_every}",
-            "train.progress=false",
-            # α re-measured 20 times per run: the paper's 500 steps are for runs of 10k+ steps.
-            f"optim.alphadecay.every={max(1, steps // 20)}",
-            f"optim.warmup_steps={max(1, steps // 20)}",
-            f"algo.size={size}",
-            f"algo.seq_len={args.seq_len}",
-            f"algo.batch_size={args.batch_size}",
-            f"algo.corpus_chars={args.corpus_chars}",
-            f"algo.vocab_size={args.vocab_size}",
-            f"algo.eval_tokens={args.eval_tokens}",
-        ]
-    )
+    overrides = SETTINGS[setting].overrides + [
+        f"optim.lr={lr:.6g}",
+        f"optim.weight_decay={wd:g}",
+        f"train.steps={steps}",
+        f"train.seed={seed}",
+        f"train.eval_every={args.eval_every}",
+        f"train.spectral_every={args.eval_every}",
+        f"train.log_every={args.eval_every}",
+        "train.progress=false",
+        # α re-measured 20 times per run: the paper's 500 steps are for runs of 10k+ steps.
+        f"optim.alphadecay.every={max(1, steps // 20)}",
+        f"optim.warmup_steps={max(1, steps // 20)}",
+        f"algo.size={size}",
+        f"algo.seq_len={args.seq_len}",
+        f"algo.batch_size={args.batch_size}",
+        f"algo.corpus_chars={args.corpus_chars}",
+        f"algo.vocab_size={args.vocab_size}",
+        f"algo.eval_tokens={args.eval_tokens}",
+    ]
     cfg = load_config(None, overrides, base=pretrain_config())
-    run_dir = args.out / f"{size}-{setting}-seed{seed}"
-    if not (args.reuse and finished(run_dir, cfg)):
+    run_dir = args.out / f"{size}-{setting}-lr{lr:.4g}-wd{wd:g}-seed{seed}"
+    if not finished(run_dir, cfg):
+        started = time.process_time()
         Trainer(cfg, run_dir=run_dir).train()
+        (run_dir / "cpu_seconds.json").write_text(json.dumps(time.process_time() - started))
+        print(f"{run_dir.name}: validation ppl {evals(run_dir)[-1]['eval/perplexity']:.2f}", flush=True)
     return run_dir
 
 
@@ -102,7 +113,7 @@ def finished(run_dir: Path, cfg) -> bool:
     """
     try:
         same_cfg = _within(yaml.safe_load((run_dir / "config.yaml").read_text()), config_to_dict(cfg))
-        return same_cfg and (run_dir / "final").is_dir() and evals(run_dir)[-1]["step"] == cfg.train.steps
+        return same_cfg and (run_dir / "cpu_seconds.json").exists() and evals(run_dir)[-1]["step"] == cfg.train.steps
     except (OSError, IndexError, KeyError):
         return False
 
@@ -118,9 +129,40 @@ def evals(run_dir: Path) -> list[dict]:
     return [r for r in read_metrics(run_dir) if "eval/loss" in r]
 
 
-def first_step_reaching(rows: list[dict], loss: float) -> int | None:
-    """The first eval step whose held-out loss is at or below `loss` (None if never)."""
-    return next((r["step"] for r in rows if r["eval/loss"] <= loss), None)
+def search(knob: str, start: tuple[float, ...], run_at) -> tuple[float, dict[float, Path]]:
+    """The value of `knob` whose run (`run_at(value)`, seed 0) ends at the lowest validation loss, and every run.
+
+    Starts from `start`; while the best value is at an edge of the grid, adds the next ladder value on that side.
+    """
+    ladder, grid, runs = LADDER[knob], sorted(start), {}
+    while True:
+        for value in grid:
+            runs.setdefault(value, run_at(value))
+        best = min(grid, key=lambda value: evals(runs[value])[-1]["eval/loss"])
+        at, side = ladder.index(best), -1 if best == grid[0] else 1 if best == grid[-1] else 0
+        if not side or len(grid) >= MAX_GRID or not 0 <= at + side < len(ladder):
+            return best, runs
+        grid = sorted(grid + [ladder[at + side]])
+
+
+def choose(size: str, name: str, chosen: dict[str, Choice], multiplier: float | None, args) -> Choice:
+    """A setting's lr and wd: searched on seed 0 over its knobs in order, or derived from the setting it copies."""
+    setting = SETTINGS[name]
+    if name == "lr_matched":
+        return Choice(chosen["llr"].lr * multiplier, chosen["llr"].wd, {})
+    point = {
+        "lr": chosen[setting.lr_from].lr if setting.lr_from else setting.lr_start[1],
+        "wd": chosen[setting.wd_from].wd if setting.wd_from else BASE_WD,
+    }
+    grids = {}
+    for knob in setting.knobs:
+
+        def run_at(value: float, knob: str = knob) -> Path:
+            values = point | {knob: value}
+            return run(size, name, 0, values["lr"], values["wd"], args)
+
+        point[knob], grids[knob] = search(knob, setting.lr_start if knob == "lr" else setting.wd_start, run_at)
+    return Choice(point["lr"], point["wd"], grids)
 
 
 def llr_mean_multiplier(run_dir: Path) -> float:
@@ -163,213 +205,67 @@ def llr_mean_multiplier(run_dir: Path) -> float:
     return weighted / lr_sum
 
 
-def mean_std(values: list[float], digits: int = 2) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
-def table(runs: dict[tuple[str, str, int], Path], sizes: list[str], settings: list[str], seeds: list[int]) -> str:
-    """Final held-out perplexity per setting, and against the same seed's uniform run of the same optimizer."""
-    lines = [
-        "| size | setting | held-out ppl (final) | vs uniform (per seed) | steps to uniform's final loss (per seed) |",
-        "|---|---|---|---|---|",
-    ]
-    for size in sizes:
-        for setting in settings:
-            final_uniform = {s: evals(runs[size, baseline(setting), s])[-1] for s in seeds}
-            finals = [evals(runs[size, setting, s])[-1]["eval/perplexity"] for s in seeds]
-            ratio = [f / final_uniform[s]["eval/perplexity"] for f, s in zip(finals, seeds)]
-            reach = [first_step_reaching(evals(runs[size, setting, s]), final_uniform[s]["eval/loss"]) for s in seeds]
-            reach_text = ", ".join("never" if r is None else str(r) for r in reach)
-            lines.append(f"| {size} | {setting} | {mean_std(finals)} | {mean_std(ratio, 3)} | {reach_text} |")
-    return "\n".join(lines)
-
-
-def tail_fit_table(runs: dict, sizes: list[str], seeds: list[int], setting: str) -> str:
-    """Per module type, over layers and seeds of the final `setting` models: eigenvalue count, both fits, KS distances.
-
-    σ is the standard error of the Hill α under the power-law model, (α - 1)/sqrt(n_tail): the noise the
-    schedules' linear maps stretch to their full [min, max] range when α differs little between modules.
-    """
-    lines = [
-        "| size | module type | shape | eigenvalues | tail (Hill / KS) "
-        "| Hill α | σ(Hill α) | D (Hill) | KS α | D (KS) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for size in sizes:
-        groups = defaultdict(list)
-        for seed in seeds:
-            for s in analyze_path(str(runs[size, setting, seed] / "final"), device="cpu"):
-                groups[s.type].append(s)
-        for mtype, rows in groups.items():
-            first = rows[0]
-            shape = "x".join(map(str, first.shape))
-            if first.status != "ok":
-                lines.append(f"| {size} | {mtype} | {shape} | {first.n_eigs} | {first.status} | - | - | - | - | - |")
-                continue
-            col = {key: [getattr(r, key) for r in rows] for key in ("alpha", "D", "alpha_ks", "D_ks", "n_tail_ks")}
-            sigma = [(r.alpha - 1) / math.sqrt(r.n_tail) for r in rows]
-            lines.append(
-                f"| {size} | {mtype} | {shape} | {first.n_eigs} | {first.n_tail} / "
-                f"{statistics.mean(col['n_tail_ks']):.0f} | {mean_std(col['alpha'])} | "
-                f"{statistics.mean(sigma):.2f} | {mean_std(col['D'], 3)} | {mean_std(col['alpha_ks'])} | "
-                f"{mean_std(col['D_ks'], 3)} |"
-            )
-    return "\n".join(lines)
-
-
-def plot_mean(
-    runs: dict, size: str, settings: list[str], seeds: list[int], key: str, ylabel: str, path: Path, log: bool = False
-) -> Path:
-    """Mean over seeds of `key` per setting, with a band of one standard deviation."""
-    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for setting in settings:
-        series = [
-            {r["step"]: r[key] for r in read_metrics(runs[size, setting, s]) if r.get(key) is not None} for s in seeds
-        ]
-        steps = sorted(set.intersection(*(set(s) for s in series)))
-        mean = [statistics.mean(s[t] for s in series) for t in steps]
-        std = [statistics.pstdev(s[t] for s in series) for t in steps]
-        (line,) = ax.plot(steps, mean, label=setting, marker="o" if len(steps) < 30 else None)
-        ax.fill_between(
-            steps,
-            [m - d for m, d in zip(mean, std)],
-            [m + d for m, d in zip(mean, std)],
-            color=line.get_color(),
-            alpha=0.2,
-        )
-    ax.set(title=f"{size}: {ylabel} (mean ± std over {len(seeds)} seeds)", xlabel="step", ylabel=ylabel)
-    if log:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.savefig(path, dpi=110)
-    return path
+def score(run_dir: Path, args) -> dict[str, float]:
+    """Final model's loss on the validation part (checked against the run's last eval) and on the test part."""
+    model, tokenizer = load_model(str(run_dir / "final"), "float32", "cpu")
+    text = load_corpus()
+    _, heldout = split_corpus(text[: args.corpus_chars] if args.corpus_chars else text)
+    ids = encode(tokenizer, heldout)
+    validation = evaluate_lm(model, ids[: args.eval_tokens], args.seq_len, args.batch_size)["loss"]
+    logged = evals(run_dir)[-1]["eval/loss"]
+    if abs(validation - logged) > 1e-3:
+        raise RuntimeError(f"{run_dir}: validation loss {validation:.5f} differs from the logged {logged:.5f}")
+    return {
+        "validation": validation,
+        "test": evaluate_lm(model, ids[args.eval_tokens :], args.seq_len, args.batch_size)["loss"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="nano model, 1 seed, 40 steps, 200k characters")
-    # Defaults: the committed run, sized to ~40 CPU-minutes at one thread (about 0.06 / 0.17 s per step).
-    parser.add_argument("--sizes", nargs="+", default=["nano", "tiny"])
+    parser.add_argument("--quick", action="store_true", help="nano model, 2 seeds, 40 steps, 200k characters")
+    # Defaults: the committed run, sized to ~45 CPU-minutes at one thread (nano: about 0.045 s per step).
+    parser.add_argument("--sizes", nargs="+", default=["nano"])
     parser.add_argument("--settings", nargs="+", default=ADAMW_SETTINGS, choices=list(SETTINGS))
-    parser.add_argument("--muon-lr", type=float, default=MUON_LR, help="optim.lr of the *_muon settings")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--eval-every", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--vocab-size", type=int, default=2048)
-    parser.add_argument("--eval-tokens", type=int, default=16384)
+    parser.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens of the validation part")
     parser.add_argument("--corpus-chars", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "htsr")
-    parser.add_argument("--reuse", action="store_true", help="keep finished runs of the same config in --out")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "htsr-plateau")
     args = parser.parse_args()
     settings = list(dict.fromkeys(args.settings))
-    needed = {baseline(s) for s in settings} | ({"llr"} if "lr_matched" in settings else set())
+    needed = {baseline(s) for s in settings} | {SETTINGS[s].wd_from or SETTINGS[s].lr_from for s in settings} - {None}
     if not needed <= set(settings):
         parser.error(
             f"--settings {' '.join(settings)} needs {' and '.join(sorted(needed - set(settings)))} too "
-            f"(the baselines the table compares with)"
+            f"(the baselines the table compares with and the settings whose choices they use)"
         )
-    settings.sort(key=list(SETTINGS).index)  # lr_matched after llr, whose runs set its lr
+    settings.sort(key=list(SETTINGS).index)  # each setting after those whose choices it uses
     if args.quick:
-        args.sizes, args.seeds, args.steps, args.eval_every = ["nano"], 1, 40, 10
+        args.sizes, args.seeds, args.steps, args.eval_every = ["nano"], 2, 40, 10
         args.seq_len, args.batch_size, args.vocab_size, args.corpus_chars = 64, 8, 512, 200_000
-        args.out = ROOT / "runs" / "htsr-quick"
+        args.eval_tokens, args.out = 1024, ROOT / "runs" / "htsr-quick"
     seeds = list(range(args.seeds))
-    base_lr = pretrain_config().optim.lr
-    runs, multiplier, started = {}, {}, time.perf_counter()  # started: for the progress lines
+    exp = Experiment(args.sizes, settings, seeds, args.steps, args.eval_every)
     for size in args.sizes:
-        for setting in settings:
-            extra = [f"optim.lr={args.muon_lr:g}"] if setting.endswith("_muon") else []
-            if setting == "lr_matched":
-                multiplier[size] = statistics.mean(llr_mean_multiplier(runs[size, "llr", s]) for s in seeds)
-                extra = [f"optim.lr={base_lr * multiplier[size]:.6g}"]
+        chosen: dict[str, Choice] = {}
+        for name in settings:
+            multiplier = None
+            if name == "lr_matched":
+                multiplier = statistics.mean(llr_mean_multiplier(exp.runs[size, "llr", s]) for s in seeds)
+                exp.multiplier[size] = multiplier
+            chosen[name] = exp.chosen[size, name] = choose(size, name, chosen, multiplier, args)
             for seed in seeds:
-                runs[size, setting, seed] = run(size, setting, seed, args, extra)
-                print(
-                    f"{size} {setting} seed {seed}: ppl {evals(runs[size, setting, seed])[-1]['eval/perplexity']:.2f}"
-                    f" ({time.perf_counter() - started:.0f} s so far)",
-                    flush=True,
-                )
-    # Training time from each run directory (config written after data prep, metrics last written at the end), so
-    # a --reuse invocation still reports what the runs cost.
-    train_minutes = (
-        sum((p / "metrics.jsonl").stat().st_mtime - (p / "config.yaml").stat().st_mtime for p in runs.values()) / 60
-    )
-
+                exp.runs[size, name, seed] = run(size, name, seed, chosen[name].lr, chosen[name].wd, args)
+                exp.losses[size, name, seed] = score(exp.runs[size, name, seed], args)
+            print(f"{size} {name}: lr {chosen[name].lr:.4g}, wd {chosen[name].wd:g}", flush=True)
     results = args.out if args.quick or settings != ADAMW_SETTINGS else ROOT / "docs" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    pngs = []
-    for size in args.sizes:
-        pngs.append(
-            plot_mean(
-                runs,
-                size,
-                settings,
-                seeds,
-                "eval/perplexity",
-                "held-out perplexity",
-                results / f"htsr-{size}-perplexity.png",
-                log=True,
-            )
-        )
-        pngs.append(
-            plot_mean(
-                runs, size, settings, seeds, "spectral/alpha_mean", "mean Hill α", results / f"htsr-{size}-alpha.png"
-            )
-        )
-    params = {
-        size: sum(
-            p.numel() for p in load_model(str(runs[size, settings[0], 0] / "final"), "float32", "cpu")[0].parameters()
-        )
-        for size in args.sizes
-    }
     command = " ".join(["experiments/htsr.py", *sys.argv[1:]])
-    muon = [s for s in settings if s.endswith("_muon")]
-    text = (
-        f"# HT-SR schedules in miniature\n\nMade by `OMP_NUM_THREADS=1 .venv/bin/python {command}` (one thread): "
-        f"{len(runs)} runs, {train_minutes:.1f} minutes of training and evaluation in all; sizes "
-        + ", ".join(f"{s} ({params[s] / 1e6:.2f}M parameters)" for s in args.sizes)
-        + f"; {len(seeds)} seeds; {args.steps} steps of {args.batch_size} x {args.seq_len} tokens; World English "
-        f"Bible, 5% held out, the first {args.eval_tokens} held-out tokens scored; every setting sees the same data "
-        "order per seed."
-        + ("" if settings == muon else f" AdamW, lr {base_lr:g} cosine, wd 0.1.")
-        + (
-            ""
-            if "lr_matched" not in settings
-            else " `lr_matched` is uniform lr at "
-            + ", ".join(f"{multiplier[s]:.3f} x {base_lr:g} ({s})" for s in args.sizes)
-            + ": LLR's multiplier averaged over parameters and updates (lr-weighted), from that size's LLR runs."
-        )
-        + (
-            ""
-            if not muon
-            else f" {', '.join(f'`{s}`' for s in muon)}: Muon on the hidden matrices and AdamW on "
-            f"embeddings and norms (`optim.name=muon`, updates scaled to AdamW's RMS), lr {args.muon_lr:g} cosine, "
-            "wd 0.1; compared with `uniform_muon`."
-        )
-        + f"\n\n{table(runs, args.sizes, settings, seeds)}\n\n"
-        "Steps are eval steps (every "
-        f"{args.eval_every}): the first at which held-out loss is at or below the "
-        "same seed's uniform run's final held-out loss (of the same optimizer).\n\n"
-        "## The tail fits behind the schedules\n\n"
-        "Final uniform models, per module type: mean ± std over layers and seeds. Hill is the fixed-median fit the "
-        "schedules use; KS is weightwatcher's x_min choice.\n\n"
-        + "\n\n".join(
-            f"`{s}`:\n\n{tail_fit_table(runs, args.sizes, seeds, s)}" for s in dict.fromkeys(map(baseline, settings))
-        )
-        + "\n\n"
-        + "\n".join(f"![{p.stem}]({p.name})" for p in pngs)
-        + "\n"
-    )
-    write_keeping_notes(results / "htsr.md", text, NOTES)
-    print(text)
-    assert all(math.isfinite(evals(p)[-1]["eval/perplexity"]) for p in runs.values())
+    write_page(exp, results, command, args)
 
 
 if __name__ == "__main__":
