@@ -250,7 +250,7 @@ def _run_window(d: _Driver) -> list[Episode]:
         caps, prompts, cut_by = {}, {}, {}
         for r in d.active:
             ep = d.episodes[r]
-            prompts[r] = d.renderer.window(d.first[r], history[r])
+            prompts[r] = d.renderer.window(d.first[r], history[r], getattr(d.envs[r], "task", None))
             if not ep.turns:
                 ep.prompt_ids = list(prompts[r])
             budget = d.limits.max_episode_tokens - len(ep.tokens)  # policy tokens in window mode
