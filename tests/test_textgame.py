@@ -115,24 +115,21 @@ def test_invalid_actions_step_limit_inventory_and_action_parsing():
     assert parse_action("  Go to   Fridge 1.\nmore") == "go to fridge 1"
 
 
-def test_oracle_always_wins_inside_the_step_limit_and_explorer_takes_longer():
-    lengths = defaultdict(lambda: [0, 0, 0])
+def test_demonstrations_always_win_inside_the_step_limit_and_the_explorer_takes_longer():
+    lengths = defaultdict(lambda: {"oracle": 0, "explorer": 0})
     for seed in (0, 1, 2):
-        world = TextGameWorld(seed=seed)
-        for ex in world.eval_set(n_per_level=12) + [world.example(i) for i in range(30)]:
-            plan = world.demonstration(ex)
-            env = world.make_env(ex)
-            env.reset(ex)
-            results = [env.step(a) for a in plan]
-            assert results[-1].done and env.score()["success"] == 1.0 and env.invalid == 0
-            task = ex.meta["house"]["task"]["type"]
-            explored = explore_plan(ex.meta["house"], random.Random(ex.meta["uid"]))  # wins when unlimited
-            lengths[task][0] += 1
-            lengths[task][1] += len(plan)
-            lengths[task][2] += len(explored)
+        for demo in ("oracle", "explorer"):
+            world = TextGameWorld(seed=seed, textgame=TextgameConfig(demo=demo))
+            for ex in world.eval_set(n_per_level=12) + [world.example(i) for i in range(30)]:
+                plan = world.demonstration(ex)
+                env = world.make_env(ex)
+                env.reset(ex)
+                results = [env.step(a) for a in plan]
+                assert results[-1].done and env.score()["success"] == 1.0 and env.invalid == 0
+                lengths[ex.meta["house"]["task"]["type"]][demo] += len(plan)
     assert set(lengths) == set(TASK_TYPES)
-    for task, (_, oracle, explorer) in lengths.items():
-        assert explorer > oracle, task
+    for task, total in lengths.items():
+        assert total["explorer"] > total["oracle"], task
 
 
 def test_examples_are_deterministic_by_seed_and_levels_are_task_types():
@@ -208,3 +205,22 @@ def test_eval_on_textgame_runs_and_prints_success_and_steps(capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["n"] == 2.0 and 0.0 <= summary["success"] <= 1.0 and summary["steps"] >= 1.0
     assert {"success/put", "success/two", "invalid_rate", "steps_won"} <= set(summary)
+
+
+WINDOW = ["rollout.turns.context=window", "rollout.turns.history=1", "rollout.turns.max_turns=20",
+          "rollout.turns.max_turn_tokens=40", "rollout.turns.max_episode_tokens=800",
+          "rollout.turns.max_obs_tokens=400"]  # fmt: skip
+
+
+@pytest.mark.parametrize("demo", ["oracle", "explorer"])
+def test_sft_plays_demonstrations_in_window_mode_one_row_per_step(quick_config, demo):
+    from reasonrl.trainer import Trainer
+
+    overrides = ["algo.name=sft", "model.path=student", "data.train=world:textgame", "data.levels=[1,2,3,4,5,6]",
+                 f"data.textgame.demo={demo}", "train.prompts_per_step=6", *WINDOW]  # fmt: skip
+    trainer = Trainer(quick_config(*overrides))
+    batch = trainer.algo.gather(trainer.ctx)
+    assert batch.metrics["episodes/stop_reason/done"] == 1.0 and batch.metrics["episodes/success"] == 1.0
+    rows = batch.tensors["completion_mask"].shape[0]
+    assert rows == round(6 * batch.metrics["turns/mean"])  # one row per step
+    assert batch.metrics["episodes/invalid"] == 0.0

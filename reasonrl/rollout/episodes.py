@@ -340,16 +340,29 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
 class DemoEngine:
     """Plays scripted policy turns as if they were sampled: turn k of episode r is `turns[r][k]` + EOS (cut at the
     turn's token cap). Run through `run_episodes`, demonstrations pass the same env, renderer and budgets as RL
-    episodes, so SFT and RL see byte-identical formats. Append mode only (a window-mode call cannot name its rows)."""
+    episodes, so SFT and RL see byte-identical formats. Append mode opens a session (rows name the episodes); window
+    mode calls `generate`, which names no episode, so it plays one episode per engine (play_demonstrations does)."""
 
     def __init__(self, tokenizer, turns: Sequence[Sequence[str]]):
         self.tokenizer, self.turns = tokenizer, [list(t) for t in turns]
+        self.played = 0  # window mode: turns of the one episode played so far
 
     def sync_weights(self, model) -> None:
         pass
 
-    def generate(self, prompt_ids, n, params):
-        raise ValueError("demonstrations play in append mode only: set rollout.turns.context=append")
+    def turn(self, episode: int, k: int, cap: int) -> TurnSample:
+        """Turn k of `episode`'s script as sampled ids (empty text past the script's end)."""
+        tok, script = self.tokenizer, self.turns[episode]
+        text = script[k] if k < len(script) else ""
+        ids = (tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[:cap]
+        return TurnSample(ids, [0.0] * len(ids), ids[-1] == tok.eos_token_id)
+
+    def generate(self, prompt_ids, n, params) -> Rollouts:
+        if len(self.turns) != 1 or len(prompt_ids) != 1 or n != 1:
+            raise ValueError("a DemoEngine plays window mode one episode at a time: use play_demonstrations")
+        sample = self.turn(0, self.played, params.max_new_tokens)
+        self.played += 1
+        return Rollouts([list(prompt_ids[0])], [sample.ids], [sample.logprobs], [sample.stopped], [0])
 
     def open(self, prompt_ids: Sequence[Sequence[int]], n: int) -> _DemoSession:
         return _DemoSession(self, [list(p) for p in prompt_ids for _ in range(n)], list(range(len(prompt_ids) * n)))
@@ -361,14 +374,12 @@ class _DemoSession:
         self.played = [0] * len(rows)
 
     def generate(self, rows: Sequence[int], params: SamplingParams) -> list[TurnSample]:
-        tok, out = self.engine.tokenizer, []
+        out = []
         for r in rows:
-            script = self.engine.turns[self.episodes[r]]
-            text = script[self.played[r]] if self.played[r] < len(script) else ""
-            ids = (tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[: params.max_new_tokens]
+            sample = self.engine.turn(self.episodes[r], self.played[r], params.max_new_tokens)
             self.played[r] += 1
-            self.rows[r] += ids
-            out.append(TurnSample(ids, [0.0] * len(ids), ids[-1] == tok.eos_token_id))
+            self.rows[r] += sample.ids
+            out.append(sample)
         return out
 
     def append(self, rows: Sequence[int], ids: Sequence[Sequence[int]]) -> None:
@@ -390,7 +401,17 @@ class _DemoSession:
 def play_demonstrations(
     world, examples: Sequence[Example], renderer, tokenizer, limits: TurnLimits, context: int | None = None
 ) -> list[Episode]:
-    """One episode per example, its policy turns being `world.demonstration(example)`."""
-    engine = DemoEngine(tokenizer, [world.demonstration(ex) for ex in examples])
+    """One episode per example, its policy turns being `world.demonstration(example)` (window mode: one
+    run_episodes call per example, see DemoEngine)."""
+    scripts = [world.demonstration(ex) for ex in examples]
     params = SamplingParams(max_new_tokens=limits.max_turn_tokens, greedy=True)
-    return run_episodes(engine, examples, world.make_env, renderer, tokenizer, params, limits, 1, context)
+    if limits.context == "append":
+        engine = DemoEngine(tokenizer, scripts)
+        return run_episodes(engine, examples, world.make_env, renderer, tokenizer, params, limits, 1, context)
+    episodes = []
+    for group, (example, script) in enumerate(zip(examples, scripts)):
+        (ep,) = run_episodes(DemoEngine(tokenizer, [script]), [example], world.make_env, renderer, tokenizer, params,
+                             limits, 1, context)  # fmt: skip
+        ep.group = group
+        episodes.append(ep)
+    return episodes

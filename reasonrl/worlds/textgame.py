@@ -226,11 +226,16 @@ class TextGameWorld:
         return TextGameEnv(example.meta["house"], self.cfg.max_steps, self.cfg.invalid_penalty)
 
     def demonstration(self, example: Example) -> list[str]:
-        """The policy turns of the oracle's or the explorer's plan (data.textgame.demo)."""
+        """The policy turns of the oracle's or the explorer's plan (data.textgame.demo). An explorer's search order
+        that would not finish within max_steps is redrawn (a demonstration must win); after 20 orders, the oracle's."""
         house = example.meta["house"]
-        if self.cfg.demo == "oracle":
-            return oracle_plan(house)
-        return explore_plan(house, random.Random(f"textgame-explore/{self.seed}/{example.meta['uid']}"))
+        if self.cfg.demo == "explorer":
+            rng = random.Random(f"textgame-explore/{self.seed}/{example.meta['uid']}")
+            for _ in range(20):
+                plan = explore_plan(house, rng)
+                if len(plan) <= self.cfg.max_steps:
+                    return plan
+        return oracle_plan(house)
 
     def episode_metrics(self, examples: Sequence[Example], episodes: Sequence[Any]) -> dict[str, float]:
         """Per task type: success/<type> and steps/<type>; invalid_rate (not-admissible actions / steps) and
