@@ -60,7 +60,9 @@ class TextGameEnv:
 
     Score keys: reward (win_reward on success), success, steps, invalid (actions that were not admissible)."""
 
-    def __init__(self, house: dict[str, Any], max_steps: int = 20, invalid_penalty: float = 1.0, win_reward=10.0):
+    def __init__(
+        self, house: dict[str, Any], max_steps: int = 20, invalid_penalty: float = 1.0, win_reward: float = 10.0
+    ):
         self.house, self.max_steps = house, max_steps
         self.invalid_penalty, self.win_reward = invalid_penalty, win_reward
         self.task = "Your task is to: " + task_text(house["task"])  # window mode shows it from step 2 on
@@ -179,4 +181,9 @@ class TextGameEnv:
 
     def score(self) -> dict[str, float]:
         won = float(self.won)
-        return {"reward": self.win_reward * won, "success": won, "steps": float(self.steps), "invalid": self.invalid}
+        return {
+            "reward": self.win_reward * won,
+            "success": won,
+            "steps": float(self.steps),
+            "invalid": float(self.invalid),
+        }
