@@ -117,6 +117,24 @@ class KBConfig:
 
 
 @dataclass
+class TextgameConfig:
+    """data.textgame: options of the textgame world (reasonrl/worlds/textgame.py, docs/textgame.md)."""
+
+    demo: str = "oracle"  # demonstrations: oracle (knows where objects are) | explorer (searches receptacles)
+    max_steps: int = 20  # env steps per episode (ALFWorld's env.max_steps; the paper uses 50)
+    style: float = 0.7  # share of objects put in their type's preferred receptacle type (the hidden house style)
+    invalid_penalty: float = 1.0  # turn reward of an action that is not admissible
+
+    def __post_init__(self) -> None:
+        if self.demo not in ("oracle", "explorer"):
+            raise ValueError(f"data.textgame.demo={self.demo!r}; choose oracle or explorer")
+        if self.max_steps < 1:
+            raise ValueError(f"data.textgame.max_steps must be >= 1, got {self.max_steps}")
+        if not 0 <= self.style <= 1:
+            raise ValueError(f"data.textgame.style must be in [0, 1], got {self.style}")
+
+
+@dataclass
 class DataConfig:
     train: str = "world:arith"  # world:NAME | FILE.jsonl | FILE.parquet | reasoning_gym:NAME
     eval: str | None = None  # defaults to the train source's held-out split
@@ -130,6 +148,7 @@ class DataConfig:
     seed: int = 0
     retriever: RetrieverConfig = field(default_factory=RetrieverConfig)  # search episodes (docs/kb.md)
     kb: KBConfig = field(default_factory=KBConfig)
+    textgame: TextgameConfig = field(default_factory=TextgameConfig)
 
 
 @dataclass

@@ -384,8 +384,11 @@ def test_demonstrations_play_through_env_and_renderer_into_episodes(tok):
     for ep, same in zip(episodes, scripted):
         assert ep.stop_reason == "done" and ep.score["success"] == 1.0
         assert (ep.prompt_ids, ep.tokens, ep.loss_mask) == (same.prompt_ids, same.tokens, same.loss_mask)
-    with pytest.raises(ValueError, match="append mode only"):
-        play_demonstrations(world, examples, WindowRenderer(tok), tok, TurnLimits(context="window"))
+    window = TurnLimits(max_turns=6, context="window", history=6)  # the scripted policy reads every pair
+    steps = play_demonstrations(world, examples, WindowRenderer(tok, window.history), tok, window)
+    for group, (ep, same) in enumerate(zip(steps, play(tok, binary, window, examples, n=1, greedy=True)[0])):
+        assert ep.stop_reason == "done" and ep.group == group and ep.score["success"] == 1.0
+        assert [t.prompt_ids for t in ep.turns] == [t.prompt_ids for t in same.turns] and ep.tokens == same.tokens
 
 
 def test_sft_on_a_multi_turn_world_trains_policy_tokens_only(quick_config):

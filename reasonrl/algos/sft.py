@@ -50,8 +50,6 @@ class SFT:
         self.batch_size = config.train.prompts_per_step
         self.name = "sft"
         self.world = multi_turn_world(config.data.train, config.data)
-        if self.world is not None and config.rollout.turns.context != "append":
-            raise ValueError("SFT on multi-turn demonstrations needs rollout.turns.context=append")
 
     def gather(self, ctx) -> TrainBatch:
         examples = ctx.stream.next(self.batch_size)
@@ -69,7 +67,7 @@ class SFT:
         limits = ctx.config.rollout.turns
         renderer = make_renderer(ctx.tokenizer, limits, ctx.config.data.system_prompt)
         episodes = play_demonstrations(self.world, examples, renderer, ctx.tokenizer, limits, model_context(ctx.model))
-        rows = to_rollouts(episodes, "append")
+        rows = to_rollouts(episodes, limits.context)  # window mode: one row per step prompt
         tensors = build_sequences(rows.prompt_ids, rows.completion_ids, ctx.tokenizer.pad_token_id, rows.loss_mask)
         num_tokens = float(tensors["completion_mask"].sum())
         metrics = {"num_tokens": num_tokens} | episode_metrics(episodes)  # stop reasons other than done: budgets cut

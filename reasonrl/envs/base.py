@@ -26,7 +26,8 @@ class StepResult:
 
 
 class Env(Protocol):
-    """One episode. Deterministic given (example, actions): replay and resume re-create it exactly."""
+    """One episode. Deterministic given (example, actions): replay and resume re-create it exactly. An env may name
+    its task (`task: str`); window mode then shows it, instead of the first observation, from step 2 on."""
 
     def reset(self, example: Example) -> str:
         """The first observation; it becomes the episode's prompt."""

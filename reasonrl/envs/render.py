@@ -177,14 +177,15 @@ class WindowRenderer(_Body):
         text = obs if isinstance(obs, str) and not cut else self.tokenizer.decode(ids, skip_special_tokens=True)
         return text, cut
 
-    def window(self, first_obs: str, turns: Sequence[tuple[str, str]]) -> list[int]:
+    def window(self, first_obs: str, turns: Sequence[tuple[str, str]], task: str | None = None) -> list[int]:
         """The step prompt: the task, then the last `history` of `turns` ((action, cut observation) pairs; the last
-        pair's observation is the current one)."""
+        pair's observation is the current one). The task is the first observation, or `task` when the env names
+        one (an env whose first observation holds more than the task: a room description, step 1's actions)."""
         if not turns:
             return self.prompt(first_obs)
         shown = turns[-self.history :] if self.history else []
         lines = [f"Action: {a}\nObservation: {o}" for a, o in shown] or [f"Observation: {turns[-1][1]}"]
-        text = f"{first_obs}\n\nLast {len(shown)} of {len(turns)} steps:\n" + "\n".join(lines)
+        text = f"{task or first_obs}\n\nLast {len(shown)} of {len(turns)} steps:\n" + "\n".join(lines)
         return self.prompt(text)
 
 

@@ -250,7 +250,7 @@ def _run_window(d: _Driver) -> list[Episode]:
         caps, prompts, cut_by = {}, {}, {}
         for r in d.active:
             ep = d.episodes[r]
-            prompts[r] = d.renderer.window(d.first[r], history[r])
+            prompts[r] = d.renderer.window(d.first[r], history[r], getattr(d.envs[r], "task", None))
             if not ep.turns:
                 ep.prompt_ids = list(prompts[r])
             budget = d.limits.max_episode_tokens - len(ep.tokens)  # policy tokens in window mode
@@ -341,16 +341,32 @@ class DemoEngine:
     """Plays scripted policy turns as if they were sampled: turn k of episode r is `turns[r][k]` + EOS, ending at its
     first stop id (EOS or an action tag) and cut at the turn's token cap. Run through `run_episodes`, demonstrations
     pass the same env, renderer and budgets as RL episodes, so SFT and RL see byte-identical formats. Append mode
-    only (a window-mode call cannot name its rows)."""
+    opens a session (rows name the episodes); window mode calls `generate`, which names no episode, so it plays one
+    episode per engine (play_demonstrations does)."""
 
     def __init__(self, tokenizer, turns: Sequence[Sequence[str]]):
         self.tokenizer, self.turns = tokenizer, [list(t) for t in turns]
+        self.played = 0  # window mode: turns of the one episode played so far
 
     def sync_weights(self, model) -> None:
         pass
 
-    def generate(self, prompt_ids, n, params):
-        raise ValueError("demonstrations play in append mode only: set rollout.turns.context=append")
+    def turn(self, episode: int, k: int, params: SamplingParams) -> TurnSample:
+        """Turn k of `episode`'s script as sampled ids (empty text past the script's end), cut where a sampled turn
+        would stop: at its first stop id, or at the token cap."""
+        tok, script = self.tokenizer, self.turns[episode]
+        text = script[k] if k < len(script) else ""
+        ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        end = next(i for i, t in enumerate(ids) if t == tok.eos_token_id or t in params.stop_ids)
+        ids = ids[: min(end + 1, params.max_new_tokens)]
+        return TurnSample(ids, [0.0] * len(ids), ids[-1] == tok.eos_token_id or ids[-1] in params.stop_ids)
+
+    def generate(self, prompt_ids, n, params) -> Rollouts:
+        if len(self.turns) != 1 or len(prompt_ids) != 1 or n != 1:
+            raise ValueError("a DemoEngine plays window mode one episode at a time: use play_demonstrations")
+        sample = self.turn(0, self.played, params)
+        self.played += 1
+        return Rollouts([list(prompt_ids[0])], [sample.ids], [sample.logprobs], [sample.stopped], [0])
 
     def open(self, prompt_ids: Sequence[Sequence[int]], n: int) -> _DemoSession:
         return _DemoSession(self, [list(p) for p in prompt_ids for _ in range(n)], list(range(len(prompt_ids) * n)))
@@ -362,16 +378,12 @@ class _DemoSession:
         self.played = [0] * len(rows)
 
     def generate(self, rows: Sequence[int], params: SamplingParams) -> list[TurnSample]:
-        tok, out = self.engine.tokenizer, []
+        out = []
         for r in rows:
-            script = self.engine.turns[self.episodes[r]]
-            text = script[self.played[r]] if self.played[r] < len(script) else ""
-            ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            end = next(i for i, t in enumerate(ids) if t == tok.eos_token_id or t in params.stop_ids)
-            ids = ids[: min(end + 1, params.max_new_tokens)]  # a sampled turn would stop there too
+            sample = self.engine.turn(self.episodes[r], self.played[r], params)
             self.played[r] += 1
-            self.rows[r] += ids
-            out.append(TurnSample(ids, [0.0] * len(ids), ids[-1] == tok.eos_token_id or ids[-1] in params.stop_ids))
+            self.rows[r] += sample.ids
+            out.append(sample)
         return out
 
     def append(self, rows: Sequence[int], ids: Sequence[Sequence[int]]) -> None:
@@ -393,7 +405,17 @@ class _DemoSession:
 def play_demonstrations(
     world, examples: Sequence[Example], renderer, tokenizer, limits: TurnLimits, context: int | None = None
 ) -> list[Episode]:
-    """One episode per example, its policy turns being `world.demonstration(example)`."""
-    engine = DemoEngine(tokenizer, [world.demonstration(ex) for ex in examples])
+    """One episode per example, its policy turns being `world.demonstration(example)` (window mode: one
+    run_episodes call per example, see DemoEngine)."""
+    scripts = [world.demonstration(ex) for ex in examples]
     params = SamplingParams(max_new_tokens=limits.max_turn_tokens, greedy=True)
-    return run_episodes(engine, examples, world.make_env, renderer, tokenizer, params, limits, 1, context)
+    if limits.context == "append":
+        engine = DemoEngine(tokenizer, scripts)
+        return run_episodes(engine, examples, world.make_env, renderer, tokenizer, params, limits, 1, context)
+    episodes = []
+    for group, (example, script) in enumerate(zip(examples, scripts)):
+        (ep,) = run_episodes(DemoEngine(tokenizer, [script]), [example], world.make_env, renderer, tokenizer, params,
+                             limits, 1, context)  # fmt: skip
+        ep.group = group
+        episodes.append(ep)
+    return episodes

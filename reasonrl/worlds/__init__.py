@@ -1,6 +1,6 @@
 """Embedded verifiable worlds: procedurally generated tasks with gold answers and demonstrations.
 
-A world with `make_env(example)` is multi-turn (guess, kb): its examples are played as episodes
+A world with `make_env(example)` is multi-turn (guess, kb, textgame): its examples are played as episodes
 (rollout/episodes.py)."""
 
 from typing import Any
@@ -9,8 +9,15 @@ from reasonrl.worlds.arith import ArithWorld
 from reasonrl.worlds.guess import GuessWorld
 from reasonrl.worlds.kb import KBWorld
 from reasonrl.worlds.shortcut import ShortcutWorld
+from reasonrl.worlds.textgame import TextGameWorld
 
-WORLDS = {"arith": ArithWorld, "guess": GuessWorld, "kb": KBWorld, "shortcut": ShortcutWorld}
+WORLDS = {
+    "arith": ArithWorld,
+    "guess": GuessWorld,
+    "kb": KBWorld,
+    "shortcut": ShortcutWorld,
+    "textgame": TextGameWorld,
+}
 
 
 def get_world(name: str, **kwargs) -> Any:
