@@ -71,6 +71,31 @@ def first_errors(levels: tuple[int, ...], n: int, samples: int, max_new: int) ->
     }
 
 
+@torch.no_grad()
+def drift(models: dict[str, str], n: int, cut: int) -> list[str]:
+    """Mean KL(model || teacher) per token on the teacher's own greedy solutions (the same text for every model),
+    before and after position `cut`: does training the first `cut` tokens move the rest away from the teacher?"""
+    teacher, tok = load_model("teacher")
+    examples = ArithWorld((2, 3), seed=0).eval_set((2, 3), n)
+    texts = []
+    for ex in examples:
+        ids = torch.tensor([encode_prompt(tok, ex.prompt)])
+        out = teacher.generate(ids, max_new_tokens=64, do_sample=False, pad_token_id=tok.pad_token_id)
+        t_logp = teacher(out).logits[0, ids.shape[1] - 1 : -1].float().log_softmax(-1)
+        texts.append((out, ids.shape[1], t_logp))
+    lines = []
+    for name, path in models.items():
+        model, _ = load_model(path)
+        head, tail = [], []
+        for out, start, t_logp in texts:
+            s_logp = model(out).logits[0, start - 1 : -1].float().log_softmax(-1)
+            kl = (s_logp.exp() * (s_logp - t_logp)).sum(-1)
+            head += kl[:cut].tolist()
+            tail += kl[cut:].tolist()
+        lines.append(f"| {name} | {statistics.fmean(head):.3f} | {statistics.fmean(tail):.3f} |")
+    return lines
+
+
 def row(r: dict) -> str:
     flagged = [f for f in r["firsts"] if f is not None]
     within = " | ".join(f"{100 * sum(f <= h for f in flagged) / max(1, r['wrong']):.0f}%" for h in HORIZONS)
@@ -106,7 +131,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=50, help="held-out problems per level")
     parser.add_argument("--samples", type=int, default=4, help="sampled completions per problem")
+    parser.add_argument("--drift", nargs="*", default=[], help="NAME=MODEL_DIR pairs: trained models to compare")
+    parser.add_argument("--cut", type=int, default=6, help="the position that splits the drift table (TOPD's H)")
     args = parser.parse_args()
+    drift_rows = drift({"student": "student", **dict(m.split("=", 1) for m in args.drift)}, args.n, args.cut)
     results = [
         first_errors((2, 3), args.n, args.samples, 64),
         first_errors((4, 5), args.n, args.samples, 128),
@@ -126,6 +154,9 @@ def main() -> int:
                 f"teacher | median first error (token) | mean length | median position of the first `=` | {heads} |\n"
                 "|---|---|---|---|---|---|---|---|" + "---|" * len(HORIZONS) + "\n" + "\n".join(map(row, results)),
                 "![first error positions](topd-horizon.png)",
+                f"### Drift: KL(model ‖ teacher) per token on the teacher's greedy solutions ({2 * args.n} problems "
+                f"of levels 2-3)\n\n| model | first {args.cut} tokens | the rest |\n|---|---|---|\n"
+                + "\n".join(drift_rows),
             ]
         )
         + "\n"
