@@ -268,8 +268,12 @@ def schedule(keys: list[str], jobs: int) -> list[str]:
     with ThreadPoolExecutor(jobs) as pool:
         while True:
             busy = set(running.values())
-            # seed-major: every arm's seed 0 first, then seed 1..., so that a partial run still pairs arms by seed
-            wanted = sorted(((key, lr, seed) for key in keys for lr, seed in runs_wanted(key)), key=lambda r: r[2])
+            # runs already started first (finish what is begun), then seed-major: every arm's seed 0, then seed 1...,
+            # so that a partial experiment still pairs arms by seed
+            wanted = sorted(
+                ((key, lr, seed) for key in keys for lr, seed in runs_wanted(key)),
+                key=lambda r: (not (run_dir(*r) / "checkpoints").is_dir(), r[2]),
+            )
             for run in wanted:
                 if len(running) >= jobs or run in busy or run in failed or not ready(run[0], run[2]):
                     continue
