@@ -8,20 +8,20 @@ seed 0, keeps the rate whose final model has the best greedy EM on d_min 1-3 of 
 and 2 at that rate. The validation split is questions about the eval shard (never trained on) drawn from their own
 random stream, with every question text that is also in the test set dropped: disjoint questions, shared entities
 (the kb has one eval shard). The test set is `reasonrl eval`'s: the world's eval set, 200 questions per d_min.
-data.seed stays 0 for every run (on kb it is the knowledge base itself); seeds vary train.seed (sampling, init of
-nothing else), so arms of one seed see the same questions in the same order.
+data.seed stays 0 for every run (on kb it is the knowledge base itself, and the question order); a seed is train.seed
+(the sampling), so every run sees the same questions in the same order and arms pair seed by seed.
 Arms run as parallel one-thread processes (--jobs); a run whose directory holds result.json is skipped, an
 interrupted one resumes from its last checkpoint. Writes docs/results/autosearch.md and PNG curves
 (experiments/autosearch_report.py).
 
-Measured (smoke, 6 steps, one thread, a shared 2-core machine): the trainer's step_time is 0.8-1.4 s for every arm
-(AutoSearch's probes add ~0.1 s of generation), a run's process 1.5-1.9 CPU-s per step with model load included, a
-test scoring (800 greedy episodes) ~30 CPU-s. Full run: 4 arms x (2 rates + 2 more seeds) = 16 runs of 300 steps
+Measured (smoke, 6 steps, one thread, a shared 2-core machine): a run's process takes 9-11.5 CPU-s, ~4.5 of them
+start-up, so 0.9-1.15 CPU-s per step for every arm (AutoSearch's probes add ~0.1 s of generation per step); a
+scoring process ~4.5 CPU-s plus ~1.3 s per 100 greedy episodes (test: 800 episodes). Full run: 4 arms x (2 rates + 2 more seeds) = 16 runs of 300 steps
 (~1.1 CPU-s each) plus 16 validation and 16 test scorings: ~100 CPU-minutes, ~50 minutes on 2 cores.
     OMP_NUM_THREADS=1 .venv/bin/python experiments/autosearch.py --jobs 2              (~100 CPU-minutes)
     OMP_NUM_THREADS=1 .venv/bin/python experiments/autosearch.py --report              (only rewrite the page)
-    OMP_NUM_THREADS=1 .venv/bin/python experiments/autosearch.py --out runs/exp-autosearch-smoke --steps 4 \\
-        --seeds 0 1 --lrs 1e-4 3e-4 --n 20 --validation-n 10 --doc /tmp/as-smoke.md --jobs 1        (smoke)
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/autosearch.py --out runs/exp-autosearch-smoke --steps 6 \\
+        --seeds 0 1 --lrs 1e-4 3e-4 --n 20 --validation-n 10 --doc /tmp/as-smoke/autosearch.md --jobs 1 (smoke)
 """
 
 from __future__ import annotations
