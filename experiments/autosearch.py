@@ -16,8 +16,9 @@ interrupted one resumes from its last checkpoint. Writes docs/results/autosearch
 
 Measured (smoke, 6 steps, one thread, a shared 2-core machine): a run's process takes 9-11.5 CPU-s, ~4.5 of them
 start-up, so 0.9-1.15 CPU-s per step for every arm (AutoSearch's probes add ~0.1 s of generation per step); a
-scoring process ~4.5 CPU-s plus ~1.3 s per 100 greedy episodes (test: 800 episodes). Full run: 4 arms x (2 rates + 2 more seeds) = 16 runs of 300 steps
-(~1.1 CPU-s each) plus 16 validation and 16 test scorings: ~100 CPU-minutes, ~50 minutes on 2 cores.
+scoring process ~4.5 CPU-s plus ~1.3 s per 100 greedy episodes (test: 800 episodes).
+Full run: 4 arms x (2 rates + 2 more seeds) = 16 runs of 300 steps (~1.1 CPU-s each) plus 16 validation and 16 test
+scorings: ~95 CPU-minutes, ~50 minutes on 2 cores.
     OMP_NUM_THREADS=1 .venv/bin/python experiments/autosearch.py --jobs 2              (~100 CPU-minutes)
     OMP_NUM_THREADS=1 .venv/bin/python experiments/autosearch.py --report              (only rewrite the page)
     OMP_NUM_THREADS=1 .venv/bin/python experiments/autosearch.py --out runs/exp-autosearch-smoke --steps 6 \\
