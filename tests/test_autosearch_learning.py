@@ -1,14 +1,18 @@
-"""Learning on search episodes, step-counted (never timed): GRPO on the kb world raises 1-hop EM.
+"""Learning on search episodes, step-counted (never timed): GRPO raises the shipped kb_student's 1-hop EM.
 
-The shipped `student` knows arithmetic, not search, and copying novel names into queries takes a 0.9M model more
-than 1500 SFT steps (design brief §7.1), so the test first makes a search student by a short SFT on a knowledge base
-shrunk to 8 people and 2 companies (plus the fixed city/country layer): it learns the protocol and part of the
-facts, and GRPO then raises its EM on that base's 1-hop questions. Once the kb_student checkpoint ships (issue 23),
-the test should start from it on the full rl shard instead, without the SFT and the shrunk base."""
+GRPO (the env's EM as reward) on the rl shard's d_min-1 questions, from `kb_student` (docs/kb.md), no SFT here. Its
+greedy 1-hop EM (0.56 on the fixed questions below) does not reliably move within a test's budget, so the test asserts
+on what has room: EM sampled at temperature 1 (0.21: most failures are names miscopied when sampling).
+Measured (1 thread, ~1.6 CPU-minutes): 100 steps of 16 questions x 8 episodes at lr 3e-4 raise it 0.211 -> 0.271
+(train.seed 0) and -> 0.236 (seed 1; under this test's +0.03: the gain is small), greedy 0.56 -> 0.53 / 0.61. Other
+recipes did not gain (sampled EM, 4 per question): 60 steps of 8 questions at lr 3e-4 -> 0.13; 100 steps of 16 at lr
+1e-4 / 5e-4 -> 0.17 / 0.22; at temperature 0.7, 150 steps left greedy at 0.58 / 0.27 (seeds 0 / 1); lr 1e-3 collapses
+it (greedy 0.26 in 30 steps)."""
 
 import json
 
 import pytest
+import torch
 
 from reasonrl.config import KBConfig, TurnLimits, load_config
 from reasonrl.envs.render import ChatRenderer
@@ -17,47 +21,40 @@ from reasonrl.rollout.base import SamplingParams
 from reasonrl.rollout.episodes import run_episodes
 from reasonrl.rollout.fast import FastEngine
 from reasonrl.trainer import Trainer
-from reasonrl.worlds import kb
+from reasonrl.worlds.kb import KBWorld
 
-WORLD = ["data.train=world:kb", "data.kb.train_split=rl", "data.levels=[1]", "data.eval_n=8"]
-COMMON = WORLD + ["train.progress=false", "train.seed=0", "optim.warmup_steps=0", "train.eval_every=0"]
-COMMON += ["rollout.turns.max_turn_tokens=32"]
-
-
-@pytest.fixture
-def small_kb(monkeypatch):
-    """Shards of 8 people (and 2 companies) in every split; make_shard's cache is cleared before and after."""
-    monkeypatch.setattr(kb, "SHARD_PEOPLE", {"eval": 8, "rl": 8, "sft": 8})
-    kb.make_shard.cache_clear()
-    yield kb.KBWorld(levels=[1], kb=KBConfig(train_split="rl"))
-    kb.make_shard.cache_clear()
+GRPO = ["model.path=kb_student", "data.train=world:kb", "data.kb.train_split=rl", "data.levels=[1]", "data.eval_n=8"]
+GRPO += ["algo.name=grpo", "rollout.num_generations=8", "rollout.turns.max_turn_tokens=32", "train.progress=false"]
+GRPO += ["train.seed=0", "train.eval_every=0", "optim.warmup_steps=0"]
+GRPO += ["train.steps=100", "train.prompts_per_step=16", "optim.lr=3e-4"]
 
 
-def greedy_em(path, world, examples) -> float:
+def em(path, world, examples, samples: int) -> float:
+    """Mean EM of `samples` episodes per question at temperature 1 (0: one greedy episode)."""
     model, tok = load_model(str(path), device="cpu")
-    params = SamplingParams(32, greedy=True)
-    limits = TurnLimits(max_turn_tokens=32)
-    episodes = run_episodes(FastEngine(model, tok), examples, world.make_env, ChatRenderer(tok), tok, params, limits)
+    params = SamplingParams(32, greedy=samples == 0)
+    torch.manual_seed(0)
+    episodes = run_episodes(
+        FastEngine(model, tok),
+        examples * max(samples, 1),
+        world.make_env,
+        ChatRenderer(tok),
+        tok,
+        params,
+        TurnLimits(max_turn_tokens=32),
+    )
     return sum(ep.score["em"] for ep in episodes) / len(episodes)
 
 
 @pytest.mark.slow
-def test_grpo_raises_one_hop_em_on_search_episodes(small_kb, tmp_path):
-    sft = ["algo.name=sft", "train.steps=250", "train.prompts_per_step=16", "optim.lr=3e-3"]
-    Trainer(load_config(None, COMMON + sft), run_dir=tmp_path / "sft").train()
-    grpo = [f"model.path={tmp_path / 'sft' / 'final'}", "algo.name=grpo", "rollout.num_generations=8"]
-    grpo += ["train.steps=60", "train.prompts_per_step=8", "optim.lr=3e-4"]
-    Trainer(load_config(None, COMMON + grpo), run_dir=tmp_path / "grpo").train()
-    rows = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
-    em = [r["episodes/em"] for r in rows if "episodes/em" in r]  # sampled EM of each step's 64 episodes
+def test_grpo_raises_kb_student_one_hop_em(tmp_path):
+    Trainer(load_config(None, GRPO), run_dir=tmp_path).train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all("episodes/searches/d_min_1" in r for r in rows if "episodes/em" in r)
-    first, last = sum(em[:20]) / 20, sum(em[-20:]) / 20
-    questions = [small_kb.example(50_000 + i) for i in range(48)]  # a fixed set of the same base, greedy
-    before = greedy_em(tmp_path / "sft" / "final", small_kb, questions)
-    after = greedy_em(tmp_path / "grpo" / "final", small_kb, questions)
-    print(f"sampled EM {first:.3f} -> {last:.3f}; greedy EM {before:.3f} -> {after:.3f}; {em}")
-    # measured (1 thread, ~2 CPU-minutes): greedy EM on the 48 questions 0.167 -> 0.458 / 0.479 / 0.458 for
-    # train.seed 0 / 1 / 2; sampled EM over steps 1-20 -> 41-60 0.280 -> 0.460 / 0.299 -> 0.459 / 0.330 -> 0.448.
-    # (lr 5e-4 for 40 steps rose on seeds 0 and 1 and fell on seed 2: 0.167 -> 0.146.)
-    assert after >= before + 0.15, (before, after)
-    assert last >= first + 0.05, em
+    world = KBWorld(levels=[1], kb=KBConfig(train_split="rl"))
+    questions = [world.example(50_000 + i) for i in range(64)]  # rl-shard questions that training never draws
+    before, after = em("kb_student", world, questions, 8), em(tmp_path / "final", world, questions, 8)
+    greedy_before, greedy_after = em("kb_student", world, questions, 0), em(tmp_path / "final", world, questions, 0)
+    print(f"sampled EM {before:.3f} -> {after:.3f}; greedy {greedy_before:.3f} -> {greedy_after:.3f}")
+    assert after >= before + 0.03, (before, after)
+    assert greedy_after >= greedy_before - 0.1, (greedy_before, greedy_after)  # sharpened, not broken
