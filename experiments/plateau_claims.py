@@ -78,11 +78,11 @@ def paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
     return [a[s] - b[s] for s in sorted(a) if s in b]
 
 
-def ci(values: list[float], unit: str = "points") -> str:
+def ci(values: list[float], unit: str = "points", digits: int = 1) -> str:
     if not values:
         return "not run yet"
     mean, half = t_interval(values)
-    return f"{mean:+.1f} ± {half:.1f} {unit} (95% t-interval over {len(values)} seeds)"
+    return f"{mean:+.{digits}f} ± {half:.{digits}f} {unit} (95% t-interval over {len(values)} seeds)"
 
 
 def verdict(values: list[float], margin: float = 0.0) -> str:
@@ -131,8 +131,14 @@ def popd_speed() -> tuple[list[float], str]:
         _, _, acc = curve("opd/opd", seed)
         target = acc[0] + 0.9 * (acc[-3:].mean() - acc[0])
         opd, popd = tokens_to_reach("opd/opd", seed, target), tokens_to_reach("opd/popd", seed, target)
-        parts.append(f"seed {seed}: target {target:.1f}%, OPD {opd / 1e3:.0f}k tokens, POPD {popd / 1e3:.0f}k")
-        if np.isfinite(opd) and np.isfinite(popd):
+        if not np.isfinite(popd):  # never reached: all its tokens were not enough, a bound on the speed-up
+            popd = curve("opd/popd", seed)[1][-1]
+            parts.append(
+                f"seed {seed}: target {target:.1f}%, OPD {opd / 1e3:.0f}k tokens, POPD never (> {popd / 1e3:.0f}k)"
+            )
+        else:
+            parts.append(f"seed {seed}: target {target:.1f}%, OPD {opd / 1e3:.0f}k tokens, POPD {popd / 1e3:.0f}k")
+        if np.isfinite(opd):
             values.append(1 - popd / opd)
     return values, "; ".join(parts) + f"; 1 - POPD/OPD: {ci([100 * v for v in values], '%')}"
 
@@ -151,7 +157,7 @@ def equal_tokens() -> tuple[list[float], str]:
 
 def entropy_kept() -> tuple[list[float], str]:
     diff = paired(late_mean("grpo/dapo", "entropy"), late_mean("grpo/grpo", "entropy"))
-    return diff, f"DAPO minus GRPO, policy entropy over the last 50 steps: {ci(diff, 'nats')}"
+    return diff, f"DAPO minus GRPO, policy entropy over the last 50 steps: {ci(diff, 'nats', 3)}"
 
 
 def reaches(key: str, target: float) -> Callable[[], tuple[list[float], str]]:
