@@ -31,12 +31,10 @@ import argparse
 import json
 import random
 import sys
-import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import ROOT, run_process
+from harness import ROOT, run_all, run_process
 
 OUT = ROOT / "runs" / "exp-autosearch"
 DOC = ROOT / "docs" / "results" / "autosearch.md"
@@ -160,30 +158,13 @@ def train_one(arm: str, lr: float, seed: int) -> dict:
 
 def schedule(jobs: int) -> list[str]:
     """Run every wanted run as the lr choice allows, `jobs` at a time, seed-major; returns the failures."""
-    failed: set[tuple[str, float, int]] = set()
-    running: dict[Future, tuple[str, float, int]] = {}
-    messages = []
-    with ThreadPoolExecutor(jobs) as pool:
-        while True:
-            busy = set(running.values())
-            wanted = sorted(((arm, lr, seed) for arm in ARMS for lr, seed in runs_wanted(arm)), key=lambda r: r[2])
-            for run in wanted:
-                if len(running) >= jobs or run in busy or run in failed or (run_dir(*run) / "result.json").exists():
-                    continue
-                running[pool.submit(train_one, *run)] = run
-                busy.add(run)
-            if not running:
-                return messages
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                run = running.pop(future)
-                try:
-                    r = future.result()
-                    print(f"{run[0]} lr {run[1]:g} seed {run[2]}: test EM {r['test']['em']:.3f}", flush=True)
-                except Exception:  # one failed run must not stop the others; it is reported at the end
-                    failed.add(run)
-                    messages.append(f"{run}: {traceback.format_exc(limit=1)}")
-                    print(messages[-1], flush=True)
+    return run_all(
+        lambda: sorted(((arm, lr, seed) for arm in ARMS for lr, seed in runs_wanted(arm)), key=lambda r: r[2]),
+        train_one,
+        lambda r: (run_dir(*r) / "result.json").exists(),
+        lambda r, result: f"{r[0]} lr {r[1]:g} seed {r[2]}: test EM {result['test']['em']:.3f}",
+        jobs,
+    )
 
 
 def questions(split: str, n: int) -> list:

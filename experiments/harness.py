@@ -9,6 +9,9 @@ import os
 import statistics
 import subprocess
 import sys
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from reasonrl.worlds.arith import ArithWorld
@@ -83,3 +86,36 @@ def t_interval(values: list[float]) -> tuple[float, float]:
     if len(values) < 2:
         return mean, 0.0
     return mean, T_975[len(values) - 1] * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def run_all(
+    wanted: Callable[[], list[tuple]],
+    run: Callable[..., dict],
+    done: Callable[[tuple], bool],
+    describe: Callable[[tuple, dict], str],
+    jobs: int,
+) -> list[str]:
+    """Run, `jobs` at a time, every run that `wanted()` lists (asked again after each finishes, so runs can wait on
+    others) and that is not `done`; returns the failures, which stop only their own run."""
+    failed: set[tuple] = set()
+    running: dict[Future, tuple] = {}
+    messages = []
+    with ThreadPoolExecutor(jobs) as pool:
+        while True:
+            busy = set(running.values())
+            for task in wanted():
+                if len(running) >= jobs or task in busy or task in failed or done(task):
+                    continue
+                running[pool.submit(run, *task)] = task
+                busy.add(task)
+            if not running:
+                return messages
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                task = running.pop(future)
+                try:
+                    print(describe(task, future.result()), flush=True)
+                except Exception:  # one failed run must not stop the others; it is reported at the end
+                    failed.add(task)
+                    messages.append(f"{task}: {traceback.format_exc(limit=1)}")
+                    print(messages[-1], flush=True)

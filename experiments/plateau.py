@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import ROOT, TEST_N, cli_eval, run_process, validation_file
+from harness import ROOT, TEST_N, cli_eval, run_all, run_process, validation_file
 from plateau_claims import write_doc
 
 from reasonrl.tracking import read_metrics
@@ -262,37 +260,23 @@ def base_evals() -> None:
 
 def schedule(keys: list[str], jobs: int) -> list[str]:
     """Run every wanted run as its dependencies allow, `jobs` at a time; returns the failures."""
-    failed: set[tuple[str, float, int]] = set()
-    running: dict[Future, tuple[str, float, int]] = {}
-    messages = []
-    with ThreadPoolExecutor(jobs) as pool:
-        while True:
-            busy = set(running.values())
-            # runs already started first (finish what is begun), then seed-major: every arm's seed 0, then seed 1...,
-            # so that a partial experiment still pairs arms by seed
-            wanted = sorted(
-                ((key, lr, seed) for key in keys for lr, seed in runs_wanted(key)),
-                key=lambda r: (not (run_dir(*r) / "checkpoints").is_dir(), r[2]),
-            )
-            for run in wanted:
-                if len(running) >= jobs or run in busy or run in failed or not ready(run[0], run[2]):
-                    continue
-                if (run_dir(*run) / "result.json").exists():
-                    continue
-                running[pool.submit(train_one, *run)] = run
-                busy.add(run)
-            if not running:
-                return messages
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                run = running.pop(future)
-                try:
-                    result = future.result()
-                    print(f"{run[0]} lr {run[1]:g} seed {run[2]}: test {result['test']['accuracy']:.3f}", flush=True)
-                except Exception:  # one failed run must not stop the others; it is reported at the end
-                    failed.add(run)
-                    messages.append(f"{run}: {traceback.format_exc(limit=1)}")
-                    print(messages[-1], flush=True)
+
+    def wanted() -> list[tuple[str, float, int]]:
+        # runs already started first (finish what is begun), then seed-major: every arm's seed 0, then seed 1...,
+        # so that a partial experiment still pairs arms by seed
+        runs = sorted(
+            ((key, lr, seed) for key in keys for lr, seed in runs_wanted(key)),
+            key=lambda r: (not (run_dir(*r) / "checkpoints").is_dir(), r[2]),
+        )
+        return [r for r in runs if ready(r[0], r[2])]
+
+    return run_all(
+        wanted,
+        train_one,
+        lambda r: (run_dir(*r) / "result.json").exists(),
+        lambda r, result: f"{r[0]} lr {r[1]:g} seed {r[2]}: test {result['test']['accuracy']:.3f}",
+        jobs,
+    )
 
 
 KEPT_KEYS = {"step", "num_tokens", "entropy", "reward", "eval/accuracy", "eval/n"}  # what the page reads
