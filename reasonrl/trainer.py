@@ -31,11 +31,11 @@ from reasonrl.data import Example, PromptStream, load_source, multi_turn_world, 
 from reasonrl.distributed import combine_means, combine_sums, combine_totals
 from reasonrl.evaluation import evaluate, evaluate_episodes
 from reasonrl.lora import apply_lora
-from reasonrl.models import check_room, load_model, model_context, resolve_model_path
+from reasonrl.models import check_room, load_model, model_context
 from reasonrl.multimodal import encode_examples, model_processor
 from reasonrl.optim import build_optimizer, initial_schedule_metrics, step_schedules
 from reasonrl.rewards import RewardError, RewardManager
-from reasonrl.rollout.base import RolloutEngine
+from reasonrl.rollout.factory import make_engine
 from reasonrl.spectral.monitor import alpha_metrics
 from reasonrl.tracking import Tracker
 
@@ -457,48 +457,3 @@ class NullTracker:
 def default_run_dir(cfg: Config) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(cfg.train.output_dir.format(algo=cfg.algo.name, time=stamp))
-
-
-def make_engine(
-    cfg: Config, model: torch.nn.Module, tokenizer, run_dir: Path, strategy: parallel.Single | None = None
-) -> RolloutEngine:
-    """The configured engine (replay and vllm-server need to know the ranks of `strategy`, default one process);
-    with rollout.save_rollouts every sampling call is recorded under RUN_DIR/rollouts."""
-    strategy = strategy or parallel.Single()
-    from reasonrl.rollout.fast import FastEngine
-    from reasonrl.rollout.hf import HFEngine
-    from reasonrl.rollout.replay import RecordingEngine, ReplayEngine
-
-    if cfg.rollout.engine not in ("auto", "hf", "replay", "vllm", "vllm-server"):
-        raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; choose auto, hf, replay, vllm or vllm-server")
-    if cfg.rollout.engine == "vllm":
-        from reasonrl.rollout.vllm import VLLMEngine
-
-        return VLLMEngine(
-            model,
-            tokenizer,
-            str(resolve_model_path(cfg.model.path)),
-            cfg.rollout.vllm.gpu_memory_utilization,
-            cfg.rollout.vllm.sleep,
-            cfg.train.seed,
-        )
-    if cfg.rollout.engine == "vllm-server":
-        engine = vllm_server_engine(cfg, tokenizer, strategy.world)
-    else:
-        engine = HFEngine(model, tokenizer) if cfg.rollout.engine == "hf" else FastEngine(model, tokenizer)
-    if cfg.rollout.engine == "replay":
-        if not cfg.rollout.replay_dir:
-            raise ValueError("rollout.engine=replay needs rollout.replay_dir (the rollouts/ folder of a recorded run)")
-        engine = ReplayEngine(cfg.rollout.replay_dir, live=engine, rank=strategy.rank, world=strategy.world)
-    if cfg.rollout.save_rollouts:
-        engine = RecordingEngine(engine, run_dir / "rollouts")
-    return engine
-
-
-def vllm_server_engine(cfg: Config, tokenizer, world: int = 1) -> RolloutEngine:
-    """rollout.engine=vllm-server (its URL and timeout are checked with the config); it contacts the server at once."""
-    from reasonrl.rollout.vllm_server import VLLMServerEngine
-
-    if world > 1:  # each rank would claim rank 0 of the NCCL group that pushes the weights
-        raise ValueError("rollout.engine=vllm-server pushes weights from one trainer process; launch without torchrun")
-    return VLLMServerEngine(cfg.rollout.vllm.server_url, tokenizer, cfg.rollout.vllm.server_timeout)

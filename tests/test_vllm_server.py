@@ -18,9 +18,10 @@ from fake_vllm import FakeVLLMServer
 from reasonrl.config import ConfigError, load_config
 from reasonrl.models import encode_prompt, load_model
 from reasonrl.rollout.base import SamplingParams
+from reasonrl.rollout.factory import make_engine
 from reasonrl.rollout.fast import FastEngine
 from reasonrl.rollout.vllm_server import VLLMServerEngine, VLLMServerError
-from reasonrl.trainer import Trainer, make_engine
+from reasonrl.trainer import Trainer
 
 PROMPTS = ["Compute 3+4.", "Compute 12+30.", "Compute 25+61.", "7+8?", "Compute 40+2. Think step by step."]
 
