@@ -1,12 +1,10 @@
 """Backends: the scripted mutator is deterministic and writes whitelisted code; replay reproduces a recording;
 an OpenAI-compatible endpoint that errors, hangs or answers garbage costs counted failed calls, never the run."""
 
-import http.server
-import json
-import threading
 import time
 
 import pytest
+from stub_http import StubHTTP, chat_completion
 
 from reasonrl.discover.backends import BackendConfig, CallBudget, ReplayBackend, make_backend
 from reasonrl.discover.problems import embedded_problem
@@ -80,62 +78,27 @@ def test_budget_counts_every_role_and_replay_reproduces_a_recording(tmp_path):
         ReplayBackend(tmp_path / "bad.jsonl")
 
 
-class _Stub(http.server.BaseHTTPRequestHandler):
-    mode = "ok"
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        if _Stub.mode == "hang":
-            time.sleep(2)
-        if _Stub.mode == "error":
-            self.send_response(500)
-            self.end_headers()
-            self.wfile.write(b'{"error": {"message": "boom"}}')
-            return
-        body = b"<html>garbage" if _Stub.mode == "garbage" else json.dumps(_completion("return params[0] * x")).encode()
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-        except BrokenPipeError:  # the client gave up on a hung answer
-            pass
-
-    def log_message(self, *args):
-        pass
-
-
-def _completion(text):
-    return {
-        "id": "1",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "stub",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-    }
-
-
 @pytest.fixture
-def stub_url():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+def stub():
+    server = StubHTTP(lambda body: chat_completion("return params[0] * x"))
+    server.url = f"{server.root}/v1"
+    yield server
+    server.close()
 
 
-def test_openai_backend_survives_error_hang_and_garbage(stub_url):
-    backend = make_backend(f"openai:{stub_url}", BackendConfig(model="stub", timeout_s=0.5, max_retries=0), 0, ("x",))
+def test_openai_backend_survives_error_hang_and_garbage(stub):
+    backend = make_backend(f"openai:{stub.url}", BackendConfig(model="stub", timeout_s=0.5, max_retries=0), 0, ("x",))
     budget = CallBudget(backend, 10)
-    _Stub.mode = "ok"
+    stub.mode = "ok"
     assert budget("p", "generator") == "return params[0] * x"
     for mode in ("error", "hang", "garbage"):
-        _Stub.mode = mode
+        stub.mode = mode
         start = time.monotonic()
         assert budget("p", "generator") is None
         assert time.monotonic() - start < 1.8
     assert budget.failed == 3 and budget.calls == 4
     with pytest.raises(ValueError, match=r"backend_options\.model"):
-        make_backend(f"openai:{stub_url}", BackendConfig(), 0, ("x",))
+        make_backend(f"openai:{stub.url}", BackendConfig(), 0, ("x",))
     with pytest.raises(ValueError, match="unknown backend"):
         make_backend("gpt", BackendConfig(), 0, ("x",))
 

@@ -1,13 +1,11 @@
 """Reflectors: the prompt, the strict parser, the template reflector on textgame episodes, and an OpenAI-compatible
 endpoint (a loopback stub) that answers well, answers badly, errors or hangs: counted, never fatal."""
 
-import json
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from stub_http import StubHTTP, chat_completion
 
 from reasonrl.skills import (
     PolicyReflector,
@@ -206,61 +204,12 @@ def test_policy_reflector_counts_failures_and_rejections():
         make_reflector(ReflectorConfig(name="policy"))
 
 
-class StubChatServer:
-    """/v1/chat/completions on 127.0.0.1: answers with `self.content`, or 500, or hangs, as `self.mode` says."""
-
-    def __init__(self):
-        self.mode, self.content, self.requests = "answer", GOOD_ANSWER, []
-        self.release = threading.Event()
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.requests.append((self.path, self.headers.get("Authorization"), body))
-                if stub.mode == "hang":
-                    stub.release.wait(10)
-                    return
-                if stub.mode == "error":
-                    self.send_error(500, "internal error")
-                    return
-                message = {"role": "assistant", "content": stub.content}
-                payload = {
-                    "id": "stub",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": body["model"],
-                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                }
-                data = json.dumps(payload).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.block_on_close = False
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def stub(monkeypatch):
     pytest.importorskip("openai", reason="the openai extra is not installed")
     monkeypatch.setenv("REASONRL_TEST_KEY", "sk-test")
-    server = StubChatServer()
+    server = StubHTTP(lambda body: chat_completion(server.content, body["model"]))  # /v1/chat/completions
+    server.content, server.base_url = GOOD_ANSWER, f"{server.root}/v1"
     yield server
     server.close()
 

@@ -3,12 +3,11 @@
 errors or hangs (an observation and a count, never a crash), memoisation, search metrics, and end-to-end eval."""
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
+from stub_http import StubHTTP
 from transformers import AutoTokenizer
 
 from reasonrl.cli import main
@@ -177,54 +176,20 @@ def test_search_r1_parquet_layout(tmp_path):
     assert world.make_env(ex).reset(ex) == "Answer ... Question: capital of France?"  # the prompt is used verbatim
 
 
-class StubServer:
-    """A loopback Search-R1 /retrieve server whose behaviour the test sets: ok | error | hang | garbage."""
-
-    def __init__(self):
-        self.mode, self.release, self.requests = "ok", threading.Event(), []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.requests.append(body)
-                if stub.mode == "hang":
-                    stub.release.wait(10)
-                    return
-                if stub.mode == "error":
-                    self.send_error(500, "index not loaded")
-                    return
-                docs = [[{"document": CORPUS[0], "score": 3.5}] * body["topk"] for _ in body["queries"]]
-                raw = b"not json" if stub.mode == "garbage" else json.dumps({"result": docs}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/retrieve"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def stub():
-    server = StubServer()
+    """A loopback Search-R1 /retrieve server (stub.url) that returns CORPUS[0] for every query."""
+    hit = {"document": CORPUS[0], "score": 3.5}
+    server = StubHTTP(lambda body: {"result": [[hit] * body["topk"] for _ in body["queries"]]})
+    server.url = f"{server.root}/retrieve"
     yield server
     server.close()
 
 
 def test_http_retriever_speaks_search_r1s_protocol(stub):
     (hits,) = HTTPRetriever(stub.url, timeout=2).search(["capital of France"], 2)
-    assert stub.requests == [{"queries": ["capital of France"], "topk": 2, "return_scores": True}]
+    (_, _, body), *more = stub.requests
+    assert body == {"queries": ["capital of France"], "topk": 2, "return_scores": True} and not more
     assert hits == [Doc("1", CORPUS[0]["contents"], 3.5)] * 2 and hits[0].title == "Paris"
 
 
