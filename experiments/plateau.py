@@ -69,11 +69,15 @@ class Arm:
 
 METHODS: dict[str, dict[str, Arm]] = {
     "grpo": {
-        "grpo": Arm("GRPO (token-mean loss, group-scaled advantages, clip 0.2)", (*BASE, *GRPO), (5e-5, 1e-4)),
-        "dapo": Arm("DAPO (clip-higher 0.28, dynamic sampling, overlong shaping)", (*BASE, "algo=dapo"), (5e-5, 1e-4)),
+        # Third grid points (2026-12-03, second session): every two-point grid chose an edge, so each arm gets the point
+        # beyond the edge it chose.
+        "grpo": Arm("GRPO (token-mean loss, group-scaled advantages, clip 0.2)", (*BASE, *GRPO), (5e-5, 1e-4, 2e-4)),
+        "dapo": Arm(
+            "DAPO (clip-higher 0.28, dynamic sampling, overlong shaping)", (*BASE, "algo=dapo"), (2.5e-5, 5e-5, 1e-4)
+        ),
     },
     "srft": {
-        "sft": Arm("SFT on the world's solutions", (*BASE, *SFT), (5e-5, 1e-4), command="sft"),
+        "sft": Arm("SFT on the world's solutions", (*BASE, *SFT), (5e-5, 1e-4, 2e-4), command="sft"),
         "grpo": Arm("GRPO", alias="grpo/grpo"),
         "sft100": Arm(
             "SFT, 100 steps (the first stage of SFT->GRPO)",
@@ -82,12 +86,15 @@ METHODS: dict[str, dict[str, Arm]] = {
             lr_from="srft/sft",
         ),
         "sft_grpo": Arm(
-            "SFT (100 steps) -> GRPO (500 steps)", (*BASE, *GRPO, "train.steps=500"), (5e-5, 1e-4), init="srft/sft100"
+            "SFT (100 steps) -> GRPO (500 steps)",
+            (*BASE, *GRPO, "train.steps=500"),
+            (5e-5, 1e-4, 2e-4),
+            init="srft/sft100",
         ),
         "srft": Arm(
             "SRFT (paper signs; demonstrations and rollouts in one loss)",
             (*BASE, "algo=srft", "train.micro_batch_size=72"),
-            (5e-5, 1e-4),
+            (5e-5, 1e-4, 2e-4),
         ),
     },
     "opd": {
@@ -101,10 +108,12 @@ METHODS: dict[str, dict[str, Arm]] = {
         "topd25": Arm(
             "TOPD, 25% of the horizon (16 tokens)",
             (*BASE, "algo=topd", *OPD, "algo.fraction=0.25"),
-            (5e-5, 1e-4, 2e-4),  # at OPD's 2e-4 it fell from 50% to 34% (seed 0): its own sweep
+            (2.5e-5, 5e-5, 1e-4, 2e-4),  # at OPD's 2e-4 it fell from 50% to 34% (seed 0): its own sweep
         ),
         "topd10": Arm(
-            "TOPD, 10% of the horizon (6 tokens)", (*BASE, "algo=topd", *OPD, "algo.fraction=0.1"), (5e-5, 1e-4, 2e-4)
+            "TOPD, 10% of the horizon (6 tokens)",
+            (*BASE, "algo=topd", *OPD, "algo.fraction=0.1"),
+            (2.5e-5, 5e-5, 1e-4, 2e-4),
         ),
         "popd": Arm(
             "POPD (horizon 16 -> 64, +8 every 50 steps)", (*BASE, "algo=popd", *OPD, "algo.dk=50"), lr_from="opd/opd"
@@ -116,7 +125,7 @@ METHODS: dict[str, dict[str, Arm]] = {
         "dpo_vp": Arm(
             "DPO-VP, 36 rounds of 4 steps (T 0.7, 0.7, 0.7, 1.0, 1.0, then 1.2)",
             DPO_VP,
-            (2.5e-5, 5e-5, 1e-4),  # 5e-5 won the first grid (validation 59.0 vs 53.2): its lower edge, so one more
+            (1.25e-5, 2.5e-5, 5e-5, 1e-4),  # 5e-5 won the first grid (59.0 vs 53.2), then 2.5e-5 (60.2): lower again
             config=DPO_VP_YAML,
         ),
         "grpo": Arm("GRPO", alias="grpo/grpo"),
