@@ -10,8 +10,9 @@ books on the shelf ...) where `style` (0.7) of its objects are put; the rest go 
 receptacles. Prompts never show it, so an agent (or a skill bank) can only learn it from episodes.
 
 Households are split by a hash of the whole household (eval 20%, train 80%), so no household is in both splits.
-Two planners make demonstrations: `oracle_plan` knows where every object is; `explore_plan` does not and searches
-receptacles in a seeded random order (opening closed ones, remembering what it saw), so its episodes are longer.
+Two planners make demonstrations: `oracle_plan` knows where every object is; `explore_plan` does not and sweeps the
+receptacles in their listed order from a seeded random start (opening closed ones, remembering what it saw), so its
+episodes are longer.
 """
 
 from __future__ import annotations
@@ -177,10 +178,14 @@ def oracle_plan(house: dict[str, Any]) -> list[str]:
 
 
 def explore_plan(house: dict[str, Any], rng: random.Random, first: Sequence[str] = ()) -> list[str]:
-    """An expert without location knowledge: receptacles in a random order (types in `first` before the rest, which
-    is how a known house style would be used), opening closed ones, taking the first object of the wanted type."""
-    order = list(house["receptacles"])
-    rng.shuffle(order)
+    """An expert without location knowledge: it sweeps the receptacles in the order the room lists them, from a
+    random start and wrapping round (types in `first` before the rest, which is how a known house style would be
+    used), opening closed ones, taking the first object of the wanted type. A sweep, not a random order: with a
+    window of the last two steps, "the receptacle after the one just searched" is something a policy can see, while
+    which of a random order's receptacles were already searched is not (a student of random orders loops)."""
+    listed = list(house["receptacles"])
+    start = rng.randrange(len(listed))
+    order = listed[start:] + listed[:start]
     order.sort(key=lambda r: first.index(kind(r)) if kind(r) in first else len(first))
     return _Planner(house, order).run()
 
