@@ -71,7 +71,7 @@ def test_metaworld_reach_with_the_17_dim_state_reward(tmp_path):
 
 
 def test_resume_continues_exactly_like_the_uninterrupted_run(tmp_path):
-    noisy = TINY + ["pref.teacher.name=mistake", "pref.teacher.eps_mistake=0.3", "pref.double_check=true"]
+    noisy = TINY + ["pref.teacher.name=mistake", "pref.teacher.eps_mistake=0.3", "feedback.double_check=true"]
     ControlRun(load_control_config(None, noisy + ["train.steps=800"]), tmp_path / "full").train()
     ControlRun(load_control_config(None, noisy + ["train.steps=400"]), tmp_path / "part").train()
     resumed = ControlRun(load_control_config(None, noisy + ["train.steps=800"]), tmp_path / "part", resume=True)
