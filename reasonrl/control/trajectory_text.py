@@ -97,7 +97,6 @@ GYM_TASKS = {
         "[cos(angle), sin(angle), angular velocity] of the pendulum; angle 0 is upright",
     ),
 }
-XYZ = "expressed as x, y, z coordinates"
 
 
 def task_text(env_id: str, obs_dim: int, goal: str | None = None) -> TaskText:
@@ -105,11 +104,11 @@ def task_text(env_id: str, obs_dim: int, goal: str | None = None) -> TaskText:
     if env_id.startswith("metaworld:"):
         name = env_id.removeprefix("metaworld:")
         known_goal, obj, target = METAWORLD_TASKS.get(name, (None, "the object the TCP must move", "its goal"))
-        tcp = Field("tcp", slice(0, 3), f"the position of the robot's end effector (TCP), {XYZ}", True, slice(18, 21))
+        tcp = Field("tcp", slice(0, 3), "the position (x, y, z) of the robot's end effector (TCP)", True, slice(18, 21))
         shown = [tcp]
         if name != "reach-v3":
-            shown.append(Field("obj", slice(4, 7), f"the position of {obj}, {XYZ}", True, slice(22, 25)))
-        shown.append(Field("target", slice(36, 39), f"{target}, {XYZ}", per_step=False))
+            shown.append(Field("obj", slice(4, 7), f"the position (x, y, z) of {obj}", True, slice(22, 25)))
+        shown.append(Field("target", slice(36, 39), f"{target} (x, y, z)", per_step=False))
         return TaskText(name, goal or known_goal, tuple(shown), metaworld=True, carries_object=name != "reach-v3")
     known_goal, meaning = GYM_TASKS.get(env_id, (None, f"the {obs_dim}-dim observation vector"))
     return TaskText(env_id, goal or known_goal, (Field("obs", slice(0, obs_dim), meaning),))
