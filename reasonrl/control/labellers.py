@@ -188,7 +188,9 @@ class OpenAILabeller(ChatLabeller):
         try:
             import openai
         except ImportError:
-            raise ImportError("feedback.labeller=openai:URL needs the openai client: pip install openai") from None
+            raise ImportError(
+                "feedback.labeller=openai:URL needs the openai client: pip install 'reasonrl[openai]'"
+            ) from None
         self.options = options
         self.client = openai.OpenAI(
             base_url=base_url,
