@@ -17,7 +17,7 @@ from stub_http import StubHTTP, chat_completion
 
 from reasonrl.config_types import ConfigError
 from reasonrl.control.config import FeedbackConfig, load_control_config
-from reasonrl.control.feedback import Feedback, double_check
+from reasonrl.control.feedback import Labelling, double_check
 from reasonrl.control.labellers import (
     Answers,
     Labeller,
@@ -103,7 +103,7 @@ def test_double_check_keeps_only_mirror_consistent_labels():
     first = _answers([1, 0, 0, np.nan, 1, 0.5])
     second = _answers([0, 0, 1, np.nan], [None, None, None, "error"])
     labeller = HandLabeller(first, second)
-    feedback = Feedback(labeller, DOOR, double_checking=True, self_augment=False)
+    feedback = Labelling(labeller, DOOR, double_checking=True, self_augment=False)
     out = feedback(queries)
     assert out.keep.tolist() == [0, 2] and out.labels.tolist() == [1.0, 0.0]
     swapped = labeller.asked[1]  # the second ask: pairs 0, 1, 2, 4 with their segments swapped
@@ -187,7 +187,7 @@ def test_self_augmentation_adds_the_imagined_segment_over_the_worse_one():
     queries = _queries(3)
     imagined = {"tcp": np.full((3, 3), 0.3), "obj": np.full((3, 3), 0.4), "target": np.array([0.1, 0.2, 0.3])}
     labeller = HandLabeller(_answers([1, np.nan, 0], replies=["a", "b", "c"]), trajectories=[imagined, None])
-    feedback = Feedback(labeller, DOOR, double_checking=False, self_augment=True)
+    feedback = Labelling(labeller, DOOR, double_checking=False, self_augment=True)
     out = feedback(queries)
     assert labeller.asked[1:] == [(0, 1, "a"), (2, 0, "c")]  # pair 0: segment 1 preferred; pair 2: segment 0
     assert out.keep.tolist() == [0, 2]
@@ -222,7 +222,7 @@ def _options(**kw) -> FeedbackConfig:
 
 def test_openai_labeller_asks_the_papers_prompts_and_survives_error_hang_and_garbage(stub):
     labeller = make_labeller(f"openai:{stub.url}", DOOR, ScriptedTeacher(), _options())
-    feedback = Feedback(labeller, DOOR, double_checking=True, self_augment=True)
+    feedback = Labelling(labeller, DOOR, double_checking=True, self_augment=True)
     queries = _queries(2)
     stub.verdicts += ["2", "0", "1"]  # pair 0: 2, then 1 when swapped (mirror); pair 1: 0 (ambiguous, not rechecked)
     out = feedback(queries)
@@ -268,13 +268,13 @@ def test_replay_reproduces_recorded_answers_and_imaginations_without_the_endpoin
     live = make_labeller(f"openai:{stub.url}", DOOR, ScriptedTeacher(), _options(), record=record)
     stub.verdicts += ["2", "1", "0", "1", "garbage"]  # 1, 0, ambiguous; swapped: pair 0 mirrors, pair 1 garbage
     queries = _queries(3)
-    recorded = Feedback(live, DOOR, double_checking=True, self_augment=True)(queries)
+    recorded = Labelling(live, DOOR, double_checking=True, self_augment=True)(queries)
     stub.close()
     rows = [json.loads(line) for line in record.read_text().splitlines()]
     assert [r["kind"] for r in rows] == ["label"] * 3 + ["label"] * 2 + ["imagine"]
     assert [r["label"] for r in rows[:3]] == [1.0, 0.0, None] and rows[2]["failure"] is None
     assert rows[4]["failure"] == "unparsable" and rows[4]["reply"] == "Trajectory analysis...\ngarbage"
-    replayed = Feedback(ReplayLabeller(record), DOOR, double_checking=True, self_augment=True)(queries)
+    replayed = Labelling(ReplayLabeller(record), DOOR, double_checking=True, self_augment=True)(queries)
     assert recorded.keep.tolist() == replayed.keep.tolist() == [0]
     np.testing.assert_array_equal(recorded.labels, replayed.labels)
     np.testing.assert_array_equal(recorded.imagined_better["obs"], replayed.imagined_better["obs"])

@@ -107,6 +107,19 @@ def test_a_recorded_llm_run_replays_exactly_without_the_endpoint(tmp_path):
     assert last["pref/feedback"] == 16 and last["pref/unparsable"] > 0 and last["pref/imagined"] > 0
 
 
+def test_a_dead_endpoint_costs_queries_not_the_run(tmp_path):
+    server = StubHTTP(lambda body: chat_completion("2"))
+    server.mode = "error"
+    dead = TINY + ["train.steps=400", f"feedback.labeller=openai:{server.root}/v1", "feedback.model=stub"]
+    run = ControlRun(load_control_config(None, dead + ["feedback.max_retries=0"]), tmp_path / "dead")
+    run.train()
+    server.close()
+    assert run.feedback == 16 and run.labelling.counts.errors == 16  # two rounds of 8 queries, every call failed
+    assert run.rounds == 0 and run._in_unsup_phase()  # no reward model trained: SAC stays on state entropy
+    last = [r for r in read_metrics(run.run_dir) if "pref/feedback" in r][-1]
+    assert (last["pref/labels"], last["pref/failures"]) == (0, 16)
+
+
 def test_resume_continues_exactly_like_the_uninterrupted_run(tmp_path):
     noisy = TINY + ["pref.teacher.name=mistake", "pref.teacher.eps_mistake=0.3", "feedback.double_check=true"]
     ControlRun(load_control_config(None, noisy + ["train.steps=800"]), tmp_path / "full").train()

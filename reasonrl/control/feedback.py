@@ -58,7 +58,7 @@ def double_check(labeller: Labeller, queries: Queries, first: Answers) -> tuple[
     return labels, second, strict
 
 
-class Feedback:
+class Labelling:
     """Asks a labeller about segment pairs, with the double-check and self-augmentation when enabled."""
 
     def __init__(self, labeller: Labeller, task: TaskText, double_checking: bool, self_augment: bool):

@@ -325,10 +325,9 @@ class ReplayLabeller(Labeller):
 
     def imagine(self, queries, i, better, reply):
         row = self._next("imagine", queries.fingerprint(i))
-        trajectory = row["trajectory"]
-        return (None if trajectory is None else {k: np.asarray(v, np.float32) for k, v in trajectory.items()}), row.get(
-            "reply"
-        )
+        recorded = row["trajectory"]
+        trajectory = None if recorded is None else {k: np.asarray(v, np.float32) for k, v in recorded.items()}
+        return trajectory, row.get("reply")
 
     def state(self) -> dict[str, Any]:
         return {"cursor": self.cursor}

@@ -30,7 +30,7 @@ from reasonrl.checkpoint import latest_checkpoint, load_algo_tensors, load_check
 from reasonrl.control.buffer import ReplayBuffer
 from reasonrl.control.config import ControlConfig, control_config_dict
 from reasonrl.control.envs import evaluate, make_env
-from reasonrl.control.feedback import Feedback
+from reasonrl.control.feedback import Labelling
 from reasonrl.control.labellers import Queries, make_labeller
 from reasonrl.control.preferences import (
     OBS_SLICES,
@@ -65,7 +65,7 @@ def make_teacher(cfg: ControlConfig) -> ScriptedTeacher:
     return teacher
 
 
-def make_feedback(cfg: ControlConfig, obs_dim: int, run_dir: Path, fresh: bool) -> Feedback:
+def make_labelling(cfg: ControlConfig, obs_dim: int, run_dir: Path, fresh: bool) -> Labelling:
     """feedback.labeller with the double-check and self-augmentation configured; recording to RUN_DIR/labels.jsonl
     when feedback.record (`fresh`: a new run starts that file empty)."""
     f = cfg.feedback
@@ -78,7 +78,7 @@ def make_feedback(cfg: ControlConfig, obs_dim: int, run_dir: Path, fresh: bool) 
     if record is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
     labeller = make_labeller(f.labeller, task, make_teacher(cfg), f, cfg.train.seed, record, fresh)
-    return Feedback(labeller, task, f.double_check, f.self_augment)
+    return Labelling(labeller, task, f.double_check, f.self_augment)
 
 
 class ControlRun:
@@ -101,7 +101,7 @@ class ControlRun:
             raise ValueError(
                 f"pref.obs_slice={p.obs_slice} needs {max(self.obs_slice) + 1} observation dims, env has {obs_dim}"
             )
-        self.labelling: Feedback | None = None  # only a training run asks for labels (`control eval` loads no LLM)
+        self.labelling: Labelling | None = None  # only a training run asks for labels (`control eval` loads no LLM)
         if p.enabled:
             in_dim = (len(self.obs_slice) if self.obs_slice else obs_dim) + (act_dim if p.use_action else 0)
             self.reward_model = RewardEnsemble(p.ensemble, in_dim, p.hidden, p.layers, p.lr)
@@ -109,7 +109,7 @@ class ControlRun:
             self.prefs = PreferenceBuffer(room, p.segment, in_dim)
             self.modules["reward"] = self.reward_model
             if track:
-                self.labelling = make_feedback(cfg, obs_dim, self.run_dir, fresh=not resume)
+                self.labelling = make_labelling(cfg, obs_dim, self.run_dir, fresh=not resume)
         # counters: everything a resumed run needs besides weights, optimizers, buffers and RNG states
         self.step = self.episode = self.feedback = self.rounds = 0
         self.entropy_stats = [0.0, 0.0, 0.0]  # count, mean, var of the state-entropy reward (running)
@@ -155,7 +155,7 @@ class ControlRun:
         p, starts = self.cfg.pref, self.cfg.sac.learning_starts
         if not p.enabled or self.feedback >= p.max_feedback or self.step < starts + p.unsup_steps:
             return False
-        if self.rounds and self.step - self._last_round_step < p.feedback_interval:
+        if self.feedback and self.step - self._last_round_step < p.feedback_interval:
             return False
         return len(self.buffer.segment_starts(p.segment)) >= 2
 
@@ -188,12 +188,15 @@ class ControlRun:
         worse, better = (self._seg_inputs(seg) for seg in (out.imagined_worse, out.imagined_better))
         ones = np.ones(len(worse), np.float32)
         self.prefs.add(worse, better, ones, ones, imagined=True)
+        self._last_round_step = self.step
+        if self.prefs.size == 0:  # every answer failed or was ambiguous: SAC stays on the state-entropy reward
+            logger.warning("no labels from the feedback round at step %d; the next round asks again", self.step)
+            return {**self.labelling.metrics(), "pref/feedback": self.feedback, "pref/labels": 0}
         metrics = self.reward_model.train_epochs(*self.prefs.data(), p.epochs, p.batch_size, self.rng)
         self.buffer.relabel(self._learned_reward)
         if self.rounds == 0 and p.reset_critic:
             self.agent.reset_critic()
-        self.rounds += 1
-        self._last_round_step = self.step
+        self.rounds += 1  # rounds that trained the reward model
         st = self.prefs.state()
         real = ~st["imagined"]  # imagined pairs have no true reward: accuracies leave them out
         strict = real & (st["labels"] != 0.5) & (st["true_labels"] != 0.5)
