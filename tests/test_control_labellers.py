@@ -8,7 +8,6 @@ import json
 import math
 import re
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -321,7 +320,7 @@ def _model_that_answers_2(path):
 
 def test_hf_labeller_answers_with_a_local_model_greedily(tmp_path, nano_dir):
     _model_that_answers_2(tmp_path)
-    options = SimpleNamespace(max_tokens=6)
+    options = _options(max_tokens=6)
     labeller = make_labeller(f"hf:{tmp_path}", PENDULUM, ScriptedTeacher(), options)
     answers = labeller.label(_queries(2, length=2, obs_dim=3))
     assert answers.replies == ["2", "2"] and answers.labels.tolist() == [1.0, 1.0]  # segment 1 preferred

@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from reasonrl.control.trajectory_text import (
     parse_trajectory,
     scripted_imagination,
 )
+
+if TYPE_CHECKING:
+    from reasonrl.control.config import FeedbackConfig
 
 logger = logging.getLogger("reasonrl")
 LABELLER_KINDS = ("scripted", "openai", "hf", "replay")
@@ -183,7 +186,7 @@ class ChatLabeller(Labeller):
 class OpenAILabeller(ChatLabeller):
     """Any OpenAI-compatible /v1/chat/completions endpoint; the client retries failed requests itself."""
 
-    def __init__(self, base_url: str, task: TaskText, options: Any):
+    def __init__(self, base_url: str, task: TaskText, options: FeedbackConfig):
         super().__init__(task, f"feedback.labeller=openai:{base_url}")
         try:
             import openai
@@ -216,7 +219,7 @@ class OpenAILabeller(ChatLabeller):
 class HFLabeller(ChatLabeller):
     """A local causal LM through reasonrl's engines (greedy, so its answers are a function of the prompt)."""
 
-    def __init__(self, path: str, task: TaskText, options: Any):
+    def __init__(self, path: str, task: TaskText, options: FeedbackConfig):
         super().__init__(task, f"feedback.labeller=hf:{path}")
         from reasonrl.models import load_model, model_context
         from reasonrl.rollout.fast import FastEngine
@@ -348,7 +351,7 @@ def make_labeller(
     spec: str,
     task: TaskText,
     teacher: ScriptedTeacher,
-    options: Any,
+    options: FeedbackConfig,
     seed: int = 0,
     record: Path | None = None,
     fresh: bool = True,
