@@ -21,7 +21,6 @@ from reasonrl.control.config import load_control_config
 from reasonrl.control.preferences import (
     METAWORLD17,
     ScriptedTeacher,
-    double_checked,
     reward_inputs,
     select_queries,
 )
@@ -126,38 +125,6 @@ def test_scripted_teacher_rules_on_hand_made_segments(teacher, kept, labels):
     keep, y = teacher.label(REWARDS0, REWARDS1, scale=1.0, rng=np.random.default_rng(0))
     assert keep.tolist() == kept
     assert y.tolist() == labels
-
-
-class _ScriptedAnswers:
-    """A teacher whose answers are given: first the asked order, then the swapped one."""
-
-    def __init__(self, *answers):
-        self.answers = list(answers)
-
-    def label(self, rewards0, rewards1, scale, rng):
-        keep, labels = self.answers.pop(0)
-        return np.array(keep), np.array(labels, np.float32)
-
-
-def test_double_check_keeps_only_mirror_consistent_labels():
-    # pair 0: 1 then 0 (mirror); pair 1: 0 then 0 (inconsistent); pair 2: 1 then 0; pair 3: a tie; pair 4 skipped
-    # when swapped
-    teacher = _ScriptedAnswers(([0, 1, 2, 3, 4], [1, 0, 1, 0.5, 0]), ([0, 1, 2, 3], [0, 0, 0, 0.5]))
-    keep, labels, rejected = double_checked(teacher, REWARDS0, REWARDS1, 1.0, np.random.default_rng(0))
-    assert keep.tolist() == [0, 2]
-    assert labels.tolist() == [1.0, 1.0]
-    assert rejected == 3
-
-
-def test_double_check_passes_a_consistently_wrong_teacher_and_filters_a_noisy_one():
-    rng = np.random.default_rng(0)
-    r0, r1 = np.zeros((4000, 2)), np.tile([0.5, 0.5], (4000, 1))  # segment 1 better by 1
-    keep, labels, _ = double_checked(ScriptedTeacher(eps_mistake=1.0), r0, r1, 1.0, rng)
-    assert len(keep) == 4000 and labels.sum() == 0  # mirror-consistent, and wrong: the check cannot see that
-    keep, labels, rejected = double_checked(ScriptedTeacher(eps_mistake=0.3), r0, r1, 1.0, rng)
-    # a label survives when both answers are right (0.49) or both wrong (0.09): accuracy 0.49 / 0.58
-    assert rejected / 4000 == pytest.approx(0.42, abs=0.03)
-    assert labels.mean() == pytest.approx(0.49 / 0.58, abs=0.03)
 
 
 def test_stochastic_teacher_prefers_with_bradley_terry_probability():

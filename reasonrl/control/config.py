@@ -1,7 +1,9 @@
 """`reasonrl control`'s options: dataclasses, a YAML file and dotted overrides (`sac.lr=1e-3`), as on the LM side.
 
 Sections: env (which task), sac (the agent, reasonrl/control/sac.py), pref (PEBBLE's preference learning; off unless
-`pref.enabled=true`) and train (budget, eval, checkpoints). Unknown keys are errors that name the key.
+`pref.enabled=true`), feedback (who labels the queries: reasonrl/control/labellers.py, and RL-SaLLM-F's double-check
+and self-augmentation: reasonrl/control/feedback.py) and train (budget, eval, checkpoints). Unknown keys are errors
+that name the key.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from reasonrl.config_types import load_dataclass_config, plain
+from reasonrl.control.labellers import parse_labeller
 from reasonrl.control.preferences import OBS_SLICES, TEACHERS
 from reasonrl.control.sac import SACConfig
 
@@ -62,8 +65,7 @@ class PrefConfig:
     use_action: bool = True  # reward on (state, action); false: state only (RL-SaLLM-F)
     obs_slice: str | None = None  # metaworld17: RL-SaLLM-F's 17-dim MetaWorld input; None: the whole observation
     reset_critic: bool = True  # PEBBLE: fresh critics when the learned reward first takes over
-    double_check: bool = False  # RL-SaLLM-F: ask each query twice, swapped; keep mirror-consistent labels only
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)  # the B-Pref teacher of feedback.labeller=scripted
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLING:
@@ -76,6 +78,36 @@ class PrefConfig:
             raise ValueError("pref.segment, mb_size, feedback_interval, max_feedback and ensemble must be >= 1")
         if self.unsup_steps < 0 or self.entropy_k < 1 or self.large_batch < 1 or self.epochs < 1:
             raise ValueError("pref.unsup_steps must be >= 0 and entropy_k, large_batch, epochs >= 1")
+
+
+PrefConfig.RENAMED = {"double_check": "feedback.double_check"}
+
+
+@dataclass
+class FeedbackConfig:
+    """Who labels PEBBLE's queries, and RL-SaLLM-F's two mechanisms around any labeller."""
+
+    labeller: str = "scripted"  # scripted (pref.teacher) | openai:BASE_URL | hf:DIR | replay:FILE.jsonl
+    double_check: bool = False  # ask each strict answer again, swapped; keep mirror-consistent labels only
+    self_augment: bool = False  # an imagined better trajectory per label, preferred over the worse real segment
+    record: bool = False  # every answer to RUN_DIR/labels.jsonl, which feedback.labeller=replay:FILE plays back
+    goal: str | None = None  # text labellers: the task sentence ("open the drawer"); None: the built-in one
+    model: str = ""  # openai: the model name the endpoint serves
+    api_key_env: str = "OPENAI_API_KEY"  # openai: the key's environment variable (unset: "EMPTY", for local servers)
+    timeout_s: float = 60.0  # openai: per request
+    max_retries: int = 2  # openai: the client's retries of a failed request (with backoff; 429s honour Retry-After)
+    requests_per_minute: float = 0.0  # openai: client-side rate limit; 0: none
+    temperature: float = 0.0  # openai (RL-SaLLM-F: 0); hf decodes greedily
+    max_tokens: int = 1000  # openai and hf: per answer (RL-SaLLM-F: 1000)
+
+    def __post_init__(self) -> None:
+        kind, _ = parse_labeller(self.labeller)
+        if kind == "openai" and not self.model:
+            raise ValueError("feedback.labeller=openai:URL needs feedback.model (the name the endpoint serves)")
+        if self.timeout_s <= 0 or self.max_retries < 0 or self.requests_per_minute < 0 or self.max_tokens < 1:
+            raise ValueError(
+                "feedback.timeout_s must be > 0, max_retries and requests_per_minute >= 0, max_tokens >= 1"
+            )
 
 
 @dataclass
@@ -102,6 +134,7 @@ class ControlConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     pref: PrefConfig = field(default_factory=PrefConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     train: ControlTrainConfig = field(default_factory=ControlTrainConfig)
 
 

@@ -3,8 +3,9 @@
 PEBBLE (Lee et al. 2021), as in B-Pref's code: `sac.learning_starts` uniform random steps; `pref.unsup_steps` of SAC
 on a state-entropy reward (distance of s' to its k-th nearest stored state, divided by its running std); then
 feedback rounds every `pref.feedback_interval` steps until `pref.max_feedback` queries: sample segment pairs, label
-them with a scripted teacher, train the reward ensemble, relabel the whole replay buffer with its mean, and (first
-round only) reset the critics. SAC never sees the true reward then; new transitions get the learned reward.
+them (feedback.labeller: a scripted teacher or a language model, with RL-SaLLM-F's double-check and self-augmentation
+when enabled; reasonrl/control/feedback.py), train the reward ensemble, relabel the whole replay buffer with its mean,
+and (first round only) reset the critics. SAC never sees the true reward then; new transitions get the learned reward.
 
 Run directory: config.yaml, metrics.jsonl (a record per episode, step = environment steps), checkpoints/step_N
 (reasonrl/checkpoint.py's atomic, manifest-verified format; everything in safetensors and JSON, no pickle), plots/.
@@ -29,17 +30,19 @@ from reasonrl.checkpoint import latest_checkpoint, load_algo_tensors, load_check
 from reasonrl.control.buffer import ReplayBuffer
 from reasonrl.control.config import ControlConfig, control_config_dict
 from reasonrl.control.envs import evaluate, make_env
+from reasonrl.control.feedback import Labelling
+from reasonrl.control.labellers import Queries, make_labeller
 from reasonrl.control.preferences import (
     OBS_SLICES,
     PreferenceBuffer,
     ScriptedTeacher,
-    double_checked,
     reward_inputs,
     sample_pairs,
     select_queries,
 )
 from reasonrl.control.reward_model import RewardEnsemble
 from reasonrl.control.sac import SAC
+from reasonrl.control.trajectory_text import task_text
 from reasonrl.tracking import Tracker
 
 logger = logging.getLogger("reasonrl")
@@ -62,6 +65,22 @@ def make_teacher(cfg: ControlConfig) -> ScriptedTeacher:
     return teacher
 
 
+def make_labelling(cfg: ControlConfig, obs_dim: int, run_dir: Path, fresh: bool) -> Labelling:
+    """feedback.labeller with the double-check and self-augmentation configured; recording to RUN_DIR/labels.jsonl
+    when feedback.record (`fresh`: a new run starts that file empty)."""
+    f = cfg.feedback
+    task = task_text(cfg.env.id, obs_dim, f.goal)
+    if f.self_augment and f.labeller == "scripted" and not task.metaworld:
+        raise ValueError(
+            f"feedback.self_augment with the scripted labeller imagines MetaWorld trajectories; {cfg.env.id} is not one"
+        )
+    record = run_dir / "labels.jsonl" if f.record else None
+    if record is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    labeller = make_labeller(f.labeller, task, make_teacher(cfg), f, cfg.train.seed, record, fresh)
+    return Labelling(labeller, task, f.double_check, f.self_augment)
+
+
 class ControlRun:
     """One run in `run_dir`; `resume=True` continues from its latest valid checkpoint."""
 
@@ -82,14 +101,17 @@ class ControlRun:
             raise ValueError(
                 f"pref.obs_slice={p.obs_slice} needs {max(self.obs_slice) + 1} observation dims, env has {obs_dim}"
             )
+        self.labelling: Labelling | None = None  # only a training run asks for labels (`control eval` loads no LLM)
         if p.enabled:
             in_dim = (len(self.obs_slice) if self.obs_slice else obs_dim) + (act_dim if p.use_action else 0)
             self.reward_model = RewardEnsemble(p.ensemble, in_dim, p.hidden, p.layers, p.lr)
-            self.prefs = PreferenceBuffer(p.max_feedback, p.segment, in_dim)
-            self.teacher = make_teacher(cfg)
+            room = p.max_feedback * (2 if cfg.feedback.self_augment else 1)  # one imagined pair per label at most
+            self.prefs = PreferenceBuffer(room, p.segment, in_dim)
             self.modules["reward"] = self.reward_model
+            if track:
+                self.labelling = make_labelling(cfg, obs_dim, self.run_dir, fresh=not resume)
         # counters: everything a resumed run needs besides weights, optimizers, buffers and RNG states
-        self.step = self.episode = self.feedback = self.rounds = self.rejected = 0
+        self.step = self.episode = self.feedback = self.rounds = 0
         self.entropy_stats = [0.0, 0.0, 0.0]  # count, mean, var of the state-entropy reward (running)
         self.last_eval = self.last_save = self._last_round_step = 0
         self.pref_metrics: dict[str, float] = {}
@@ -133,7 +155,7 @@ class ControlRun:
         p, starts = self.cfg.pref, self.cfg.sac.learning_starts
         if not p.enabled or self.feedback >= p.max_feedback or self.step < starts + p.unsup_steps:
             return False
-        if self.rounds and self.step - self._last_round_step < p.feedback_interval:
+        if self.feedback and self.step - self._last_round_step < p.feedback_interval:
             return False
         return len(self.buffer.segment_starts(p.segment)) >= 2
 
@@ -156,40 +178,46 @@ class ControlRun:
             s0, s1 = c0[pick], c1[pick]
         seg0, seg1 = self.buffer.segments(s0, p.segment), self.buffer.segments(s1, p.segment)
         scale = float(self.buffer.true_reward[: self.buffer.size].mean()) * p.segment
-        if p.double_check:
-            keep, labels, rejected = double_checked(
-                self.teacher, seg0["true_reward"], seg1["true_reward"], scale, self.rng
-            )
-            self.rejected += rejected
-        else:
-            keep, labels = self.teacher.label(seg0["true_reward"], seg1["true_reward"], scale, self.rng)
+        out = self.labelling(Queries(seg0, seg1, scale))
+        keep = out.keep
         ret0, ret1 = seg0["true_reward"].sum(1)[keep], seg1["true_reward"].sum(1)[keep]
         true_labels = np.where(ret1 > ret0, 1.0, np.where(ret1 < ret0, 0.0, 0.5)).astype(np.float32)
         self.feedback += mb
         x0, x1 = self._inputs(s0[keep]), self._inputs(s1[keep])
-        self.prefs.add(x0, x1, labels, true_labels)
+        self.prefs.add(x0, x1, out.labels, true_labels)
+        worse, better = (self._seg_inputs(seg) for seg in (out.imagined_worse, out.imagined_better))
+        ones = np.ones(len(worse), np.float32)
+        self.prefs.add(worse, better, ones, ones, imagined=True)
+        self._last_round_step = self.step
+        if self.prefs.size == 0:  # every answer failed or was ambiguous: SAC stays on the state-entropy reward
+            logger.warning("no labels from the feedback round at step %d; the next round asks again", self.step)
+            return {**self.labelling.metrics(), "pref/feedback": self.feedback, "pref/labels": 0}
         metrics = self.reward_model.train_epochs(*self.prefs.data(), p.epochs, p.batch_size, self.rng)
         self.buffer.relabel(self._learned_reward)
         if self.rounds == 0 and p.reset_critic:
             self.agent.reset_critic()
-        self.rounds += 1
-        self._last_round_step = self.step
+        self.rounds += 1  # rounds that trained the reward model
         st = self.prefs.state()
-        strict = (st["labels"] != 0.5) & (st["true_labels"] != 0.5)
+        real = ~st["imagined"]  # imagined pairs have no true reward: accuracies leave them out
+        strict = real & (st["labels"] != 0.5) & (st["true_labels"] != 0.5)
         probs = self.reward_model.preference_probs(st["seg0"], st["seg1"]).mean(0)
-        agree = ((probs > 0.5) == (st["true_labels"] > 0.5))[st["true_labels"] != 0.5]
+        agree = ((probs > 0.5) == (st["true_labels"] > 0.5))[real & (st["true_labels"] != 0.5)]
         return {
             **metrics,
+            **self.labelling.metrics(),
             "pref/feedback": self.feedback,
-            "pref/labels": self.prefs.size,
+            "pref/labels": int(real.sum()),
+            "pref/imagined": int(st["imagined"].sum()),
+            "pref/imagined_share": float(st["imagined"].mean()) if self.prefs.size else 0.0,
             "pref/label_accuracy": float((st["labels"] == st["true_labels"])[strict].mean()) if strict.any() else 1.0,
-            "pref/equal_share": float((st["labels"] == 0.5).mean()) if self.prefs.size else 0.0,
-            "pref/double_check_rejected": self.rejected / self.feedback,
+            "pref/equal_share": float((st["labels"][real] == 0.5).mean()) if real.any() else 0.0,
             "reward/true_accuracy": float(agree.mean()) if agree.size else float("nan"),
         }
 
     def _inputs(self, starts: np.ndarray) -> np.ndarray:
-        seg = self.buffer.segments(starts, self.cfg.pref.segment)
+        return self._seg_inputs(self.buffer.segments(starts, self.cfg.pref.segment))
+
+    def _seg_inputs(self, seg: dict[str, np.ndarray]) -> np.ndarray:
         return reward_inputs(seg["obs"], seg["action"], self.obs_slice, self.cfg.pref.use_action)
 
     # ---- the loop
@@ -290,7 +318,7 @@ class ControlRun:
         state = {
             "episode": self.episode,
             "feedback": self.feedback,
-            "rejected": self.rejected,
+            "labelling": self.labelling.state() if self.labelling else None,
             "rounds": self.rounds,
             "last_round_step": self._last_round_step,
             "last_eval": self.last_eval,
@@ -333,7 +361,8 @@ class ControlRun:
             {k.removeprefix("replay."): v for k, v in tensors.items() if k.startswith("replay.")}, state["replay_ptr"]
         )
         self.step, self.episode, self.feedback = state["step"], state["episode"], state["feedback"]
-        self.rejected = state["rejected"]
+        if self.labelling is not None:
+            self.labelling.load_state(state["labelling"])
         self.rounds, self._last_round_step = state["rounds"], state["last_round_step"]
         self.last_eval, self.last_save = state["last_eval"], state["step"]
         self.entropy_stats, self.pref_metrics = state["entropy_stats"], state["pref_metrics"]

@@ -77,18 +77,6 @@ class ScriptedTeacher:
         return keep, labels
 
 
-def double_checked(
-    teacher: ScriptedTeacher, rewards0: np.ndarray, rewards1: np.ndarray, scale: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """RL-SaLLM-F's double-check: ask again with the two segments swapped and keep a label only when the answers
-    mirror each other (y, y') in {(0, 1), (1, 0)}; ties and skips are dropped. Returns (kept, labels, rejected)."""
-    keep, labels = teacher.label(rewards0, rewards1, scale, rng)
-    keep_swapped, labels_swapped = teacher.label(rewards1, rewards0, scale, rng)
-    swapped = dict(zip(keep_swapped.tolist(), labels_swapped.tolist()))
-    mirror = np.array([y != 0.5 and swapped.get(i) == 1 - y for i, y in zip(keep.tolist(), labels.tolist())], bool)
-    return keep[mirror], labels[mirror], int((~mirror).sum())
-
-
 def reward_inputs(obs: np.ndarray, action: np.ndarray, obs_slice: list[int] | None, use_action: bool) -> np.ndarray:
     """The reward model's input: the sliced state, with the action appended when `use_action`."""
     x = obs[..., obs_slice] if obs_slice is not None else obs
@@ -116,16 +104,22 @@ def select_queries(probs: np.ndarray, count: int, scheme: str) -> np.ndarray:
 
 
 class PreferenceBuffer:
-    """Labelled pairs (seg0 inputs, seg1 inputs, y) up to `capacity`, with the oracle's label for accuracy."""
+    """Labelled pairs (seg0 inputs, seg1 inputs, y) up to `capacity`, with the true-return order's label for accuracy
+    and a flag on imagined pairs (RL-SaLLM-F's self-augmentation), which have no true reward."""
+
+    FIELDS = ("seg0", "seg1", "labels", "true_labels", "imagined")
 
     def __init__(self, capacity: int, length: int, in_dim: int):
         self.seg0 = np.zeros((capacity, length, in_dim), np.float32)
         self.seg1 = np.zeros((capacity, length, in_dim), np.float32)
         self.labels = np.zeros(capacity, np.float32)
-        self.true_labels = np.zeros(capacity, np.float32)  # what the oracle teacher would have said
+        self.true_labels = np.zeros(capacity, np.float32)  # what the true returns say (1 for imagined pairs)
+        self.imagined = np.zeros(capacity, bool)
         self.size = 0
 
-    def add(self, seg0: np.ndarray, seg1: np.ndarray, labels: np.ndarray, true_labels: np.ndarray) -> int:
+    def add(
+        self, seg0: np.ndarray, seg1: np.ndarray, labels: np.ndarray, true_labels: np.ndarray, imagined: bool = False
+    ) -> int:
         """Store up to the remaining capacity; returns how many were stored."""
         n = min(len(labels), len(self.labels) - self.size)
         s = slice(self.size, self.size + n)
@@ -135,6 +129,7 @@ class PreferenceBuffer:
             labels[:n],
             true_labels[:n],
         )
+        self.imagined[s] = imagined
         self.size += n
         return n
 
@@ -142,12 +137,14 @@ class PreferenceBuffer:
         return self.seg0[: self.size], self.seg1[: self.size], self.labels[: self.size]
 
     def state(self) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k)[: self.size] for k in ("seg0", "seg1", "labels", "true_labels")}
+        return {k: getattr(self, k)[: self.size] for k in self.FIELDS}
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         n = len(arrays["labels"])
         if n > len(self.labels):
-            raise ValueError(f"checkpoint holds {n} preference pairs but pref.max_feedback is {len(self.labels)}")
-        for k in ("seg0", "seg1", "labels", "true_labels"):
+            raise ValueError(
+                f"checkpoint holds {n} preference pairs, the preference buffer has room for {len(self.labels)}"
+            )
+        for k in self.FIELDS:
             getattr(self, k)[:n] = arrays[k]
         self.size = n
