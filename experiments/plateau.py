@@ -77,7 +77,7 @@ METHODS: dict[str, dict[str, Arm]] = {
         ),
     },
     "srft": {
-        "sft": Arm("SFT on the world's solutions", (*BASE, *SFT), (5e-5, 1e-4, 2e-4), command="sft"),
+        "sft": Arm("SFT on the world's solutions", (*BASE, *SFT), (5e-5, 1e-4, 2e-4, 4e-4), command="sft"),
         "grpo": Arm("GRPO", alias="grpo/grpo"),
         "sft100": Arm(
             "SFT, 100 steps (the first stage of SFT->GRPO)",
@@ -165,7 +165,14 @@ def arms_of(methods: list[str]) -> dict[str, Arm]:
 
 
 def run_dir(key: str, lr: float, seed: int) -> Path:
-    return OUT / key.replace("/", "-") / f"lr{lr:g}-s{seed}"
+    """An arm that starts from another arm's final model names that arm's rate too: when the start model's rate
+    changes (its grid grew), the runs made from the old start model are not mixed into the new grid."""
+    arm = METHODS[key.split("/")[0]][key.split("/")[1]]
+    start = ""
+    if arm.init:
+        init_lr = chosen_lr(arm.init)
+        start = f"init{init_lr:g}-" if init_lr is not None else "init?-"  # not ready: never created
+    return OUT / key.replace("/", "-") / f"{start}lr{lr:g}-s{seed}"
 
 
 def resolve(key: str) -> tuple[str, Arm]:
@@ -180,6 +187,22 @@ def validation_score(directory: Path) -> float:
     return sum(evals[-3:]) / len(evals[-3:])
 
 
+MAX_GRID = 6  # learning rates per arm at most, the written grid included
+
+
+def grid(key: str) -> list[float]:
+    """The arm's learning-rate grid: the written one, grown by a factor of 2 beyond its edge for as long as the best
+    rate on validation (seed 0) is the highest or the lowest point tried, so that every chosen rate is interior."""
+    arm = METHODS[key.split("/")[0]][key.split("/")[1]]
+    lrs = sorted(arm.lrs)
+    while 1 < len(lrs) < MAX_GRID and all((run_dir(key, lr, 0) / "result.json").exists() for lr in lrs):
+        best = max(lrs, key=lambda lr: validation_score(run_dir(key, lr, 0)))
+        if best not in (lrs[0], lrs[-1]):
+            break
+        lrs = [*lrs, best * 2] if best == lrs[-1] else [best / 2, *lrs]
+    return lrs
+
+
 def chosen_lr(key: str) -> float | None:
     """The arm's learning rate: the grid's best on validation (seed 0), once every grid run is done."""
     arm = METHODS[key.split("/")[0]][key.split("/")[1]]
@@ -187,18 +210,19 @@ def chosen_lr(key: str) -> float | None:
         return chosen_lr(arm.lr_from)
     if len(arm.lrs) == 1:
         return arm.lrs[0]
-    if not all((run_dir(key, lr, 0) / "result.json").exists() for lr in arm.lrs):
+    lrs = grid(key)
+    if not all((run_dir(key, lr, 0) / "result.json").exists() for lr in lrs):
         return None
-    return max(arm.lrs, key=lambda lr: validation_score(run_dir(key, lr, 0)))
+    return max(lrs, key=lambda lr: validation_score(run_dir(key, lr, 0)))
 
 
 def runs_wanted(key: str) -> list[tuple[float, int]]:
     """(lr, seed) runs of an arm known so far: the grid with seed 0, then the other seeds at the chosen rate."""
     arm = METHODS[key.split("/")[0]][key.split("/")[1]]
     best = chosen_lr(key)
-    grid = [] if arm.lr_from else [(lr, 0) for lr in arm.lrs]
-    rest = [] if best is None else [(best, s) for s in SEEDS if (best, s) not in grid]
-    return grid + rest
+    tried = [] if arm.lr_from or len(arm.lrs) == 1 else [(lr, 0) for lr in grid(key)]
+    rest = [] if best is None else [(best, s) for s in SEEDS if (best, s) not in tried]
+    return tried + rest
 
 
 def ready(key: str, seed: int) -> bool:

@@ -217,12 +217,15 @@ def lr_cell(key: str) -> str:
     _, arm = p.resolve(key)
     if arm.lr_from:
         return f"{p.chosen_lr(arm.lr_from) or '?'} (from {arm.lr_from})"
+    key = p.resolve(key)[0]
+    lrs = p.grid(key) if len(arm.lrs) > 1 else list(arm.lrs)
     parts = []
-    for lr in arm.lrs:
-        d = p.run_dir(p.resolve(key)[0], lr, 0)
+    for lr in lrs:
+        d = p.run_dir(key, lr, 0)
         parts.append(f"{lr:g}: {100 * p.validation_score(d):.1f}" if (d / "result.json").exists() else f"{lr:g}: -")
-    best = p.chosen_lr(p.resolve(key)[0])
-    edge = best is not None and len(arm.lrs) > 1 and best in (min(arm.lrs), max(arm.lrs))
+    best = p.chosen_lr(key)
+    # grid() grows an edge choice outward until MAX_GRID points; a choice still on an edge is flagged
+    edge = best is not None and len(lrs) > 1 and best in (min(lrs), max(lrs))
     return ", ".join(parts) + (f" → **{best:g}**" if best else "") + (" (an edge of the grid)" if edge else "")
 
 
