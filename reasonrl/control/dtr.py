@@ -114,6 +114,12 @@ class DTR(nn.Module):
             self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
         self.best_return = float(data.episode_returns.max()) / cfg.rtg_scale
 
+    def train(self, mode: bool = True) -> DTR:
+        """The EMA actor stays in eval mode (no dropout in target actions) whatever the agent's mode."""
+        super().train(mode)
+        self.actor_ema.eval()
+        return self
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor": self.actor_optim} | ({"critic": self.critic_optim} if self.use_critic else {})
 
@@ -128,6 +134,16 @@ class DTR(nn.Module):
             nn.utils.clip_grad_norm_(params, self.cfg.grad_norm)
         optim.step()
 
+    @torch.no_grad()
+    def critic_targets(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, K-1) K-step targets of a window batch: bootstrapped from the target critics at the EMA actor's action
+        in the window's last state, or from that step's reward when it terminated the episode."""
+        window = (b["returns_to_go"], b["obs"], b["actions"], b["timesteps"], b["mask"])
+        next_action = self.actor_ema(*window)[:, -1]
+        next_q = self.q_values(self.critic_target, b["obs"][:, -1], next_action).min(0).values
+        bootstrap = torch.where(b["terminals"][:, -1] > 0, b["rewards"][:, -1], next_q)
+        return k_step_targets(b["rewards"], bootstrap, self.cfg.gamma)
+
     def update(self, step: int, rng: np.random.Generator) -> dict[str, float]:
         """One critic step and one actor step on a batch of windows; `step` counts from 0."""
         cfg = self.cfg
@@ -141,11 +157,7 @@ class DTR(nn.Module):
         valid = b["mask"]
         metrics: dict[str, float] = {}
         if self.use_critic:
-            with torch.no_grad():
-                next_action = self.actor_ema(*window)[:, -1]
-                next_q = self.q_values(self.critic_target, b["obs"][:, -1], next_action).min(0).values
-                bootstrap = torch.where(b["terminals"][:, -1] > 0, b["rewards"][:, -1], next_q)
-                y = k_step_targets(b["rewards"], bootstrap, cfg.gamma)
+            y = self.critic_targets(b)
             q = self.q_values(self.critic, b["obs"][:, :-1], b["actions"][:, :-1])
             trained = valid[:, :-1]
             critic_loss = sum(F.mse_loss(q_m[trained], y[trained]) for q_m in q)
