@@ -17,10 +17,6 @@ the optimizers and every RNG state; on resume the reward is recomputed from the 
 
 from __future__ import annotations
 
-import logging
-import signal
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +30,7 @@ from reasonrl.control.config import ControlConfig, control_config_dict
 from reasonrl.control.dtr import DTR
 from reasonrl.control.envs import evaluate, make_env
 from reasonrl.control.iql import IQL
-from reasonrl.control.loop import STOP_SIGNALS, make_teacher
+from reasonrl.control.loop import make_teacher
 from reasonrl.control.offline_data import dataset_summary, load_offline_dataset, normalized_score, training_data
 from reasonrl.control.offline_reward import (
     ensemble_reward,
@@ -43,16 +39,15 @@ from reasonrl.control.offline_reward import (
     scripted_preferences,
     train_reward_model,
 )
-from reasonrl.control.optim_state import load_optimizers, optimizer_tensors
 from reasonrl.control.preferences import OBS_SLICES, reward_inputs
 from reasonrl.control.reward_model import RewardEnsemble
+from reasonrl.control.runs import TrainingLoop, load_optimizers, optimizer_tensors
 from reasonrl.tracking import Tracker
 
-logger = logging.getLogger("reasonrl")
 PREFERENCES_FILE = "preferences.npz"
 
 
-class OfflineRun:
+class OfflineRun(TrainingLoop):
     """One offline run in `run_dir`; `resume=True` continues from its latest valid checkpoint."""
 
     def __init__(self, cfg: ControlConfig, run_dir: str | Path, resume: bool = False, track: bool = True):
@@ -137,49 +132,15 @@ class OfflineRun:
         max_timestep = max(limit or 0, int(self.data.timestep.max()) + 1)
         return DTR(self.data, cfg.dtr, cfg.train.steps, max_timestep, use_critic=cfg.algo == "dtr")
 
-    # ---- the loop
-    def train(self) -> dict[str, float]:
-        """Run to train.steps gradient steps; returns the last evaluation's metrics. SIGTERM or Ctrl-C saves a
-        checkpoint after the current record and returns early (`stopped_at` is then the step)."""
-        t = self.cfg.train
-        final: dict[str, float] = {}
-        signals: list[int] = []
-        main = threading.current_thread() is threading.main_thread()
-        previous = {s: signal.signal(s, lambda signum, _: signals.append(signum)) for s in STOP_SIGNALS if main}
-        try:
-            if self.step == 0:
-                summary = {k: v for k, v in dataset_summary(self.dataset).items() if isinstance(v, int | float)}
-                self.tracker.log(0, {**{f"data/{k}": v for k, v in summary.items()}, **self.reward_metrics})
-            while self.step < t.steps:
-                started, first = time.perf_counter(), self.step
-                record = self._train_steps(min(t.log_every, t.steps - self.step))
-                record["time/steps_per_s"] = (self.step - first) / max(time.perf_counter() - started, 1e-9)
-                done = self.step >= t.steps
-                if done or (t.eval_every and self.step - self.last_eval >= t.eval_every):
-                    final = self.evaluate()
-                    record.update(final)
-                    self.last_eval = self.step
-                self.tracker.log(self.step, record)
-                if done or signals or (t.save_every and self.step - self.last_save >= t.save_every):
-                    self.save()
-                if signals and not done:
-                    self.stopped_at = self.step
-                    break
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-        self.tracker.close()
-        if t.plots and self.stopped_at is None:
-            from reasonrl.plot import plot_run
+    # ---- the loop (runs.TrainingLoop.train drives these)
+    def first_record(self) -> dict[str, float]:
+        """Step 0: the dataset's size and true returns, and the reward model's fit."""
+        summary = {k: v for k, v in dataset_summary(self.dataset).items() if isinstance(v, int | float)}
+        return {**{f"data/{k}": v for k, v in summary.items()}, **self.reward_metrics}
 
-            try:
-                plot_run(self.run_dir)
-            except ValueError as e:
-                logger.warning("no plots: %s", e)
-        return final
-
-    def _train_steps(self, count: int) -> dict[str, float]:
-        """`count` updates; the mean of each metric over them."""
+    def train_unit(self) -> dict[str, float]:
+        """`train.log_every` updates (fewer at the end); the mean of each metric over them."""
+        count = min(self.cfg.train.log_every, self.cfg.train.steps - self.step)
         sums: dict[str, float] = {}
         for _ in range(count):
             for k, v in self.agent.update(self.step, self.rng).items():
