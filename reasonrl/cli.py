@@ -31,6 +31,8 @@ USAGE_EXAMPLES = """examples:
   reasonrl control train env.id=Pendulum-v1 train.steps=10000      SAC (needs pip install 'reasonrl[control]')
   reasonrl control train env.id=metaworld:reach-v3 pref.enabled=true pref.teacher.name=mistake   PEBBLE
   reasonrl control eval runs/control-Pendulum-v1-...               deterministic return of the latest checkpoint
+  reasonrl control collect medium --policy RUN --output data/hopper-medium.npz     an offline dataset (docs/control.md)
+  reasonrl control train algo=dtr env.id=Hopper-v5 data.path=data/hopper-medium.npz pref.enabled=true   DTR
 """
 
 # Short flags of each command -> the config key each one sets (argparse dest -> dotted key).
@@ -239,19 +241,23 @@ def _run_control(args) -> int:
     except ImportError as e:
         print(f"reasonrl control: error: {e}", file=sys.stderr)
         return 2
-    from reasonrl.control.config import load_control_config
+    from reasonrl.control.config import OFFLINE_ALGOS, load_control_config
     from reasonrl.control.loop import ControlRun, default_run_dir
+    from reasonrl.control.offline_loop import OfflineRun
 
+    if args.action == "collect":
+        return _control_collect(args)
     run_dir = args.resume if args.action == "train" else args.run_dir
     config_path = args.config or (str(Path(run_dir) / "config.yaml") if run_dir else None)
     cfg = load_control_config(config_path, args.overrides)
+    run_class = OfflineRun if cfg.algo in OFFLINE_ALGOS else ControlRun  # one interface: train, evaluate, step
     if args.action == "eval":
-        run = ControlRun(cfg, run_dir, resume=True, track=False)
+        run = run_class(cfg, run_dir, resume=True, track=False)
         print(json.dumps({"run_dir": str(run_dir), "step": run.step, **run.evaluate(args.episodes)}))
         return 0
     if args.quiet:
         cfg.train.progress = False
-    run = ControlRun(cfg, args.resume or args.output_dir or default_run_dir(cfg), resume=bool(args.resume))
+    run = run_class(cfg, args.resume or args.output_dir or default_run_dir(cfg), resume=bool(args.resume))
     final = run.train()
     if run.stopped_at is not None:
         print(
@@ -261,6 +267,18 @@ def _run_control(args) -> int:
         )
     summary = {"run_dir": str(run.run_dir), "steps": run.step, "feedback": run.feedback}
     print(json.dumps({**summary, **({"stopped_at_step": run.stopped_at} if run.stopped_at is not None else final)}))
+    return 0
+
+
+def _control_collect(args) -> int:
+    from reasonrl.control.collect import collect, save_dataset
+    from reasonrl.control.offline_data import dataset_summary
+
+    dataset = collect(
+        args.level, args.steps, args.policy, args.expert, args.env, args.noise, args.deterministic, args.seed
+    )
+    path = save_dataset(dataset, args.output, args.level)
+    print(json.dumps({"path": str(path), "level": args.level, **dataset_summary(dataset)}))
     return 0
 
 
@@ -364,9 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="options, e.g. method=llmsr budget=200 critic=false"
     )
-    p = sub.add_parser("control", help="SAC / PEBBLE on gymnasium, MuJoCo and MetaWorld (the control extra)")
+    p = sub.add_parser("control", help="SAC, PEBBLE, DTR on gymnasium, MuJoCo and MetaWorld (the control extra)")
     actions = p.add_subparsers(dest="action", required=True)
-    t = actions.add_parser("train", help="train SAC (or PEBBLE with pref.enabled=true); last line is JSON")
+    t = actions.add_parser(
+        "train", help="train SAC, PEBBLE (pref.enabled=true) or offline algo=dtr|dt|iql; last line is JSON"
+    )
     t.add_argument("--config", help="YAML file of control options (docs/control.md)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest valid checkpoint")
     t.add_argument("--output-dir", help="run directory (default: runs/control-ENV-TIME)")
@@ -377,6 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", help="YAML file (default: RUN_DIR/config.yaml)")
     e.add_argument("--episodes", type=int, help="evaluation episodes (default: train.eval_episodes)")
     e.add_argument("overrides", nargs="*", metavar="key=value", help="options, e.g. env.max_episode_steps=100")
+    c = actions.add_parser("collect", help="an offline dataset from SAC runs at D4RL's levels; last line is JSON")
+    c.add_argument("level", choices=["random", "medium", "expert", "medium-replay", "medium-expert"])
+    c.add_argument("--policy", help="behaviour policy: a control run directory or its checkpoints/step_N")
+    c.add_argument("--expert", help="medium-expert: the expert run (--policy is the medium one)")
+    c.add_argument("--env", help="random: the gymnasium id (other levels take the policy's)")
+    c.add_argument("--steps", type=int, default=100_000, help="transitions (not for medium-replay)")
+    c.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise added to the policy's actions")
+    c.add_argument("--deterministic", action="store_true", help="the policy's mean action instead of a sample")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--output", required=True, help="FILE.npz, or a directory that becomes a Minari dataset root")
     return parser
 
 

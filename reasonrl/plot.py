@@ -41,6 +41,7 @@ _GROUPS = (
     # reasonrl control: deterministic-policy episode return and MetaWorld success rate
     ("eval_return", "Eval return", "episode return", r"eval/return"),
     ("success", "Eval success rate", "success rate", r"eval/success"),
+    ("normalized_score", "D4RL normalised score", "score (0 random, 100 expert)", r"eval/normalized_score"),
     # train.spectral_every: mean Hill α over all weight matrices and per module type (spectral/monitor.py)
     ("alpha", "Weight spectra: Hill α", "α (lower: heavier tail)", r"spectral/alpha_mean(/.+)?"),
 )

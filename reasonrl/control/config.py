@@ -4,6 +4,8 @@ Sections: env (which task), sac (the agent, reasonrl/control/sac.py), pref (PEBB
 `pref.enabled=true`), feedback (who labels the queries: reasonrl/control/labellers.py, and RL-SaLLM-F's double-check
 and self-augmentation: reasonrl/control/feedback.py) and train (budget, eval, checkpoints). Unknown keys are errors
 that name the key.
+`algo` picks the method: sac (online: SAC, or PEBBLE with pref.enabled) or an offline one on `data.path`: dtr, dt,
+iql (offline_loop.py; their own sections dtr and iql; pref.enabled=true learns their reward from preferences).
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from reasonrl.config_types import load_dataclass_config, plain
+from reasonrl.control.dtr import DTRConfig
+from reasonrl.control.iql import IQLConfig
 from reasonrl.control.labellers import parse_labeller
 from reasonrl.control.preferences import OBS_SLICES, TEACHERS
 from reasonrl.control.sac import SACConfig
 
 SAMPLING = ("uniform", "disagreement", "entropy")
+ALGOS = ("sac", "dtr", "dt", "iql")
+OFFLINE_ALGOS = ("dtr", "dt", "iql")
 
 
 @dataclass
@@ -121,21 +127,41 @@ class ControlTrainConfig:
     output_dir: str = "runs/control-{env}-{time}"
     progress: bool = True
     plots: bool = True  # RUN_DIR/plots/*.png at the end (reasonrl plot RUN_DIR draws them later too)
+    log_every: int = 100  # offline algos: gradient steps per metrics record (evaluations and checkpoints join one)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.eval_episodes < 1 or self.keep_checkpoints < 1:
-            raise ValueError("train.steps, eval_episodes and keep_checkpoints must be >= 1")
+        if self.steps < 1 or self.eval_episodes < 1 or self.keep_checkpoints < 1 or self.log_every < 1:
+            raise ValueError("train.steps, eval_episodes, keep_checkpoints and log_every must be >= 1")
         if self.eval_every < 0 or self.save_every < 0:
             raise ValueError("train.eval_every and train.save_every must be >= 0")
 
 
 @dataclass
+class DataConfig:
+    """The dataset of offline algos, and the preference labels of their learned reward (offline_reward.py)."""
+
+    path: str | None = None  # .npz, D4RL .hdf5/.h5, a Minari dataset directory, or minari:DATASET_ID
+    preferences: str | None = None  # a preference file (.npz); None: pref.teacher labels pref.max_feedback pairs
+    zscore: bool = True  # DTR's ensemble normalisation (each member z-scored over the dataset); false: plain mean
+
+
+@dataclass
 class ControlConfig:
+    algo: str = "sac"  # sac (online; PEBBLE with pref.enabled) | dtr | dt | iql (offline, on data.path)
     env: EnvConfig = field(default_factory=EnvConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     pref: PrefConfig = field(default_factory=PrefConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     train: ControlTrainConfig = field(default_factory=ControlTrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    dtr: DTRConfig = field(default_factory=DTRConfig)
+    iql: IQLConfig = field(default_factory=IQLConfig)
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo={self.algo!r}; choose one of {', '.join(ALGOS)}")
+        if self.algo in OFFLINE_ALGOS and not self.data.path:
+            raise ValueError(f"algo={self.algo} trains offline: set data.path (a dataset; docs/control.md)")
 
 
 def load_control_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> ControlConfig:

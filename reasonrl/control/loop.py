@@ -16,8 +16,6 @@ continues exactly as the uninterrupted run would have (CPU, one thread).
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -41,12 +39,12 @@ from reasonrl.control.preferences import (
     select_queries,
 )
 from reasonrl.control.reward_model import RewardEnsemble
+from reasonrl.control.runs import TrainingLoop, load_optimizers, optimizer_tensors
 from reasonrl.control.sac import SAC
 from reasonrl.control.trajectory_text import task_text
 from reasonrl.tracking import Tracker
 
 logger = logging.getLogger("reasonrl")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def default_run_dir(cfg: ControlConfig) -> Path:
@@ -81,7 +79,7 @@ def make_labelling(cfg: ControlConfig, obs_dim: int, run_dir: Path, fresh: bool)
     return Labelling(labeller, task, f.double_check, f.self_augment)
 
 
-class ControlRun:
+class ControlRun(TrainingLoop):
     """One run in `run_dir`; `resume=True` continues from its latest valid checkpoint."""
 
     def __init__(self, cfg: ControlConfig, run_dir: str | Path, resume: bool = False, track: bool = True):
@@ -220,41 +218,13 @@ class ControlRun:
     def _seg_inputs(self, seg: dict[str, np.ndarray]) -> np.ndarray:
         return reward_inputs(seg["obs"], seg["action"], self.obs_slice, self.cfg.pref.use_action)
 
-    # ---- the loop
-    def train(self) -> dict[str, float]:
-        """Run to train.steps environment steps; returns the last evaluation's metrics. SIGTERM or Ctrl-C ends the
-        current episode, saves a checkpoint and returns early (`stopped_at` is then the step)."""
-        t = self.cfg.train
-        final: dict[str, float] = {}
-        signals: list[int] = []
-        main = threading.current_thread() is threading.main_thread()  # handlers can only be set there
-        previous = {s: signal.signal(s, lambda signum, _: signals.append(signum)) for s in STOP_SIGNALS if main}
-        try:
-            if self.step == 0:
-                final = self.evaluate()
-                self.tracker.log(0, final)
-            while self.step < t.steps:
-                started, first_step = time.perf_counter(), self.step
-                record = self._run_episode()
-                record["time/steps_per_s"] = (self.step - first_step) / max(time.perf_counter() - started, 1e-9)
-                done = self.step >= t.steps
-                if done or (t.eval_every and self.step - self.last_eval >= t.eval_every):
-                    final = self.evaluate()
-                    record.update(final)
-                    self.last_eval = self.step
-                self.tracker.log(self.step, record)
-                if done or signals or (t.save_every and self.step - self.last_save >= t.save_every):
-                    self.save()
-                if signals and not done:
-                    self.stopped_at = self.step
-                    break
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-        self.tracker.close()
-        if t.plots and self.stopped_at is None:
-            self._plot()
-        return final
+    # ---- the loop (runs.TrainingLoop.train drives these)
+    def first_record(self) -> dict[str, float]:
+        """Step 0: the untrained policy's evaluation."""
+        return self.evaluate()
+
+    def train_unit(self) -> dict[str, float]:
+        return self._run_episode()
 
     def _run_episode(self) -> dict[str, float]:
         cfg = self.cfg
@@ -293,27 +263,14 @@ class ControlRun:
             self.cfg.train.seed,
         )
 
-    def _plot(self) -> None:
-        from reasonrl.plot import plot_run
-
-        try:
-            plot_run(self.run_dir)
-        except ValueError as e:
-            logger.warning("no plots: %s", e)
-
     # ---- checkpoints
     def save(self) -> Path:
-        tensors: dict[str, torch.Tensor] = {}
-        groups = {}
         optimizers = dict(self.agent.optimizers())
         if self.cfg.pref.enabled:
             optimizers["reward"] = self.reward_model.optim
+        tensors, groups = optimizer_tensors(optimizers)
+        if self.cfg.pref.enabled:
             tensors |= {f"prefs.{k}": torch.from_numpy(v) for k, v in self.prefs.state().items()}
-        for name, opt in optimizers.items():
-            sd = opt.state_dict()
-            groups[name] = sd["param_groups"]
-            for idx, slots in sd["state"].items():
-                tensors |= {f"optim.{name}.{idx}.{k}": v for k, v in slots.items()}
         tensors |= {f"replay.{k}": torch.from_numpy(v) for k, v in self.buffer.state().items()}
         state = {
             "episode": self.episode,
@@ -350,13 +307,7 @@ class ControlRun:
         if self.cfg.pref.enabled:
             optimizers["reward"] = self.reward_model.optim
             self.prefs.load_state({k.removeprefix("prefs."): v for k, v in tensors.items() if k.startswith("prefs.")})
-        for name, opt in optimizers.items():
-            slots: dict[int, dict] = {}
-            for key, v in tensors.items():
-                if key.startswith(f"optim.{name}."):
-                    idx, slot = key.removeprefix(f"optim.{name}.").split(".", 1)
-                    slots.setdefault(int(idx), {})[slot] = v
-            opt.load_state_dict({"state": slots, "param_groups": state["optimizer_groups"][name]})
+        load_optimizers(optimizers, tensors, state["optimizer_groups"])
         self.buffer.load_state(
             {k.removeprefix("replay."): v for k, v in tensors.items() if k.startswith("replay.")}, state["replay_ptr"]
         )
