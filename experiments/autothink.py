@@ -1,8 +1,9 @@
 """AutoThink (ellipsis prompt, three reward stages) vs plain GRPO with the always-think prompt, both from the same
 base model at equal steps: accuracy, completion tokens and think rate per difficulty level, with a verdict per claim.
 
-Each arm runs its learning-rate grid (--lrs) with the first seed, keeps the rate whose last three evaluations on a
-validation split are best (held-out problems that are not in the test set), and runs the other seeds at that rate;
+Each arm runs its learning-rate grid (--lrs, grown by 2x beyond an edge that wins, until the choice is interior) with
+the first seed, keeps the rate whose last three evaluations on a validation split are best (held-out problems that are
+not in the test set), and runs the other seeds at that rate;
 cosine decay to 0 (docs/results/learning.md). The final models are then measured on the test set: 50 held-out
 problems per level, greedy and sampled at T=0.6. One run at a time, one thread; a finished run (final/ and cpu.json)
 is reused and an interrupted one resumes from its last checkpoint. Writes docs/results/autothink-WORLD-...-Nsteps.md
@@ -40,6 +41,7 @@ TRAIN_LEVELS = (1, 2, 3)  # default training levels; --levels
 SIZES = {"full": (300, 50, 8, 40, 25), "quick": (9, 8, 2, 4, 3)}
 ARMS = ("autothink", "grpo")
 LABELS = {"autothink": "autothink", "grpo": "grpo (always think)"}
+MAX_GRID = 5  # learning rates per arm at most: the grid grows beyond a winning edge (tune in main)
 WORLDS = {  # world: (the shipped checkpoint both arms start from, rollout.max_completion_length of stage 1 and GRPO)
     "arith": ("autothink_base", 64),
     "shortcut": ("autothink_shortcut_base", 96),
@@ -241,11 +243,26 @@ def main() -> int:
         return cpu
 
     first, rest = args.seeds[0], args.seeds[1:]
+
+    def tune(arm: str) -> tuple[dict[float, float], list[float]]:
+        """The arm's grid on the first seed: --lrs, grown by 2x beyond the edge that wins on validation until the
+        choice is interior (at most MAX_GRID rates); returns {lr: validation score} and the runs' CPU seconds."""
+        lrs, cpu_of = sorted(args.lrs), {}
+        while True:
+            for lr in lrs:
+                if lr not in cpu_of:
+                    cpu_of[lr] = run(arm, lr, first)
+            scores = {lr: validation_score(run_dir(arm, lr, first)) for lr in lrs}
+            best = max(lrs, key=scores.get)
+            if len(lrs) < 2 or len(lrs) >= MAX_GRID or best not in (lrs[0], lrs[-1]):
+                return scores, list(cpu_of.values())
+            lrs = [*lrs, best * 2] if best == lrs[-1] else [best / 2, *lrs]
+
     with ThreadPoolExecutor(args.jobs) as pool:  # parallel one-thread processes; the grids first: they pick the rates
-        grids = {arm: [pool.submit(run, arm, lr, first) for lr in args.lrs] for arm in ARMS}
-        cpu = {arm: [future.result() for future in grids[arm]] for arm in ARMS}
-        grid = {arm: {lr: validation_score(run_dir(arm, lr, first)) for lr in args.lrs} for arm in ARMS}
-        chosen = {arm: max(args.lrs, key=grid[arm].get) for arm in ARMS}
+        tuned = {arm: pool.submit(tune, arm) for arm in ARMS}
+        grid = {arm: tuned[arm].result()[0] for arm in ARMS}
+        cpu = {arm: tuned[arm].result()[1] for arm in ARMS}
+        chosen = {arm: max(grid[arm], key=grid[arm].get) for arm in ARMS}
         seeds = {arm: [pool.submit(run, arm, chosen[arm], seed) for seed in rest] for arm in ARMS}
         for arm in ARMS:
             cpu[arm] += [future.result() for future in seeds[arm]]
@@ -262,7 +279,7 @@ def main() -> int:
     for arm in ARMS:
         measured[f"{LABELS[arm]} after {steps} steps"] = [test_of(d) for d in run_dirs[arm]]
     # the grid's other rates on the test set too: shown, never used to choose
-    grid_test = {arm: {lr: test_of(run_dir(arm, lr, first))["greedy"] for lr in args.lrs} for arm in ARMS}
+    grid_test = {arm: {lr: test_of(run_dir(arm, lr, first))["greedy"] for lr in grid[arm]} for arm in ARMS}
     start_cache = out / f"start-modes-{n_per_level}.md"
     if not start_cache.exists():
         start_cache.write_text(level_modes(base, args.world, n_per_level, 16))
@@ -282,7 +299,7 @@ def main() -> int:
         grid=grid,
         chosen=chosen,
         grid_test=grid_test,
-        grid_dirs={arm: {lr: run_dir(arm, lr, first) for lr in args.lrs} for arm in ARMS},
+        grid_dirs={arm: {lr: run_dir(arm, lr, first) for lr in grid[arm]} for arm in ARMS},
         run_dirs={LABELS[arm]: run_dirs[arm] for arm in ARMS},
         cpu_minutes={arm: [c / 60 for c in cpu[arm]] for arm in ARMS},
         results=measured,
