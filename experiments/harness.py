@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from reasonrl.checkpoint import latest_checkpoint
 from reasonrl.worlds.arith import ArithWorld
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,23 @@ def train_run(directory: Path, fresh: list[str], what: str) -> float:
         if code:
             raise RuntimeError(f"{what} failed; see {log}")
     return float(spent.read_text())
+
+
+def control_run(directory: Path, fresh: list[str], what: str) -> float:
+    """Train `directory` with `reasonrl control train` on one thread: the CLI arguments `fresh` for a new run,
+    `--resume` for one with a checkpoint (an interrupted run continues; a finished one resumes to nothing); returns
+    the CPU seconds of every piece of the run (summed in DIRECTORY.cpu beside it)."""
+    log = directory.parent / f"{directory.name}.log"
+    spent = directory.parent / f"{directory.name}.cpu"
+    resume = directory.is_dir() and latest_checkpoint(directory) is not None
+    args = ["--resume", str(directory)] if resume else ["--output-dir", str(directory), *fresh]
+    code, cpu = run_process(["control", "train", "--quiet", *args], log)
+    cpu += float(spent.read_text()) if spent.exists() else 0.0
+    spent.write_text(f"{cpu:.1f}")
+    last = log.read_text().strip().splitlines()[-1] if log.exists() else ""
+    if code or "stopped_at_step" in last:
+        raise RuntimeError(f"{what} failed or was stopped; see {log}")
+    return cpu
 
 
 def cli_eval(model: Path | str, data: list[str], out: Path, log: Path) -> dict:
