@@ -25,7 +25,7 @@ import torch
 import yaml
 from torch import nn
 
-from reasonrl.checkpoint import MODEL_FILE, latest_checkpoint, load_algo_tensors, load_checkpoint, save_checkpoint
+from reasonrl.checkpoint import MODEL_FILE, latest_checkpoint, load_algo_tensors, load_checkpoint
 from reasonrl.control.config import ControlConfig, control_config_dict
 from reasonrl.control.dtr import DTR
 from reasonrl.control.envs import evaluate, make_env
@@ -175,17 +175,7 @@ class OfflineRun(TrainingLoop):
             "generator": self.rng.bit_generator.state,
             "optimizer_groups": groups,
         }
-        self.last_save = self.step
-        return save_checkpoint(
-            self.run_dir,
-            self.step,
-            self.modules,
-            None,
-            None,
-            state,
-            self.cfg.train.keep_checkpoints,
-            algo_tensors=tensors,
-        )
+        return self.write_checkpoint(state, tensors)
 
     def _load(self, path: Path) -> int:
         state = load_checkpoint(path, self.modules, None, None)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from reasonrl.checkpoint import save_checkpoint
+
 logger = logging.getLogger("reasonrl")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -20,7 +22,7 @@ class TrainingLoop:
 
     The run provides: cfg.train, run_dir, tracker, step, last_eval, last_save, stopped_at, and the methods
     first_record() (what step 0 logs), train_unit() (train one unit, advance `step`, return its metrics record),
-    evaluate() and save()."""
+    evaluate() and save() (which ends in write_checkpoint; `modules` holds what it saves)."""
 
     def train(self) -> dict[str, float]:
         """Run to train.steps; returns the last evaluation's metrics. SIGTERM or Ctrl-C ends the current unit, saves
@@ -57,6 +59,20 @@ class TrainingLoop:
         if t.plots and self.stopped_at is None:
             plot(self.run_dir)
         return final
+
+    def write_checkpoint(self, state: dict, tensors: dict[str, torch.Tensor]) -> Path:
+        """save()'s common end: the run's modules, `state` (JSON) and `tensors` (optimizers, buffers) at this step."""
+        self.last_save = self.step
+        return save_checkpoint(
+            self.run_dir,
+            self.step,
+            self.modules,
+            None,
+            None,
+            state,
+            self.cfg.train.keep_checkpoints,
+            algo_tensors=tensors,
+        )
 
 
 def plot(run_dir: Path) -> None:
