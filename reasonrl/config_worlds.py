@@ -75,8 +75,14 @@ class TextgameConfig:
     # share of train examples whose prompts hold a correct step skill from the house style ("When looking for a
     # apple, check the countertop first") and whose explorer demonstration follows it; needs skills_block
     skill_demos: float = 0.0
+    # chance, per demonstration step, of a mistake first: the previous command repeated (no longer admissible, so
+    # "Nothing happens."), played but never trained on. A student then sees how an expert goes on after an invalid
+    # step instead of only ever seeing perfect histories (and looping after its own first mistake)
+    demo_mistakes: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.demo_mistakes < 1:
+            raise ValueError(f"data.textgame.demo_mistakes must be in [0, 1), got {self.demo_mistakes}")
         if self.demo not in ("oracle", "explorer"):
             raise ValueError(f"data.textgame.demo={self.demo!r}; choose oracle or explorer")
         if not 0 <= self.skill_demos <= 1:

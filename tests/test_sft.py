@@ -21,3 +21,11 @@ def test_sft_loss_is_the_token_mean_nll_of_the_steps_completions_in_any_micro_ba
     for size in (len(batch), 1):
         total = sum(float(trainer.algo.loss(trainer.ctx, micro)[0].detach()) for micro in batch.micro_batches(size))
         assert total == pytest.approx(nll / tokens, rel=1e-4)
+
+
+def test_turn_weights_must_map_one_word_to_a_non_negative_weight(quick_config):
+    from reasonrl.config_types import ConfigError
+
+    for bad in ("{take: -1.0}", "{'go to': 2.0}", "{take: .nan}"):
+        with pytest.raises(ConfigError, match="turn_weights maps one word"):
+            quick_config("algo=sft", f"algo.turn_weights={bad}")

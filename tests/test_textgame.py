@@ -224,3 +224,51 @@ def test_sft_plays_demonstrations_in_window_mode_one_row_per_step(quick_config, 
     rows = batch.tensors["completion_mask"].shape[0]
     assert rows == round(6 * batch.metrics["turns/mean"])  # one row per step
     assert batch.metrics["episodes/invalid"] == 0.0
+
+
+def test_demo_mistakes_are_repeated_commands_that_do_nothing_and_the_plan_still_wins():
+    from reasonrl.rollout.episodes import Untrained
+
+    mistakes = 0
+    for demo in ("oracle", "explorer"):
+        world = TextGameWorld(seed=1, textgame=TextgameConfig(demo=demo, demo_mistakes=0.3))
+        for ex in [world.example(i) for i in range(40)]:
+            plan = world.demonstration(ex)
+            assert plan == world.demonstration(ex)  # deterministic by example
+            env = world.make_env(ex)
+            env.reset(ex)
+            for k, action in enumerate(plan):
+                result = env.step(action)
+                untrained = isinstance(action, Untrained)
+                assert result.info["invalid"] == untrained and (not untrained or action == plan[k - 1])
+                mistakes += untrained
+            assert result.done and env.score()["success"] == 1.0 and len(plan) <= world.cfg.max_steps
+            clean = TextGameWorld(seed=1, textgame=TextgameConfig(demo=demo)).demonstration(ex)
+            assert [a for a in plan if not isinstance(a, Untrained)] == clean
+    assert 40 < mistakes < 0.3 * 80 * 20
+
+
+def test_sft_weighs_turns_by_their_first_word_and_never_trains_on_mistakes(quick_config):
+    from reasonrl.trainer import Trainer
+
+    overrides = ["algo.name=sft", "model.path=student", "data.train=world:textgame", "data.levels=[1,2,3,4,5,6]",
+                 "data.textgame.demo=explorer", "data.textgame.demo_mistakes=0.3", "train.prompts_per_step=6",
+                 *WINDOW]  # fmt: skip
+    trainer = Trainer(quick_config(*overrides))
+    trainer.algo.cfg.turn_weights = {"take": 3.0, "put": 0.5}
+    batch = trainer.algo.gather(trainer.ctx)
+    mask = batch.tensors["completion_mask"]
+    width = mask.shape[1]
+    weight_of = Counter()
+    for ids, real, row in zip(batch.tensors["input_ids"], batch.tensors["attention_mask"], mask):
+        command = trainer.tokenizer.decode(ids[-width:][real[-width:].bool()], skip_special_tokens=True).split()
+        weights = {float(w) for w in row[real[-width:].bool()]}  # one weight over the whole turn, EOS included
+        assert len(weights) == 1
+        weight_of[(command[0], weights.pop())] += 1
+    verbs = {verb for verb, _ in weight_of}
+    for verb, weight in weight_of:
+        assert weight in (0.0, {"take": 3.0, "put": 0.5}.get(verb, 1.0)), (verb, weight)
+    assert weight_of["take", 3.0] >= 6 and weight_of["put", 0.5] >= 6 and {"go", "open"} <= verbs
+    assert sum(n for (_, w), n in weight_of.items() if w == 0.0) > 0  # the injected mistakes: never trained
+    assert batch.totals["num_tokens"] == pytest.approx(float(mask.sum()))  # the loss is the weighted token mean
+    assert batch.metrics["num_tokens"] == float((mask != 0).sum())  # the count of trained tokens, unweighted

@@ -6,7 +6,8 @@ renderer into an episode (rollout/episodes.py), and only the policy tokens are t
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +27,14 @@ class SFTConfig(AlgoConfig):
     name: str = "sft"
     demo: str = "solution"  # solution (step by step) | direct (answer only) | mix
     direct_fraction: float = 0.5  # with demo=mix: share of examples trained on the direct answer
+    # multi-turn worlds: loss weight of a policy turn by its first word, e.g. {take: 3.0}; other turns weigh 1. Class
+    # balance for rare decisions: an explorer's episode has one `take` among ten turns, most of them `go to`
+    turn_weights: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in self.turn_weights.items() if not v >= 0 or " " in k}
+        if bad:
+            raise ValueError(f"algo.turn_weights maps one word to a weight >= 0, got {bad}")
 
 
 def demonstration(example: Example, cfg: SFTConfig, rng: random.Random) -> str:
@@ -37,6 +46,15 @@ def demonstration(example: Example, cfg: SFTConfig, rng: random.Random) -> str:
             f"SFT needs a {field!r} demonstration, but an example has none (prompt: {str(example.prompt)[:80]!r})"
         )
     return text
+
+
+def weigh_turns(episodes: Sequence, weights: dict[str, float]) -> None:
+    """Scale each policy turn's loss mask by the weight of the turn's first word (algo.turn_weights)."""
+    for ep in episodes:
+        for turn in ep.turns if weights else ():
+            words = turn.action.split()
+            w = weights.get(words[0], 1.0) if words else 1.0
+            ep.loss_mask[turn.span[0] : turn.span[1]] = [m * w for m in ep.loss_mask[turn.span[0] : turn.span[1]]]
 
 
 @register_algorithm(sft=SFTConfig)
@@ -69,11 +87,13 @@ class SFT:
         limits = ctx.config.rollout.turns
         renderer = make_renderer(ctx.tokenizer, limits, ctx.config.data.system_prompt)
         episodes = play_demonstrations(self.world, examples, renderer, ctx.tokenizer, limits, model_context(ctx.model))
+        metrics = episode_metrics(episodes)  # stop reasons other than done: budgets cut
+        metrics["num_tokens"] = float(sum(ep.policy_tokens for ep in episodes))
+        weigh_turns(episodes, self.cfg.turn_weights)
         rows = to_rollouts(episodes, limits.context)  # window mode: one row per step prompt
         tensors = build_sequences(rows.prompt_ids, rows.completion_ids, ctx.tokenizer.pad_token_id, rows.loss_mask)
-        num_tokens = float(tensors["completion_mask"].sum())
-        metrics = {"num_tokens": num_tokens} | episode_metrics(episodes)  # stop reasons other than done: budgets cut
-        return TrainBatch(tensors, totals={"num_tokens": num_tokens}, metrics=metrics, sort_by_length=True)
+        weight = float(tensors["completion_mask"].sum())  # the loss is the weighted mean over policy tokens
+        return TrainBatch(tensors, totals={"num_tokens": weight}, metrics=metrics, sort_by_length=True)
 
     def num_updates(self, batch: TrainBatch) -> int:
         return 1

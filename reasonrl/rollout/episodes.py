@@ -337,6 +337,11 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
     return metrics
 
 
+class Untrained(str):
+    """A demonstration turn that is played through the env but never trained on: a mistake injected so that the
+    expert's next turns show how to go on after it (data.textgame.demo_mistakes). Anywhere else it is a plain str."""
+
+
 class DemoEngine:
     """Plays scripted policy turns as if they were sampled: turn k of episode r is `turns[r][k]` + EOS, ending at its
     first stop id (EOS or an action tag) and cut at the turn's token cap. Run through `run_episodes`, demonstrations
@@ -406,16 +411,21 @@ def play_demonstrations(
     world, examples: Sequence[Example], renderer, tokenizer, limits: TurnLimits, context: int | None = None
 ) -> list[Episode]:
     """One episode per example, its policy turns being `world.demonstration(example)` (window mode: one
-    run_episodes call per example, see DemoEngine)."""
+    run_episodes call per example, see DemoEngine); the tokens of `Untrained` turns get loss mask 0."""
     scripts = [world.demonstration(ex) for ex in examples]
     params = SamplingParams(max_new_tokens=limits.max_turn_tokens, greedy=True)
     if limits.context == "append":
         engine = DemoEngine(tokenizer, scripts)
-        return run_episodes(engine, examples, world.make_env, renderer, tokenizer, params, limits, 1, context)
-    episodes = []
-    for group, (example, script) in enumerate(zip(examples, scripts)):
-        (ep,) = run_episodes(DemoEngine(tokenizer, [script]), [example], world.make_env, renderer, tokenizer, params,
-                             limits, 1, context)  # fmt: skip
-        ep.group = group
-        episodes.append(ep)
+        episodes = run_episodes(engine, examples, world.make_env, renderer, tokenizer, params, limits, 1, context)
+    else:
+        episodes = []
+        for group, (example, script) in enumerate(zip(examples, scripts)):
+            (ep,) = run_episodes(DemoEngine(tokenizer, [script]), [example], world.make_env, renderer, tokenizer,
+                                 params, limits, 1, context)  # fmt: skip
+            ep.group = group
+            episodes.append(ep)
+    for ep, script in zip(episodes, scripts):
+        for turn, text in zip(ep.turns, script):
+            if isinstance(text, Untrained):
+                ep.loss_mask[turn.span[0] : turn.span[1]] = [0] * (turn.span[1] - turn.span[0])
     return episodes

@@ -27,7 +27,8 @@ from typing import Any
 
 from reasonrl.config import TextgameConfig
 from reasonrl.data import Example
-from reasonrl.envs.textgame import APPLIANCE, LAMP, OPENABLE, TextGameEnv, kind, task_text
+from reasonrl.envs.textgame import APPLIANCE, LAMP, OPENABLE, TextGameEnv, kind, parse_action, task_text
+from reasonrl.rollout.episodes import Untrained
 from reasonrl.skills.prompt import SkilledEnv
 
 TASK_TYPES = ("put", "clean", "heat", "cool", "look", "two")  # level k = TASK_TYPES[k - 1]
@@ -190,6 +191,23 @@ def explore_plan(house: dict[str, Any], rng: random.Random, first: Sequence[str]
     return _Planner(house, order).run()
 
 
+def with_mistakes(
+    house: dict[str, Any], plan: Sequence[str], rate: float, max_steps: int, rng: random.Random
+) -> list[str]:
+    """`plan` with, before each step after the first and with chance `rate`, the previous command repeated as an
+    `Untrained` turn when it is no longer admissible (so the env answers "Nothing happens." and nothing changes: the
+    plan still wins), as long as the episode stays within `max_steps`."""
+    env = TextGameEnv(house, max_steps=10**9)
+    out: list[str] = []
+    for k, command in enumerate(plan):
+        room = len(out) + 1 + len(plan) - k <= max_steps
+        if k and room and rng.random() < rate and parse_action(plan[k - 1]) not in env.admissible():
+            out.append(Untrained(plan[k - 1]))
+        env.step(command)
+        out.append(command)
+    return out
+
+
 class TextGameWorld:
     """Households by task type (levels 1-6 = put, clean, heat, cool, look, two); `make_env` marks it multi-turn."""
 
@@ -266,17 +284,21 @@ class TextGameWorld:
     def demonstration(self, example: Example) -> list[str]:
         """The policy turns of the oracle's or the explorer's plan (data.textgame.demo). An explorer's search order
         that would not finish within max_steps is redrawn (a demonstration must win); after 20 orders, the oracle's.
-        The explorer follows the step skills in the prompt that name a receptacle type (style_skill): those first."""
-        house = example.meta["house"]
+        The explorer follows the step skills in the prompt that name a receptacle type (style_skill): those first.
+        With data.textgame.demo_mistakes, untrained repeated commands are mixed in (with_mistakes)."""
+        house, uid = example.meta["house"], example.meta["uid"]
+        plan = None
         if self.cfg.demo == "explorer":
             steps = example.meta.get("skills", {}).get("step", [])
             first = [s["receptacle"] for s in steps if isinstance(s, dict) and "receptacle" in s]
-            rng = random.Random(f"textgame-explore/{self.seed}/{example.meta['uid']}")
-            for _ in range(20):
-                plan = explore_plan(house, rng, first)
-                if len(plan) <= self.cfg.max_steps:
-                    return plan
-        return oracle_plan(house)
+            rng = random.Random(f"textgame-explore/{self.seed}/{uid}")
+            plans = (explore_plan(house, rng, first) for _ in range(20))
+            plan = next((p for p in plans if len(p) <= self.cfg.max_steps), None)
+        plan = plan or oracle_plan(house)
+        if not self.cfg.demo_mistakes:
+            return plan
+        rng = random.Random(f"textgame-mistakes/{self.seed}/{uid}")
+        return with_mistakes(house, plan, self.cfg.demo_mistakes, self.cfg.max_steps, rng)
 
     def episode_metrics(self, examples: Sequence[Example], episodes: Sequence[Any]) -> dict[str, float]:
         """Per task type: success/<type> and steps/<type>; invalid_rate (not-admissible actions / steps) and
