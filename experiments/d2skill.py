@@ -4,11 +4,14 @@ house style lift success at equal steps, is the gain in the weights or in the ba
 Arms, all from the shipped `game_student`, same budget (steps x 4 households x 8 episodes, all six task types,
 the oracle-backed template reflector): GRPO without skills (the same prompt template, "No relevant skills found."),
 D2Skill, and its ablations: no utility/UCB (similarity-only retrieval), no pruning, task skills only, step skills
-only. Caps are scaled to the run (task 20, step 40 skills) so that pruning acts within it. Each arm runs its learning
-rate grid with seed 0, keeps the rate whose final model (with its bank) has the best greedy success on a validation
-split, and runs seeds 1 and 2 at that rate. Validation: eval-split households from their own key stream, none equal
-to a test household; test: `reasonrl eval`'s eval set (TEST_N households per task type). Each final model is scored
-twice, with its bank's skills in the prompts (D2Skill's validation) and without (is the gain in the weights?).
+only. Caps are scaled to the run (task 20, step 40 skills) so that pruning acts within it. The two main arms (GRPO,
+D2Skill) each run their learning-rate grid with seed 0, keep the rate whose final model (with its bank) has the best
+greedy success on a validation split, and run seeds 1 and 2 at that rate; the ablations run at D2Skill's chosen rate
+(ablating a component of the tuned method) with seed 0 only (--ablation-seeds adds more: a D2Skill run costs ~0.6-1
+CPU-hour), so their verdicts are one-seed indications. Validation: eval-split households from their own key stream,
+none equal to a test household; test: `reasonrl eval`'s eval set (TEST_N households per task type). Each final model
+is scored twice, with its bank's skills in the prompts (D2Skill's validation) and without (is the gain in the
+weights?).
 data.seed stays 0 (the house style and the household stream); a seed is train.seed (sampling, reflection picks).
 Arms run as parallel one-thread processes (--jobs); finished runs are skipped, interrupted ones resumed. Writes
 docs/results/d2skill.md and PNG curves (experiments/d2skill_report.py).
@@ -67,17 +70,27 @@ SKILLS = ["algo=d2skill", "algo.reflector.oracle=true", "algo.bank.cap_task=20",
 class Arm:
     what: str
     overrides: tuple[str, ...]
+    main: bool = False  # main arms tune their own rate and run every seed; ablations run at D2Skill's rate
 
 
 ARMS: dict[str, Arm] = {
-    "grpo": Arm("GRPO without skills (same template, empty skills line)", ("algo=grpo",)),
-    "d2skill": Arm("D2Skill (task + step skills, utility/UCB retrieval, pruning)", (*SKILLS,)),
+    "grpo": Arm("GRPO without skills (same template, empty skills line)", ("algo=grpo",), main=True),
+    "d2skill": Arm("D2Skill (task + step skills, utility/UCB retrieval, pruning)", (*SKILLS,), main=True),
     "no_utility": Arm("D2Skill, similarity-only retrieval", (*SKILLS, "algo.bank.use_utility=false")),
     "no_prune": Arm("D2Skill, no pruning", (*SKILLS, "algo.prune=false")),
     "task_only": Arm("D2Skill, task skills only", (*SKILLS, "algo.pools=task")),
     "step_only": Arm("D2Skill, step skills only", (*SKILLS, "algo.pools=step")),
 }
-CONFIG = {"steps": STEPS, "lrs": LRS, "seeds": SEEDS, "test_n": TEST_N, "validation_n": VALIDATION_N, "extra": []}
+ABLATION_SEEDS = (0,)  # a D2Skill run is ~0.6-1 CPU-hour: the ablations get one seed unless --ablation-seeds says more
+CONFIG = {
+    "steps": STEPS,
+    "lrs": LRS,
+    "seeds": SEEDS,
+    "ablation_seeds": ABLATION_SEEDS,
+    "test_n": TEST_N,
+    "validation_n": VALIDATION_N,
+    "extra": [],
+}
 
 
 def run_dir(arm: str, lr: float, seed: int) -> Path:
@@ -85,6 +98,8 @@ def run_dir(arm: str, lr: float, seed: int) -> Path:
 
 
 def chosen_lr(arm: str) -> float | None:
+    if not ARMS[arm].main:
+        return chosen_lr("d2skill")
     lrs = CONFIG["lrs"]
     if len(lrs) == 1:
         return lrs[0]
@@ -94,6 +109,9 @@ def chosen_lr(arm: str) -> float | None:
 
 
 def runs_wanted(arm: str) -> list[tuple[float, int]]:
+    if not ARMS[arm].main:
+        best = chosen_lr(arm)
+        return [] if best is None else [(best, s) for s in CONFIG["ablation_seeds"]]
     grid = [(lr, CONFIG["seeds"][0]) for lr in CONFIG["lrs"]]
     best = chosen_lr(arm)
     return grid + ([] if best is None else [(best, s) for s in CONFIG["seeds"] if (best, s) not in grid])
@@ -206,6 +224,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--lrs", type=float, nargs="+", default=list(LRS))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--ablation-seeds", type=int, nargs="+", default=list(ABLATION_SEEDS))
     parser.add_argument("--model", default="game_student", help="the start of every arm")
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
     parser.add_argument("--score", type=Path, help=argparse.SUPPRESS)  # internal: score one run (one-thread process)
@@ -218,8 +237,9 @@ def main() -> int:
     OUT = args.out
     BASE[0] = f"model.path={args.model}"
     CONFIG.update(steps=args.steps, lrs=tuple(args.lrs), seeds=tuple(args.seeds), extra=args.extra)
+    CONFIG.update(ablation_seeds=tuple(args.ablation_seeds))
     if args.quick:
-        CONFIG.update(steps=2, lrs=(args.lrs[0],), seeds=(0,), test_n=1, validation_n=1)
+        CONFIG.update(steps=2, lrs=(args.lrs[0],), seeds=(0,), ablation_seeds=(0,), test_n=1, validation_n=1)
         CONFIG["extra"] = [*CONFIG["extra"], "train.prompts_per_step=2", "rollout.turns.max_turns=4"]
     failures = [] if args.report else schedule(args.jobs)
     from d2skill_report import write_doc

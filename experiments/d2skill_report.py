@@ -21,7 +21,7 @@ def results(exp, arm: str) -> dict[int, dict]:
     """seed -> result.json of the arm's runs at its chosen rate (seed 0's grid included)."""
     lr = exp.chosen_lr(arm)
     out = {}
-    for seed in exp.CONFIG["seeds"]:
+    for seed in exp.CONFIG["seeds"] if exp.ARMS[arm].main else exp.CONFIG["ablation_seeds"]:
         path = exp.run_dir(arm, lr, seed) / "result.json" if lr is not None else None
         if path is not None and path.exists():
             out[seed] = json.loads(path.read_text())
@@ -49,15 +49,15 @@ def paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
 
 
 def ci(values: list[float]) -> str:
-    if not values:
-        return "not run yet"
+    if len(values) < 2:
+        return f"{values[0]:+.1f} points (one seed)" if values else "not run yet"
     mean, half = t_interval(values)
     return f"{mean:+.1f} ± {half:.1f} points (95% t-interval over {len(values)} seeds)"
 
 
 def verdict(values: list[float]) -> str:
     if len(values) < 2:
-        return "inconclusive (fewer than 2 seeds)"
+        return "an indication only (one seed, no interval)" if values else "not run yet"
     mean, half = t_interval(values)
     return "holds" if mean - half > 0 else "does not hold" if mean + half < 0 else "inconclusive"
 
