@@ -129,8 +129,9 @@ def write_doc(path: Path, exp) -> None:
         f"learning-rate grid {', '.join(f'{lr:g}' for lr in c['lrs'])} on seed {c['seeds'][0]}, seeds "
         f"{', '.join(map(str, c['seeds']))} at the chosen rate). Setup and arms: the script's docstring. Greedy "
         f"success on the test households ({c['test_n']} per task type, 6 types), percent, mean ± 95% t-interval "
-        "over seeds (per-seed values in brackets); the rate of each arm is chosen on the validation split with "
-        "skills on.",
+        "over seeds (per-seed values in brackets); the rate of GRPO and D2Skill is chosen on the validation split "
+        f"with skills on; the ablations run at D2Skill's rate with seed(s) "
+        f"{', '.join(map(str, c['ablation_seeds']))}.",
         "",
         "| arm | lr | test success, skills on | skills off | final bank size | train CPU-min (mean) |",
         "|---|---|---|---|---|---|",
